@@ -1,0 +1,50 @@
+"""The environment contract between the operator and a worker pod, written down once.
+
+The operator sets these on every worker container; torchrun reads the `PET_*` ones
+(each `PET_X` is the `--x` flag of torch.distributed.run) and the trainer reads
+the `LMJOB_*` ones. Users may not set any of them (checked at admission).
+"""
+
+from __future__ import annotations
+
+WORKER_ENV: dict[str, str] = {
+    "PET_NNODES": "Elastic bounds `min:max` of the number of worker pods (torchrun --nnodes).",
+    "PET_NPROC_PER_NODE": "Processes per worker pod (torchrun --nproc-per-node).",
+    "PET_RDZV_BACKEND": "Always `c10d`.",
+    "PET_RDZV_ENDPOINT": "host:port of the job's rendezvous store, which outlives any single worker.",
+    "PET_RDZV_ID": "The job's uid: one rendezvous per job incarnation.",
+    "PET_RDZV_CONF": "Extra rendezvous settings (`is_host=false`: no worker hosts the store).",
+    "PET_MAX_RESTARTS": "How many times torchrun restarts its local workers before giving up.",
+    "LMJOB_CONFIG": "Path of the rendered trainer config (training + compression), mounted read-only.",
+    "LMJOB_CHECKPOINT_DIR": "Directory shared by all workers for checkpoints and stage outputs.",
+    "LMJOB_JOB_NAME": "The LargeModelJob's name, used as the `job` metric label.",
+    "LMJOB_NAMESPACE": "The LargeModelJob's namespace.",
+    "LMJOB_METRICS_PORT": "Port of the trainer's Prometheus endpoint (rank 0 of each pod serves it).",
+}
+
+# Set by torchrun itself for each worker process: a user value would be overwritten
+# silently, so it is refused instead.
+TORCHRUN_ENV: tuple[str, ...] = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+RESERVED_PREFIXES: tuple[str, ...] = ("PET_", "LMJOB_", "TORCHELASTIC_")
+
+
+def is_reserved_env(name: str) -> bool:
+    """True for a variable name that lmjob or torchrun sets on workers."""
+    return name in TORCHRUN_ENV or name.startswith(RESERVED_PREFIXES)
+
+
+def reserved_env_cel(var: str) -> str:
+    """CEL twin of `is_reserved_env` for a string expression `var`."""
+    names = ", ".join(f"'{n}'" for n in TORCHRUN_ENV)
+    prefixes = " || ".join(f"{var}.startsWith('{p}')" for p in RESERVED_PREFIXES)
+    return f"({var} in [{names}] || {prefixes})"

@@ -1,0 +1,334 @@
+"""The LargeModelJob resource (`lmjob.dev/v1alpha1`): spec and its cross-field rules.
+
+Field names here are the contract users see (DESIGN.md); descriptions become
+`kubectl explain` text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from lmjob_api.base import ApiModel, Rule
+from lmjob_api.compression import CompressionSpec
+from lmjob_api.env import is_reserved_env, reserved_env_cel
+from lmjob_api.status import LargeModelJobStatus
+from lmjob_api.training import TrainingSpec
+
+GROUP = "lmjob.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "LargeModelJob"
+PLURAL = "largemodeljobs"
+SINGULAR = "largemodeljob"
+SHORT_NAMES = ("lmj",)
+
+# Pod names are `<job>-worker-<index>` and must stay valid DNS labels (63 chars)
+# with up to five index digits; the job name is also the headless Service's name.
+MAX_JOB_NAME = 50
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+class EnvVar(ApiModel):
+    """An environment variable for every worker process."""
+
+    name: str = Field(..., min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str = Field("", description="The value.")
+
+    rules = (
+        Rule(
+            cel=f"!{reserved_env_cel('self.name')}",
+            message="workers.env: this name is set by lmjob or torchrun (PET_*, LMJOB_*, TORCHELASTIC_*, "
+            "RANK, WORLD_SIZE, MASTER_ADDR, ...): rename your variable",
+            check=lambda e: not is_reserved_env(e.name),
+            field="name",
+        ),
+    )
+
+
+class ResourceRequirements(ApiModel):
+    """Compute resources of each worker container, as in a Pod (e.g. `nvidia.com/gpu: 8`)."""
+
+    limits: dict[str, int | str] = Field(default_factory=dict, description="Resource limits.")
+    requests: dict[str, int | str] = Field(default_factory=dict, description="Resource requests.")
+
+
+class PodTemplateMeta(ApiModel):
+    """Labels and annotations added to every worker pod."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+
+
+class PodTemplate(ApiModel):
+    """A PodTemplateSpec merged into each worker pod: tolerations, nodeSelector, volumes, and a
+    container named `worker` whose fields merge into the generated one."""
+
+    metadata: PodTemplateMeta = Field(default_factory=PodTemplateMeta, description="Pod metadata.")
+    spec: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A core/v1 PodSpec fragment (validated by the API server).",
+    )
+
+
+class WorkersSpec(ApiModel):
+    """Worker pods: how many, their elastic bounds, processes and resources."""
+
+    replicas: int = Field(1, ge=1, le=10000, description="Worker pods now (the scale subresource).")
+    min_replicas: int | None = Field(
+        None,
+        ge=1,
+        le=10000,
+        description="Fewest pods the job keeps running with (default: replicas).",
+    )
+    max_replicas: int | None = Field(
+        None, ge=1, le=10000, description="Most pods the job may be scaled to (default: replicas)."
+    )
+    procs_per_worker: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Training processes per pod (torchrun --nproc-per-node). Default: the pod's "
+        "nvidia.com/gpu limit, else 1.",
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="Resources of each worker container."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=256, description="Extra environment variables."
+    )
+    template: PodTemplate = Field(
+        default_factory=PodTemplate, description="Merged into each worker pod."
+    )
+
+    rules = (
+        Rule(
+            cel="!has(self.minReplicas) || self.minReplicas <= self.replicas",
+            message="workers.minReplicas must not exceed workers.replicas: lower minReplicas or raise replicas",
+            check=lambda w: w.min_replicas is None or w.min_replicas <= w.replicas,
+            field="minReplicas",
+        ),
+        Rule(
+            cel="!has(self.maxReplicas) || self.replicas <= self.maxReplicas",
+            message="workers.replicas must not exceed workers.maxReplicas: raise maxReplicas or scale down",
+            check=lambda w: w.max_replicas is None or w.replicas <= w.max_replicas,
+            field="replicas",
+        ),
+    )
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """Elastic bounds (min, max) with the defaults applied."""
+        return (self.min_replicas or self.replicas, self.max_replicas or self.replicas)
+
+
+class StorageSpec(ApiModel):
+    """Storage shared by all workers for checkpoints and stage outputs."""
+
+    volume: dict[str, Any] | None = Field(
+        None,
+        description="A core/v1 volume source (e.g. persistentVolumeClaim). Absent: an emptyDir per pod, "
+        "so a job can only resume while its pods live.",
+    )
+    path: str = Field(
+        "/checkpoints",
+        pattern=r"^/.*",
+        description="Mount path in the worker containers (absolute).",
+    )
+
+
+class RunPolicy(ApiModel):
+    """Restarts, deadlines, cleanup and suspension."""
+
+    restart_policy: Literal["OnFailure", "ExitCode", "Never"] = Field(
+        "OnFailure",
+        description="`OnFailure`: any failure restarts the worker group. `ExitCode`: only retryable exit "
+        "codes (>128, signals, e.g. OOM-kill or preemption) restart; 1-127 fail the job. `Never`: the "
+        "first failure fails the job.",
+    )
+    backoff_limit: int = Field(
+        3, ge=0, le=1000, description="Restarts allowed before the job fails."
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the job after running this long (seconds)."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the job this long after it succeeded or failed."
+    )
+    clean_pod_policy: Literal["All", "Running", "None"] = Field(
+        "Running",
+        description="Pods deleted when the job finishes: `All`, only still `Running` ones, or `None`.",
+    )
+    suspend: bool = Field(
+        False, description="Suspended: pods are deleted, checkpoints kept; unsuspending resumes."
+    )
+
+
+class SchedulingSpec(ApiModel):
+    """Placement: gang scheduling, scheduler, queue and priority."""
+
+    gang: bool = Field(
+        False,
+        description="Schedule all workers together or none, through a PodGroup (Volcano when "
+        "schedulerName is volcano, scheduler-plugins otherwise).",
+    )
+    scheduler_name: str | None = Field(
+        None, min_length=1, description="Scheduler for the worker pods."
+    )
+    queue: str | None = Field(
+        None, min_length=1, description="Queue name (Kueue LocalQueue or Volcano queue)."
+    )
+    priority_class_name: str | None = Field(
+        None, min_length=1, description="PriorityClass of the pods."
+    )
+
+
+class MetricsSpec(ApiModel):
+    """The trainer's Prometheus endpoint."""
+
+    port: int = Field(
+        9400, ge=1024, le=65535, description="Port of the metrics endpoint in each worker."
+    )
+    pod_monitor: bool = Field(
+        False, description="Create a Prometheus Operator PodMonitor for the workers."
+    )
+
+
+class LargeModelJobSpec(ApiModel):
+    """A training job: workers, what they run, and what happens to the result."""
+
+    image: str | None = Field(
+        None,
+        min_length=1,
+        description="Worker image (default: the operator's configured trainer image).",
+    )
+    command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Your own entrypoint, run under torchrun instead of the built-in trainer.",
+    )
+    workers: WorkersSpec = Field(default_factory=WorkersSpec, description="Worker pods.")
+    training: TrainingSpec | None = Field(None, description="The built-in trainer's settings.")
+    compression: CompressionSpec | None = Field(
+        None, description="Post-training compression stages (built-in trainer only)."
+    )
+    storage: StorageSpec = Field(
+        default_factory=StorageSpec, description="Shared checkpoint storage."
+    )
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy, description="Restarts, deadlines, cleanup."
+    )
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement.")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus endpoint.")
+
+    rules = (
+        Rule(
+            cel="has(self.command) != has(self.training)",
+            message="set exactly one of spec.command (your own entrypoint) and spec.training "
+            "(the built-in trainer)",
+            check=lambda s: (s.command is None) != (s.training is None),
+        ),
+        Rule(
+            cel="!has(self.compression) || has(self.training)",
+            message="spec.compression needs spec.training: compression stages run in the built-in trainer",
+            check=lambda s: s.compression is None or s.training is not None,
+            field="compression",
+        ),
+        Rule(
+            cel="!has(self.training) || !has(self.workers.procsPerWorker) "
+            "|| self.workers.procsPerWorker % self.training.parallelism.tensorParallel == 0",
+            message="training.parallelism.tensorParallel must divide workers.procsPerWorker: "
+            "a tensor-parallel group stays inside one pod",
+            check=lambda s: (
+                s.training is None
+                or s.workers.procs_per_worker is None
+                or s.workers.procs_per_worker % s.training.parallelism.tensor_parallel == 0
+            ),
+            field="workers.procsPerWorker",
+        ),
+        Rule(
+            cel="!has(self.training) || !has(self.training.batch.globalBatchSize) "
+            "|| !has(self.workers.procsPerWorker) "
+            "|| self.training.batch.globalBatchSize % (self.training.batch.microBatchSize "
+            "* (self.workers.replicas * self.workers.procsPerWorker / self.training.parallelism.tensorParallel)) == 0",
+            message="training.batch.globalBatchSize must be a multiple of microBatchSize × data-parallel "
+            "size (replicas × procsPerWorker / tensorParallel)",
+            check=lambda s: (
+                s.training is None
+                or s.training.batch.global_batch_size is None
+                or s.workers.procs_per_worker is None
+                or s.training.batch.global_batch_size
+                % (
+                    s.training.batch.micro_batch_size
+                    * (
+                        s.workers.replicas
+                        * s.workers.procs_per_worker
+                        // s.training.parallelism.tensor_parallel
+                    )
+                )
+                == 0
+            ),
+            field="training.batch.globalBatchSize",
+        ),
+        Rule(
+            cel="!has(self.compression) || !has(self.training) || self.compression.stages.all(s, "
+            "s.type != 'distill' || ((!has(s.student.layers) || s.student.layers <= self.training.model.layers) "
+            "&& (!has(s.student.hidden) || s.student.hidden <= self.training.model.hidden) "
+            "&& (!has(s.student.heads) || s.student.heads <= self.training.model.heads)))",
+            message="a distill stage's student must not be larger than the trained model "
+            "(student layers, hidden and heads ≤ training.model's)",
+            check=lambda s: (
+                s.compression is None
+                or s.training is None
+                or all(_student_fits(st, s.training) for st in s.compression.stages)
+            ),
+            field="compression.stages",
+        ),
+    )
+
+
+def _student_fits(stage: Any, training: TrainingSpec) -> bool:
+    if getattr(stage, "type", None) != "distill":
+        return True
+    st, m = stage.student, training.model
+    return (
+        (st.layers is None or st.layers <= m.layers)
+        and (st.hidden is None or st.hidden <= m.hidden)
+        and (st.heads is None or st.heads <= m.heads)
+    )
+
+
+class ObjectMeta(ApiModel):
+    """The parts of metadata lmjob reads; the API server owns the rest."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(..., min_length=1, description="Job name.")
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class LargeModelJob(ApiModel):
+    """A LargeModelJob manifest."""
+
+    api_version: Literal["lmjob.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["LargeModelJob"]
+    metadata: ObjectMeta
+    spec: LargeModelJobSpec
+    status: LargeModelJobStatus | None = None
+
+    rules = (
+        Rule(
+            cel=f"self.metadata.name.size() <= {MAX_JOB_NAME} && self.metadata.name.matches('{JOB_NAME_PATTERN}')",
+            message=f"metadata.name must be at most {MAX_JOB_NAME} characters of lowercase letters, digits "
+            "and '-', starting with a letter: it names the job's Service and pods",
+            check=lambda j: (
+                len(j.metadata.name) <= MAX_JOB_NAME
+                and re.fullmatch(JOB_NAME_PATTERN, j.metadata.name) is not None
+            ),
+            field="metadata.name",
+        ),
+    )

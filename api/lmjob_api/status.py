@@ -1,0 +1,117 @@
+"""`status` of a LargeModelJob: what the operator reports, computed on purpose.
+
+The operator builds one `LargeModelJobStatus` from what it observes (pods, the
+rank-0 metrics endpoint, stage reports) and writes it only when it changed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from lmjob_api.base import ApiModel
+
+
+class JobPhase(StrEnum):
+    """Where a job is in its life; the Phase printer column."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    COMPRESSING = "Compressing"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobPhase.SUCCEEDED, JobPhase.FAILED)
+
+
+StagePhase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"]
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (Created, Running, Restarting, Suspended, Succeeded, Failed, ...)."""
+
+    type: str = Field(..., description="Condition type.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field("", description="CamelCase reason for the last transition.")
+    message: str = Field("", description="Human-readable detail.")
+    last_transition_time: str | None = Field(
+        None, description="When status last changed (RFC 3339)."
+    )
+
+
+class WorkersStatus(ApiModel):
+    """Counts of the worker pods."""
+
+    desired: int = Field(
+        0, ge=0, description="spec.workers.replicas the operator is working towards."
+    )
+    active: int = Field(0, ge=0, description="Pods that exist and have not finished.")
+    ready: int = Field(0, ge=0, description="Pods that are Ready.")
+    failed: int = Field(0, ge=0, description="Pods that failed in the current incarnation.")
+    selector: str = Field(
+        "", description="Label selector of the worker pods (scale subresource, HPA)."
+    )
+    summary: str = Field("", description="`active/desired`, for the Workers printer column.")
+
+
+class ProgressStatus(ApiModel):
+    """Training progress read from the rank-0 worker's metrics endpoint."""
+
+    stage: str = Field("", description="Stage running now: `train` or a compression stage's name.")
+    step: int = Field(0, ge=0, description="Optimiser steps done in this stage.")
+    total_steps: int = Field(0, ge=0, description="Steps this stage will run.")
+    loss: float | None = Field(None, description="Latest training loss.")
+    tokens_per_second: float | None = Field(None, description="Latest throughput over all workers.")
+    updated_at: str | None = Field(None, description="When this progress was read (RFC 3339).")
+
+
+class CheckpointStatus(ApiModel):
+    """The newest complete checkpoint."""
+
+    latest: str = Field("", description="Path of the newest complete checkpoint.")
+    step: int = Field(0, ge=0, description="Its step.")
+
+
+class StageStatus(ApiModel):
+    """One stage's outcome: `train` first, then each compression stage."""
+
+    name: str = Field(..., description="Stage name.")
+    phase: StagePhase = Field(
+        "Pending", description="Pending, Running, Succeeded, Failed or Skipped."
+    )
+    checkpoint: str | None = Field(None, description="The stage's output checkpoint.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="Stage report: evalLoss, params, bytes, sparsity, latencyMs, ...",
+    )
+
+
+class LargeModelJobStatus(ApiModel):
+    """Observed state of a LargeModelJob."""
+
+    phase: JobPhase = Field(
+        JobPhase.PENDING,
+        description="Pending, Running, Restarting, Compressing, Succeeded, Failed or Suspended.",
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Conditions with reasons."
+    )
+    workers: WorkersStatus = Field(default_factory=WorkersStatus, description="Worker pod counts.")
+    world_size: int = Field(0, ge=0, description="Training processes in the current rendezvous.")
+    restarts: int = Field(
+        0, ge=0, description="Group restarts so far (counted against backoffLimit)."
+    )
+    progress: ProgressStatus | None = Field(None, description="Training progress.")
+    checkpoint: CheckpointStatus | None = Field(None, description="Newest complete checkpoint.")
+    stages: list[StageStatus] = Field(default_factory=list, description="Per-stage results.")
+    start_time: str | None = Field(None, description="When the job first ran (RFC 3339).")
+    completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
+    observed_generation: int | None = Field(
+        None, description="metadata.generation this status reflects."
+    )

@@ -1,0 +1,254 @@
+"""`spec.training`: what the built-in trainer trains, on what data, and how.
+
+This block (with `spec.compression`) is also the trainer's whole configuration: the
+operator renders it into the `<job>-config` ConfigMap and `lmjob run` passes it straight on.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from lmjob_api.base import ApiModel, Rule
+
+Strategy = Literal["ddp", "fsdp", "fsdp+tp"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Decay = Literal["cosine", "linear", "step", "exponential", "constant"]
+
+
+class ModelSpec(ApiModel):
+    """The network to train: lmjob's GPT decoder, or a Hugging Face causal LM from a local path."""
+
+    architecture: Literal["gpt", "hf"] = Field(
+        "gpt",
+        description="`gpt`: lmjob's GPT-style decoder sized by the fields below. "
+        "`hf`: AutoModelForCausalLM loaded from `path` (no hub downloads).",
+    )
+    layers: int = Field(6, ge=1, le=256, description="Transformer blocks.")
+    heads: int = Field(
+        6, ge=1, le=256, description="Attention heads per block; must divide `hidden`."
+    )
+    hidden: int = Field(384, ge=8, le=65536, description="Width of the residual stream.")
+    seq_len: int = Field(256, ge=8, le=131072, description="Context length in tokens.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability during training.")
+    path: str | None = Field(
+        None,
+        min_length=1,
+        description="Local directory of a Hugging Face model (architecture `hf`).",
+    )
+
+    rules = (
+        Rule(
+            cel="self.architecture != 'gpt' || self.hidden % self.heads == 0",
+            message="model.hidden must be a multiple of model.heads: pick heads that divide hidden",
+            check=lambda m: m.architecture != "gpt" or m.hidden % m.heads == 0,
+            field="hidden",
+        ),
+        Rule(
+            cel="self.architecture != 'hf' || has(self.path)",
+            message="model.path is required when model.architecture is hf: give the local model directory",
+            check=lambda m: m.architecture != "hf" or m.path is not None,
+            field="architecture",
+        ),
+    )
+
+
+class DataSpec(ApiModel):
+    """Training text and how it becomes tokens."""
+
+    source: str = Field(
+        ...,
+        min_length=1,
+        description="A text file, or a folder of .txt files, readable by every worker.",
+    )
+    tokenizer: str = Field(
+        "bytes",
+        min_length=1,
+        description="`bytes` (byte-level, 256 tokens) or a local directory holding a Hugging Face tokenizer.",
+    )
+    validation_split: float = Field(
+        0.05,
+        gt=0.0,
+        le=0.5,
+        description="Fraction of the tokens, taken from the end of the text, held out for evaluation.",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where token shards are cached (default: `<storage.path>/data-cache`).",
+    )
+
+
+class ParallelismSpec(ApiModel):
+    """How the model is spread over the workers' processes."""
+
+    strategy: Strategy = Field(
+        "ddp",
+        description="`ddp`: replicate the model. `fsdp`: shard parameters, gradients and optimiser state "
+        "(FSDP2). `fsdp+tp`: 2-D mesh, FSDP across groups and tensor parallel within each.",
+    )
+    tensor_parallel: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Tensor-parallel group size (strategy fsdp+tp); must divide model.heads and "
+        "workers.procsPerWorker.",
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each block's activations in the backward pass to save memory."
+    )
+    compile: bool = Field(False, description="torch.compile each block (GPU only; ignored on CPU).")
+
+    rules = (
+        Rule(
+            cel="self.tensorParallel == 1 || self.strategy == 'fsdp+tp'",
+            message="parallelism.tensorParallel > 1 needs parallelism.strategy fsdp+tp",
+            check=lambda p: p.tensor_parallel == 1 or p.strategy == "fsdp+tp",
+            field="tensorParallel",
+        ),
+    )
+
+
+class OptimizerSpec(ApiModel):
+    """The optimiser and its regularisation."""
+
+    name: Literal["adamw", "sgd"] = Field("adamw", description="`adamw` or `sgd` (with momentum).")
+    lr: float = Field(
+        3.0e-4, gt=0.0, le=10.0, description="Peak learning rate, reached after warmup."
+    )
+    weight_decay: float = Field(
+        0.1, ge=0.0, le=1.0, description="Decoupled weight decay (matrices only)."
+    )
+    grad_clip: float = Field(
+        1.0, ge=0.0, description="Clip the global gradient norm to this; 0 disables."
+    )
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0.0, lt=1.0, description="AdamW beta2.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+
+
+class ScheduleSpec(ApiModel):
+    """Learning-rate schedule: linear warmup, then a decay."""
+
+    warmup_steps: int = Field(
+        100, ge=0, description="Steps of linear warmup from 0 to optimizer.lr."
+    )
+    decay: Decay = Field("cosine", description="Shape of the decay after warmup.")
+    min_lr_ratio: float = Field(
+        0.1, ge=0.0, le=1.0, description="Floor of the cosine/linear decay, as a fraction of lr."
+    )
+    step_every: int = Field(
+        1000, ge=1, description="`step` decay: multiply by gamma every this many steps."
+    )
+    gamma: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="`step`/`exponential` decay factor (exponential: per 1000 steps).",
+    )
+
+
+class BatchSpec(ApiModel):
+    """Batch sizes in sequences; gradient accumulation is derived, never set."""
+
+    micro_batch_size: int = Field(
+        16, ge=1, le=65536, description="Sequences per process per forward pass."
+    )
+    global_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Sequences per optimiser step over all processes. Accumulation steps = global / "
+        "(micro × data-parallel size) at the current world size. Default: micro × data-parallel size.",
+    )
+
+    rules = (
+        Rule(
+            cel="!has(self.globalBatchSize) || self.globalBatchSize % self.microBatchSize == 0",
+            message="batch.globalBatchSize must be a multiple of batch.microBatchSize",
+            check=lambda b: (
+                b.global_batch_size is None or b.global_batch_size % b.micro_batch_size == 0
+            ),
+            field="globalBatchSize",
+        ),
+    )
+
+
+class EvaluationSpec(ApiModel):
+    """Periodic evaluation on the held-out split."""
+
+    every_steps: int = Field(
+        200, ge=1, description="Evaluate every this many optimiser steps (and at the end)."
+    )
+    steps: int = Field(20, ge=1, le=100000, description="Batches per evaluation.")
+
+
+class EarlyStoppingSpec(ApiModel):
+    """Stop training when eval loss stops improving."""
+
+    patience: int = Field(5, ge=1, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(
+        0.0, ge=0.0, description="Smallest decrease of eval loss that counts as improvement."
+    )
+
+
+class CheckpointSpec(ApiModel):
+    """Distributed checkpoints (torch.distributed.checkpoint), resharded on load."""
+
+    every_steps: int = Field(200, ge=1, description="Save every this many steps (and at the end).")
+    keep: int = Field(
+        3, ge=1, le=1000, description="Complete checkpoints kept; older ones are deleted."
+    )
+    async_: bool = Field(
+        False,
+        alias="async",
+        description="Write in the background while training continues (one save in flight at a time).",
+    )
+
+
+class TrainingSpec(ApiModel):
+    """The built-in trainer's job: model, data, parallelism, precision and the optimisation loop."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The network to train.")
+    data: DataSpec = Field(..., description="Training text and tokenizer.")
+    parallelism: ParallelismSpec = Field(
+        default_factory=ParallelismSpec, description="Data/model parallelism."
+    )
+    precision: Precision = Field(
+        "fp32", description="`fp32`, `bf16` (autocast) or `fp16` (autocast + gradient scaling)."
+    )
+    optimizer: OptimizerSpec = Field(
+        default_factory=OptimizerSpec, description="Optimiser settings."
+    )
+    schedule: ScheduleSpec = Field(
+        default_factory=ScheduleSpec, description="Learning-rate schedule."
+    )
+    steps: int = Field(1000, ge=1, le=100_000_000, description="Optimiser steps to train.")
+    batch: BatchSpec = Field(default_factory=BatchSpec, description="Batch sizes.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="Periodic evaluation."
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="Stop early when eval loss plateaus (absent: train all `steps`)."
+    )
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing.")
+    seed: int = Field(1337, ge=0, description="Seed for weights, data order and dropout.")
+
+    rules = (
+        Rule(
+            cel="self.parallelism.strategy != 'fsdp+tp' || self.model.architecture != 'gpt' "
+            "|| self.model.heads % self.parallelism.tensorParallel == 0",
+            message="training.parallelism.tensorParallel must divide training.model.heads",
+            check=lambda t: (
+                t.parallelism.strategy != "fsdp+tp"
+                or t.model.architecture != "gpt"
+                or t.model.heads % t.parallelism.tensor_parallel == 0
+            ),
+            field="parallelism.tensorParallel",
+        ),
+        Rule(
+            cel="self.schedule.warmupSteps <= self.steps",
+            message="training.schedule.warmupSteps must not exceed training.steps",
+            check=lambda t: t.schedule.warmup_steps <= t.steps,
+            field="schedule.warmupSteps",
+        ),
+    )
