@@ -107,9 +107,14 @@ class _Converter:
         out = self.convert(prop)
         # A nested model with a default_factory: default it to {} so the server
         # applies its children's defaults and CEL rules can rely on them.
-        if not required and not had_default and out.get("type") == "object" and "properties" in out:
-            if not out.get("required"):
-                out["default"] = {}
+        if (
+            not required
+            and not had_default
+            and out.get("type") == "object"
+            and "properties" in out
+            and not out.get("required")
+        ):
+            out["default"] = {}
         return out
 
     def _unwrap_any_of(self, node: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,14 @@ def test_import_boundaries(module: str, forbidden: set[str]) -> None:
 def test_no_source_file_crosses_boundaries() -> None:
     rules = {
         "operator": ("import torch", "from torch"),
-        "api": ("import torch", "from torch", "import kopf", "from kopf", "import kubernetes", "from kubernetes"),
+        "api": (
+            "import torch",
+            "from torch",
+            "import kopf",
+            "from kopf",
+            "import kubernetes",
+            "from kubernetes",
+        ),
         "trainer": ("import kopf", "from kopf", "import kubernetes", "from kubernetes"),
     }
     offenders = []

@@ -45,7 +45,9 @@ def test_schema_is_structural_and_strict() -> None:
         if "anyOf" not in node and not node.get("x-kubernetes-int-or-string"):
             assert "type" in node, f"{path} has no type"
         for key in ("exclusiveMinimum", "exclusiveMaximum"):
-            assert isinstance(node.get(key, True), bool), f"{path}.{key} must be a boolean in OpenAPI v3"
+            assert isinstance(node.get(key, True), bool), (
+                f"{path}.{key} must be a boolean in OpenAPI v3"
+            )
     preserved = [p for p, n in _walk(schema) if n.get("x-kubernetes-preserve-unknown-fields")]
     # Only foreign objects (core/v1 fragments) and kopf's bookkeeping may keep unknown fields.
     assert sorted(preserved) == [
@@ -62,7 +64,9 @@ def test_every_field_is_described() -> None:
         for p, n in _walk(schema["properties"]["spec"], ".spec")
         if "description" not in n and not p.endswith(("[]", "{}"))
     ]
-    assert undescribed == [] or all(p.startswith(".spec.workers.env[].") for p in undescribed), undescribed
+    assert undescribed == [] or all(p.startswith(".spec.workers.env[].") for p in undescribed), (
+        undescribed
+    )
 
 
 def test_crd_shape() -> None:

@@ -37,8 +37,14 @@ def test_invalid_manifest_names_field(case_id: str, manifest: dict, field: str) 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n", "apiVersion: must be lmjob.dev/v1alpha1"),
-        ("apiVersion: lmjob.dev/v1alpha1\nkind: Job\nmetadata: {name: x}\nspec: {}\n", "kind: must be"),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n",
+            "apiVersion: must be lmjob.dev/v1alpha1",
+        ),
+        (
+            "apiVersion: lmjob.dev/v1alpha1\nkind: Job\nmetadata: {name: x}\nspec: {}\n",
+            "kind: must be",
+        ),
         ("spec: [unclosed\n", "not valid YAML"),
         ("- just\n- a list\n", "must be a mapping"),
     ],
