@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invalid_jobs import load_base, load_cases
 
 from lmjob_api.validation import validate_job
+from tests.support.invalid_jobs import load_base, load_cases
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = load_cases()

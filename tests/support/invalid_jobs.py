@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-TABLE = Path(__file__).resolve().parent.parent / "data" / "invalid_jobs.yaml"
+TABLE = Path(__file__).resolve().parents[1] / "data" / "invalid_jobs.yaml"
 
 
 def _walk(doc: Any, parts: list[str]) -> tuple[Any, str | int]:
