@@ -105,8 +105,9 @@ class _Converter:
     def _property(self, prop: dict[str, Any], required: bool) -> dict[str, Any]:
         had_default = "default" in prop
         out = self.convert(prop)
-        # A nested model with a default_factory: default it to {} so the server
-        # applies its children's defaults and CEL rules can rely on them.
+        # A nested model with a default_factory: default it to its children's
+        # defaults, so CEL rules can rely on them (the server validates a default
+        # object as written, without defaulting inside it first).
         if (
             not required
             and not had_default
@@ -114,7 +115,11 @@ class _Converter:
             and "properties" in out
             and not out.get("required")
         ):
-            out["default"] = {}
+            out["default"] = {
+                name: child["default"]
+                for name, child in out["properties"].items()
+                if "default" in child
+            }
         return out
 
     def _unwrap_any_of(self, node: dict[str, Any]) -> dict[str, Any]:
@@ -127,17 +132,54 @@ class _Converter:
         return {**options[0], **node}
 
     def _merge_union(self, node: dict[str, Any]) -> dict[str, Any]:
+        """One structural object for a `type`-tagged union, with rules standing in for oneOf."""
         variants = [self.convert(v) for v in node["oneOf"]]
         tags = [v["properties"]["type"]["enum"][0] for v in variants]
-        names = [set(v["properties"]) for v in variants]
-        common = set.intersection(*names)
+        common = set.intersection(*(set(v["properties"]) for v in variants))
         props: dict[str, Any] = {}
-        rules: list[dict[str, str]] = []
+        owners: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for variant, tag in zip(variants, tags, strict=True):
             for name, schema in variant["properties"].items():
                 if name not in common:
+                    # A default of one type would be applied to every type's stages.
                     schema = {k: v for k, v in schema.items() if k != "default"}
-                props.setdefault(name, schema)
+                owners.setdefault(name, []).append((tag, schema))
+        rules: list[dict[str, str]] = []
+        for name, owned in owners.items():
+            schemas = [s for _, s in owned]
+            props[name] = schemas[0]
+            if name == "type":
+                props[name] = {**schemas[0], "enum": tags}
+            elif any(s != schemas[0] for s in schemas):
+                # The same field name with different enums in two stage types (e.g. `method`):
+                # the schema takes their union and a rule per type keeps each to its own.
+                if not all("enum" in s for s in schemas):
+                    raise ValueError(f"stage field {name} differs between types and is not an enum")
+                union = list(dict.fromkeys(v for s in schemas for v in s["enum"]))
+                props[name] = {
+                    **schemas[0],
+                    "enum": union,
+                    "description": "Depends on the stage type.",
+                }
+                for tag, schema in owned:
+                    allowed = ", ".join(f"'{v}'" for v in schema["enum"])
+                    rules.append(
+                        {
+                            "rule": f"self.type != '{tag}' || !has(self.{name}) || self.{name} in [{allowed}]",
+                            "message": f"{name} of a {tag} stage must be one of {', '.join(schema['enum'])}",
+                            "fieldPath": f".{name}",
+                        }
+                    )
+            if name not in common:
+                allowed_tags = [t for t, _ in owned]
+                rules.append(
+                    {
+                        "rule": f"!has(self.{name}) || self.type in [{', '.join(repr(t) for t in allowed_tags)}]",
+                        "message": f"{name} applies only to stages of type {' or '.join(allowed_tags)}",
+                        "fieldPath": f".{name}",
+                    }
+                )
+        for variant, tag in zip(variants, tags, strict=True):
             for name in variant.get("required", ()):
                 if name not in common:
                     rules.append(
@@ -149,17 +191,6 @@ class _Converter:
                     )
             for rule in variant.get("x-kubernetes-validations", ()):
                 rules.append({**rule, "rule": f"self.type != '{tag}' || ({rule['rule']})"})
-        props["type"] = {**props["type"], "enum": tags}
-        for name in sorted(set.union(*names) - common):
-            owners = [t for t, n in zip(tags, names, strict=True) if name in n]
-            allowed = ", ".join(f"'{t}'" for t in owners)
-            rules.append(
-                {
-                    "rule": f"!has(self.{name}) || self.type in [{allowed}]",
-                    "message": f"{name} applies only to stages of type {' or '.join(owners)}",
-                    "fieldPath": f".{name}",
-                }
-            )
         required = sorted(set.intersection(*(set(v.get("required", ())) for v in variants)))
         return {
             "type": "object",

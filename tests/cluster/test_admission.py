@@ -63,9 +63,10 @@ def _get(kubectl, namespace: str, name: str = "table-job") -> dict[str, Any]:
 
 
 def _leaves(value: Any, path: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
+    if isinstance(value, dict | list):
         out: dict[str, Any] = {}
-        for key, child in value.items():
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in items:
             out.update(_leaves(child, f"{path}.{key}"))
         return out
     return {path: value}
