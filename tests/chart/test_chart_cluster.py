@@ -63,13 +63,6 @@ Kubectl = Callable[..., Any]
 HelmCluster = Callable[..., Any]
 
 
-def adopt_crd(kubectl: Kubectl, release: str, namespace: str) -> None:
-    """Hand the already-applied CRD to a release, as a user moving to Helm would."""
-    kubectl("label", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm", "--overwrite")
-    kubectl("annotate", "crd", CRD_NAME, f"meta.helm.sh/release-name={release}",
-            f"meta.helm.sh/release-namespace={namespace}", "--overwrite")  # fmt: skip
-
-
 def leftovers(kubectl: Kubectl, release: str) -> list[str]:
     out = kubectl("get", RELEASE_KINDS, "--all-namespaces", "-o", "name",
                   "-l", f"app.kubernetes.io/instance={release}")  # fmt: skip
@@ -218,8 +211,10 @@ def test_install_upgrade_uninstall(
     release = "lmjc"
     # The operator pod must pass the `restricted` Pod Security Standard.
     kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-    adopt_crd(kubectl, release, namespace)
+    # The session's CRD was applied by kubectl: Helm 4 adopts it, as it would for a user
+    # moving from `kubectl apply -f crds/` (or the kustomize base) to the chart.
     helm_cluster("install", release, str(CHART), "--namespace", namespace,
+                 "--take-ownership", "--force-conflicts",
                  "--set", f"peering.name={release}")  # fmt: skip
     deployment = kube.apps.read_namespaced_deployment("lmjc-lmjob-operator", namespace)
     env = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env}
