@@ -221,16 +221,18 @@ def test_install_upgrade_uninstall(
     assert env["LMJOB_TRAINER_IMAGE"] == "ghcr.io/lmjob/trainer:0.1.0"
     kube.core.read_namespaced_service("lmjc-lmjob-operator-metrics", namespace)
     kube.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", release)
+
     # The Deployment's pod is admitted under `restricted` (it stays Pending: no nodes).
-    wait_until(
-        lambda: (
-            kube.core.list_namespaced_pod(
-                namespace, label_selector="app.kubernetes.io/component=operator"
-            ).items
-        ),
-        60,
-        "the operator pod to be created",
-    )
+    def operator_pods() -> list[Any]:
+        selector = "app.kubernetes.io/component=operator"
+        return kube.core.list_namespaced_pod(namespace, label_selector=selector).items
+
+    try:
+        wait_until(operator_pods, 30, "the operator pod to be created")
+    except AssertionError as e:
+        replica_sets = kube.apps.list_namespaced_replica_set(namespace).items
+        why = [c.message for rs in replica_sets for c in rs.status.conditions or []]
+        raise AssertionError(f"{e}: {why}") from None
 
     helm_cluster("upgrade", release, str(CHART), "--namespace", namespace, "--reuse-values",
                  "--set", "trainer.image.tag=0.2.0", "--set", "replicaCount=2",
