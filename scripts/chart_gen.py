@@ -36,10 +36,13 @@ HEALTH_LUA = ARGOCD / "lmjob.dev" / "LargeModelJob" / "health.lua"
 ARGOCD_PATCH = ARGOCD / "argocd-cm-patch.yaml"
 
 # The kustomize base is the chart rendered with these settings: the operator, its RBAC and
-# CRDs in their own namespace, without the optional Prometheus/Grafana extras.
+# CRD in their own namespace, without the optional Prometheus/Grafana extras. One
+# standalone replica: a peering object cannot be applied in the same `kubectl apply -k` as
+# the peering CRD it needs (kubectl maps every kind before creating anything); HA is the
+# chart's (`replicaCount`, `peering.enabled`).
 KUSTOMIZE_NAMESPACE = "lmjob-system"
 KUSTOMIZE_RELEASE = "lmjob"
-KUSTOMIZE_SET = ("grafana.dashboards.enabled=false",)
+KUSTOMIZE_SET = ("grafana.dashboards.enabled=false", "peering.enabled=false")
 # Labels that only make sense for a Helm release.
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
 HELM_ONLY_ANNOTATIONS = ("helm.sh/resource-policy",)

@@ -284,3 +284,22 @@ def test_dashboard_uses_contract_metrics(render: Render) -> None:
     assert used <= known, f"dashboard queries metrics outside the contract: {used - known}"
     assert used == known, f"contract metrics missing from the dashboard: {known - used}"
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+BUILT_IN_GROUPS = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "apiextensions.k8s.io/v1"}
+
+
+def test_kustomize_base_applies_in_one_go() -> None:
+    """`kubectl apply -k` maps every kind before creating anything: each object must be a
+    built-in or of a CRD that already exists, never of one created in the same apply."""
+    base = REPO / "deploy" / "kustomize"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    docs = [
+        d
+        for name in kustomization["resources"]
+        for d in yaml.safe_load_all((base / name).read_text())
+        if d
+    ]
+    custom = [d for d in docs if d["apiVersion"] not in BUILT_IN_GROUPS]
+    assert not custom, [f"{d['kind']}/{d['metadata']['name']}" for d in custom]
+    assert {d["kind"] for d in docs} >= {"Namespace", "CustomResourceDefinition", "Deployment"}
