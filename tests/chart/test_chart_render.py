@@ -171,11 +171,12 @@ def test_operator_args_and_env(render: Render) -> None:
     assert container["image"] == "ghcr.io/lmjob/operator:0.1.0"
     assert env_of(container)["LMJOB_TRAINER_IMAGE"] == "ghcr.io/lmjob/trainer:0.1.0"
     args = container["args"]
-    assert "--peering=lmjob" in args
-    assert "--liveness=http://0.0.0.0:8080/healthz" in args
+    assert "--peering-name=lmjob-operator" in args
+    assert "--liveness=http://0.0.0.0:8081/healthz" in args
+    assert "--metrics-port=8080" in args
     assert not [a for a in args if a.startswith("--namespace")]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"health": 8080, "metrics": 9090}
+    assert ports == {"health": 8081, "metrics": 8080}
 
     digest = "sha256:" + "b" * 64
     container = operator_container(
@@ -194,7 +195,7 @@ def test_cluster_mode_rbac_is_the_rules_file(render: Render) -> None:
         {"kind": "ServiceAccount", "name": "lmjob-operator", "namespace": "lmjob-system"}
     ]
     (peering,) = find(docs, "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == "lmjob"
+    assert peering["metadata"]["name"] == "lmjob-operator"
 
 
 def test_namespaced_mode_grants_nothing_namespaced_cluster_wide(render: Render) -> None:
@@ -239,7 +240,7 @@ def test_minimal_scenario(render: Render) -> None:
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment"]
     container = operator_container(docs)
     assert "--standalone" in container["args"]
-    assert not [a for a in container["args"] if a.startswith("--metrics-port")]
+    assert "--metrics-port=0" in container["args"]
     (deployment,) = find(docs, "Deployment")
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
