@@ -6,7 +6,6 @@ from typing import Any
 
 from lmjob_api import LargeModelJob
 from lmjob_api.trainer_config import CONFIG_FILE_NAME, build_trainer_config, dump_trainer_config
-
 from lmjob_operator.naming import ROLE_WORKER, config_map_name, owned_metadata
 
 

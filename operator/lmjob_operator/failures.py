@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from lmjob_api.job import RunPolicy
-
 from lmjob_operator.pod_view import PodView
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
-from lmjob_api import GROUP, PLURAL, VERSION
 
+from lmjob_api import GROUP, PLURAL, VERSION
 from lmjob_operator.naming import JOB_LABEL
 from lmjob_operator.pod_view import PodView, view_pod
 from lmjob_operator.reconcile import build_context, run_job_daemon

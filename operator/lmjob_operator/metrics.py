@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from lmjob_api import JobPhase
 from prometheus_client import Counter, Gauge, Histogram
+
+from lmjob_api import JobPhase
 
 JOBS = Gauge(
     "lmjob_operator_jobs",

@@ -20,15 +20,18 @@ ROLE_WORKER = "worker"
 ROLE_RENDEZVOUS = "rendezvous"
 # The rendezvous round a worker pod joins (its PET_RDZV_ID is `<job uid>-<round>`).
 ROUND_LABEL = "lmjob.dev/rendezvous-round"
-# Set on a failed pod once its failure was counted in status.restarts; the value is the
-# restart number it was counted as, so a crash between counting and deleting never
-# counts the same failure twice (see failures.py).
-COUNTED_ANNOTATION = "lmjob.dev/counted-as-restart"
+# The elastic bounds `min-max` a worker's torchrun was started with (PET_NNODES): agents of
+# one rendezvous must agree on them, so a pod with other bounds is replaced.
+BOUNDS_LABEL = "lmjob.dev/elastic-bounds"
 
 # Where the trainer config is mounted in every worker (LMJOB_CONFIG points into it).
 CONFIG_DIR = "/etc/lmjob"
 # Port of the rendezvous store (the c10d TCPStore) inside its pod.
 RENDEZVOUS_PORT = 29400
+
+
+def bounds_value(low: int, high: int) -> str:
+    return f"{low}-{high}"
 
 
 def worker_name(job_name: str, index: int) -> str:

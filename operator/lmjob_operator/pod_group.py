@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmjob_api import LargeModelJob
-
 from lmjob_operator.naming import ROLE_WORKER, owned_metadata
 
 Flavour = Literal["volcano", "scheduler-plugins"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from lmjob_api import LargeModelJob
-
 from lmjob_operator.naming import JOB_LABEL, ROLE_LABEL, ROLE_WORKER, owned_metadata
 
 POD_MONITOR_GROUP = "monitoring.coreos.com"

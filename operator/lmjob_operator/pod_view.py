@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from lmjob_operator.naming import INDEX_LABEL, JOB_LABEL, ROLE_LABEL, ROLE_WORKER, ROUND_LABEL
+from lmjob_operator.naming import (
+    BOUNDS_LABEL,
+    INDEX_LABEL,
+    JOB_LABEL,
+    ROLE_LABEL,
+    ROLE_WORKER,
+    ROUND_LABEL,
+)
 
 # Pod-level reasons Kubernetes sets when it, not the program, ended a pod.
 DISRUPTION_REASONS = frozenset(
@@ -72,6 +79,8 @@ class PodView:
     grace_period_seconds: int | None = None
     created: datetime | None = None
     started: datetime | None = None
+    bounds: str = ""
+    """The elastic bounds label (`min-max`) of a worker."""
     owner_uid: str = ""
     """uid of the controlling owner (the job incarnation that made the pod)."""
 
@@ -133,6 +142,7 @@ def view_pod(body: dict[str, Any]) -> PodView:
         grace_period_seconds=_int(meta.get("deletionGracePeriodSeconds")),
         created=parse_time(meta.get("creationTimestamp")),
         started=parse_time(status.get("startTime")),
+        bounds=labels.get(BOUNDS_LABEL, ""),
         owner_uid=next(
             (o.get("uid", "") for o in meta.get("ownerReferences") or [] if o.get("controller")),
             "",

@@ -19,16 +19,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lmjob_api import API_VERSION, GROUP, KIND, PLURAL, VERSION, JobPhase, LargeModelJob
-from lmjob_api import LargeModelJobStatus as Status
 from pydantic import ValidationError
 
+from lmjob_api import API_VERSION, GROUP, KIND, PLURAL, VERSION, JobPhase, LargeModelJob
+from lmjob_api import LargeModelJobStatus as Status
 from lmjob_operator import metrics
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.config_map import build_config_map, needs_config_map
 from lmjob_operator.failures import Action, Verdict, judge_failures
 from lmjob_operator.kube import CONFIG_MAPS, PODS, SERVICES, ApiError, Kube, ResourcePath
-from lmjob_operator.naming import ROLE_RENDEZVOUS, rendezvous_name, worker_name
+from lmjob_operator.naming import ROLE_RENDEZVOUS, bounds_value, rendezvous_name, worker_name
 from lmjob_operator.pod_group import POD_GROUP_APIS, build_pod_group, gang_flavour
 from lmjob_operator.pod_monitor import (
     POD_MONITOR_GROUP,
@@ -239,6 +239,7 @@ def plan_pods(
         return PodPlan(delete=tuple(delete), force_delete=force)
 
     replicas = job.spec.workers.replicas
+    bounds = bounds_value(*job.spec.workers.bounds)
     replace_names = set(verdict.replace)
     finishing = any(p.phase == "Succeeded" and p.rendezvous_round == round_ for p in workers)
     for p in workers:
@@ -246,6 +247,8 @@ def plan_pods(
             delete.append((p.name, p.uid, f"scaled to {replicas} workers"))
         elif p.rendezvous_round != round_:
             delete.append((p.name, p.uid, f"restart {round_}: joining a fresh rendezvous"))
+        elif p.bounds != bounds and not p.finished:
+            delete.append((p.name, p.uid, f"elastic bounds changed to {bounds}"))
         elif p.name in replace_names or p.phase == "Unknown":
             delete.append((p.name, p.uid, "replacing a disrupted worker"))
     rendezvous_gone = rendezvous is not None and (

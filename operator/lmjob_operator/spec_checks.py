@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from lmjob_api import LargeModelJob
 from lmjob_api.validation import check_rules, check_template_env
-
 from lmjob_operator.naming import CONFIG_DIR
 from lmjob_operator.worker_pod import RESERVED_VOLUMES, WORKER_CONTAINER
 

@@ -28,7 +28,6 @@ from lmjob_api.status import (
     StageStatus,
     WorkersStatus,
 )
-
 from lmjob_operator.failures import Action, Verdict
 from lmjob_operator.naming import worker_selector
 from lmjob_operator.pod_view import PodView, parse_time

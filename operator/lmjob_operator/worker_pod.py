@@ -21,14 +21,15 @@ from typing import Any
 
 from lmjob_api import LargeModelJob
 from lmjob_api.trainer_config import CONFIG_FILE_NAME
-
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.config_map import needs_config_map
 from lmjob_operator.naming import (
+    BOUNDS_LABEL,
     CONFIG_DIR,
     INDEX_LABEL,
     ROLE_WORKER,
     ROUND_LABEL,
+    bounds_value,
     config_map_name,
     job_namespace,
     job_uid,
@@ -175,6 +176,7 @@ def build_worker_pod(
         **meta["labels"],
         INDEX_LABEL: str(index),
         ROUND_LABEL: str(rendezvous_round),
+        BOUNDS_LABEL: bounds_value(*job.spec.workers.bounds),
     }
     annotations = {**template.metadata.annotations, **gang_annotations}
     if annotations:
