@@ -87,7 +87,7 @@ def build_worker_env(job: LargeModelJob, rendezvous_round: int) -> list[dict[str
         "PET_RDZV_BACKEND": "c10d",
         "PET_RDZV_ENDPOINT": rendezvous_endpoint(name, namespace),
         "PET_RDZV_ID": f"{job_uid(job)}-{rendezvous_round}",
-        "PET_RDZV_CONF": "is_host=false",
+        "PET_RDZV_CONF": "is_host=false,read_timeout=300",
         "PET_MAX_RESTARTS": str(TORCHRUN_MAX_RESTARTS),
     }
     if needs_config_map(job):
