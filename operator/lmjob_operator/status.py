@@ -167,6 +167,10 @@ def build_status(
         old = _condition(previous, "Restarting")
         phase = JobPhase.RESTARTING
         reason, message = (old.reason, old.message) if old else ("Restarting", "")
+    elif any(p.phase == "Succeeded" for p in current):
+        # Training completed on some worker; the rest are in torchrun's exit barrier.
+        phase = previous.phase if previous.phase == JobPhase.COMPRESSING else JobPhase.RUNNING
+        reason, message = "WorkersFinishing", "training completed; waiting for every worker to exit"
     elif len(running) >= low:
         in_compression = progress is not None and progress.stage not in ("", "train")
         phase = JobPhase.COMPRESSING if in_compression else JobPhase.RUNNING

@@ -66,8 +66,7 @@ def worker(
         phase=phase,
         bounds=bounds,
         owner_uid=UID,
-        pod_ip=f"10.0.0.{index + 1}",
-        **fields,
+        **{"pod_ip": f"10.0.0.{index + 1}", **fields},
     )
 
 
