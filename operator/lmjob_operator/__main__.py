@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     log_format = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}.get(
         args.log_format, kopf.LogFormat.JSON
     )
-    kopf.configure(verbose=args.verbose, log_format=log_format, log_refkey="object")
+    kopf.configure(
+        verbose=args.verbose, log_format=log_format, log_prefix=True, log_refkey="object"
+    )
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address)
 

@@ -1,7 +1,7 @@
 """kopf registrations, kept thin: each handler hands its work to settings.py or reconcile.py.
 
 One daemon per LargeModelJob runs the job's reconcile loop (reconcile.run_job); pod events
-and spec changes only wake it, so a burst of events becomes one pass, passes of one job
+and spec changes only wake it (async handlers: they run in the event loop, next to it), so a burst of events becomes one pass, passes of one job
 never overlap, and the pod index (filled before any handler runs) is always complete.
 """
 
@@ -32,25 +32,23 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.probe(id="jobs")
-def count_jobs(memo: kopf.Memo, **_: Any) -> int:
+async def count_jobs(memo: kopf.Memo, **_: Any) -> int:
     return len(memo.ctx.registry.jobs)
 
 
 @kopf.index("pods", labels={JOB_LABEL: kopf.PRESENT})
-def pods_by_job(
-    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+async def pods_by_job(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], PodView]:
-    return {(namespace, labels[JOB_LABEL]): view_pod(body)}
-
-
-@kopf.on.event("pods", labels={JOB_LABEL: kopf.PRESENT})
-def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    # Also the pod-event trigger: kopf stores the view right after this returns, before the
+    # woken daemon runs, and one call per pod event beats a second (logged) event handler.
     memo.ctx.registry.wake(namespace, labels[JOB_LABEL])
+    return {(namespace, labels[JOB_LABEL]): view_pod(body)}
 
 
 @kopf.on.create(*JOBS)
 @kopf.on.update(*JOBS, field="spec")
-def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.ctx.registry.wake(namespace, name)
 
 

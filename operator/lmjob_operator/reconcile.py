@@ -366,7 +366,7 @@ async def _reconcile(
 
     plan = plan_pods(job, status, pods, verdict, now, ctx.config)
     if plan.delete_job:
-        log.info("deleting job: ttlSecondsAfterFinished passed", extra=_job_log(job))
+        _job_log(job).info("deleting job: ttlSecondsAfterFinished passed")
         try:
             await ctx.kube.delete(JOBS, namespace, name, uid=uid)
         except ApiError as err:
@@ -470,7 +470,7 @@ async def _write_status(
     for event in transition_events(previous, status):
         post_event(event.type, event.reason, event.message)
     if status.phase != previous.phase:
-        log.info("phase %s → %s", previous.phase.value, status.phase.value, extra=_job_log(job))
+        _job_log(job).info("phase %s → %s", previous.phase.value, status.phase.value)
     state.last_status = status
     ctx.registry.publish_phases()
 
@@ -556,7 +556,7 @@ async def _apply_plan(
             if err.status not in (404, 409):  # gone already, or a newer pod of that name
                 raise
         state.deleted[uid] = time.monotonic()
-        log.info("deleted pod %s: %s", name, why, extra=_job_log(job))
+        _job_log(job).info("deleted pod %s: %s", name, why)
 
     for name, uid in plan.force_delete:
         await delete(name, uid, "stuck terminating past its grace period", grace=0)
@@ -593,15 +593,28 @@ async def _create_pod(
         if err.status in (400, 422) and role == "worker":
             state.rejected = f"the API server rejected worker pod {name}: {err.message}"[:1000]
             state.wake.set()
-            log.warning("worker pod rejected: %s", err.message, extra=_job_log(job))
+            _job_log(job).warning("worker pod rejected: %s", err.message)
             return
         raise
     state.created[name] = (view_pod(created), time.monotonic())
     metrics.PODS_CREATED.labels(role=role).inc()
 
 
-def _job_log(job: LargeModelJob) -> dict[str, str]:
-    return {"job": job.metadata.name, "namespace": job.metadata.namespace or ""}
+class JobLog(logging.LoggerAdapter):
+    """Log lines of one job: `[namespace/name] message`, with both as structured fields."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return f"[{extra.get('namespace')}/{extra.get('job')}] {msg}", kwargs
+
+
+def job_log(namespace: str, name: str) -> JobLog:
+    return JobLog(log, {"job": name, "namespace": namespace})
+
+
+def _job_log(job: LargeModelJob) -> JobLog:
+    return job_log(job.metadata.namespace or "", job.metadata.name)
 
 
 async def run_job(
@@ -625,12 +638,10 @@ async def run_job(
             reason = f"api{err.status}" if isinstance(err, ApiError) else type(err).__name__
             metrics.RECONCILE_ERRORS.labels(reason=reason).inc()
             delay = min(60.0, 0.5 * 2**failures)
-            namespace, name = state.key
-            log.warning(
+            job_log(*state.key).warning(
                 "reconcile failed (retry in %.1fs): %s",
                 delay,
                 err,
-                extra={"job": name, "namespace": namespace},
                 exc_info=not isinstance(err, ApiError),
             )
         try:
