@@ -304,3 +304,17 @@ def test_kustomize_base_applies_in_one_go() -> None:
     custom = [d for d in docs if d["apiVersion"] not in BUILT_IN_GROUPS]
     assert not custom, [f"{d['kind']}/{d['metadata']['name']}" for d in custom]
     assert {d["kind"] for d in docs} >= {"Namespace", "CustomResourceDefinition", "Deployment"}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=list(SCENARIOS))
+def test_operator_accepts_the_chart_args(render: Render, scenario: str) -> None:
+    """The Deployment's args parse with `python -m lmjob_operator`'s own parser."""
+    from lmjob_operator.__main__ import build_parser
+
+    container = operator_container(render(SCENARIOS[scenario]))
+    args = build_parser().parse_args(container["args"])
+    assert args.namespace == SCENARIOS[scenario].get("watchNamespaces", [])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.liveness.endswith(f":{ports['health']}/healthz")
+    assert args.metrics_port == ports.get("metrics", 0)
+    assert args.standalone is not SCENARIOS[scenario].get("peering", {"enabled": True})["enabled"]

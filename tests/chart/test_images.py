@@ -4,6 +4,7 @@ commands each image runs found in the packages it installs (no torch in the oper
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import importlib.metadata as metadata
 import json
@@ -196,8 +197,11 @@ def test_operator_imports_are_installed_in_its_image() -> None:
     sources = [*(REPO / "operator").rglob("*.py"), *(REPO / "api").rglob("*.py")]
     imported: set[str] = set()
     for source in sources:
-        for match in re.finditer(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", source.read_text(), re.M):
-            imported.add(match.group(1))
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
     third_party = {
         m for m in imported if m not in sys.stdlib_module_names and not m.startswith("lmjob_")
     }
