@@ -318,3 +318,24 @@ def test_operator_accepts_the_chart_args(render: Render, scenario: str) -> None:
     assert args.liveness.endswith(f":{ports['health']}/healthz")
     assert args.metrics_port == ports.get("metrics", 0)
     assert args.standalone is not SCENARIOS[scenario].get("peering", {"enabled": True})["enabled"]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, ["rollout status deployment/lmjob-operator", "in every namespace"]),
+        (
+            {"watchNamespaces": ["team-a"], "crds": {"enabled": False}},
+            ["kubectl apply -n team-a -f", "in: team-a (and nowhere else)", "crds.enabled=false"],
+        ),
+    ],
+)
+def test_notes_tell_the_next_step(
+    values: dict[str, Any], expected: list[str], helm_binary: Path, helm_home: Path, tmp_path: Path
+) -> None:
+    out = run_helm(helm_binary, "install", "lmjob", str(CHART), "--namespace", "lmjob-system",
+                   "--dry-run=client", "--values", str(write_values(tmp_path, values)),
+                   home=helm_home).stdout  # fmt: skip
+    notes = out[out.index("NOTES:") :]
+    for text in expected:
+        assert text in notes
