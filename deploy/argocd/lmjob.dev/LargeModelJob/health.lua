@@ -22,10 +22,11 @@ local function find_condition(conditions, type_)
   return nil
 end
 
--- The message of condition `type_` when it is True, else `fallback`.
-local function condition_message(status, type_, fallback)
+-- The message (else reason) of condition `type_` when its status is `want` ("True" unless
+-- given), else `fallback`.
+local function condition_message(status, type_, fallback, want)
   local condition = find_condition(status.conditions, type_)
-  if condition ~= nil and condition.status == "True" then
+  if condition ~= nil and condition.status == (want or "True") then
     if condition.message ~= nil and condition.message ~= "" then
       return condition.message
     end
@@ -116,7 +117,13 @@ end
 
 hs.status = "Progressing"
 if phase == "Pending" then
-  hs.message = condition_message(status, "Pending", with_summary("Pending", status))
+  -- The operator says why in the Running condition, e.g. "1 of 4 workers running (at least 2 needed)".
+  local why = condition_message(status, "Running", nil, "False")
+  if why ~= nil then
+    hs.message = "Pending: " .. why
+  else
+    hs.message = with_summary("Pending", status)
+  end
 elseif phase == "Restarting" then
   local prefix = "Restarting (restart " .. count(status.restarts) .. ")"
   local reason = condition_message(status, "Restarting", nil)
