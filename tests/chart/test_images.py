@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import importlib.metadata as metadata
+import importlib.util
 import json
 import re
 import shutil
@@ -26,6 +27,7 @@ DOCKERFILES = sorted(
 )
 IDS = [str(p.relative_to(REPO / "images")) for p in DOCKERFILES]
 OPERATOR = REPO / "images" / "operator" / "Dockerfile"
+TRAINER_DOCKERFILES = [p for p in DOCKERFILES if p.parent.name == "trainer"]
 
 
 def read_instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -156,30 +158,91 @@ def test_hadolint(dockerfile: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
-def test_context_builds_the_commands(
-    dockerfile: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """The image's command is in the wheel built from its filtered context, or in a
-    console script of a distribution its extras install."""
-    files = build_context_wheel(
-        tuple(read_ignore_patterns(dockerfile)), tmp_path_factory.getbasetemp()
-    )
-    command = read_command(dockerfile)
-    assert command, f"{dockerfile.name}: no ENTRYPOINT/CMD"
+def normalise(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def find_missing_commands(
+    command: list[str], files: frozenset[str], closure: set[str]
+) -> list[str]:
+    """What of `command` (`python -m X ...`, `torchrun ... -m Y`) the image lacks: every
+    `-m` module must be in the image's own wheel (lmjob_*) or in an installed distribution."""
+    missing = []
     if command[0] == "torchrun":
-        closure = requirement_closure(read_installed_extras(dockerfile))
         owners = {
-            dist.metadata["Name"].lower()
+            normalise(dist.metadata["Name"])
             for dist in metadata.distributions()
             for ep in dist.entry_points
             if ep.group == "console_scripts" and ep.name == "torchrun"
         }
-        assert owners & closure, f"torchrun comes from {owners}, none installed by the image"
-    assert "-m" in command, f"{dockerfile.name}: expected `... -m <module>`, got {command}"
-    module = command[command.index("-m") + 1]
-    main = f"{module.replace('.', '/')}/__main__.py"
-    assert main in files, f"{dockerfile.name} runs `-m {module}` but the image has no {main}"
+        if not owners & closure:
+            missing.append(f"torchrun (from {owners or 'nothing'})")
+    else:
+        assert command[0] == "python", f"unexpected executable in {command}"
+    modules = [command[i + 1] for i, arg in enumerate(command[:-1]) if arg == "-m"]
+    assert modules, f"expected `-m <module>` in {command}"
+    for module in modules:
+        path = module.replace(".", "/")
+        if module.startswith("lmjob_"):
+            if f"{path}/__main__.py" not in files and f"{path}.py" not in files:
+                missing.append(f"-m {module}")
+            continue
+        dists = metadata.packages_distributions().get(module.split(".")[0], [])
+        found = importlib.util.find_spec(module) is not None
+        if not found or not {normalise(d) for d in dists} & closure:
+            missing.append(f"-m {module} (from {dists or 'nothing'})")
+    return missing
+
+
+def image_files(dockerfile: Path, tmp_path_factory: pytest.TempPathFactory) -> frozenset[str]:
+    patterns = tuple(read_ignore_patterns(dockerfile))
+    return build_context_wheel(patterns, tmp_path_factory.getbasetemp())
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
+def test_image_command_exists(dockerfile: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """ENTRYPOINT + CMD, against the wheel built from exactly the image's filtered context
+    and the distributions its extras install."""
+    command = read_command(dockerfile)
+    assert command, f"{dockerfile.name}: no ENTRYPOINT/CMD"
+    closure = requirement_closure(read_installed_extras(dockerfile))
+    files = image_files(dockerfile, tmp_path_factory)
+    assert not find_missing_commands(command, files, closure)
+
+
+@pytest.mark.parametrize(
+    "dockerfile", TRAINER_DOCKERFILES, ids=[p.name for p in TRAINER_DOCKERFILES]
+)
+def test_operator_pod_commands_exist_in_trainer_image(
+    dockerfile: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The commands the operator gives worker and rendezvous pods (its own builders) run in
+    the trainer image, which is their default image."""
+    from lmjob_api import LargeModelJob
+    from lmjob_operator.config import OperatorConfig
+    from lmjob_operator.rendezvous import build_rendezvous_pod
+    from lmjob_operator.worker_pod import build_worker_command
+
+    job = LargeModelJob.model_validate(
+        {
+            "apiVersion": "lmjob.dev/v1alpha1",
+            "kind": "LargeModelJob",
+            "metadata": {"name": "probe", "namespace": "default", "uid": "u1"},
+            "spec": {
+                "workers": {"replicas": 2},
+                "training": {
+                    "model": {"layers": 2, "heads": 2, "hidden": 64, "seqLen": 32},
+                    "data": {"source": "/data/shakespeare.txt"},
+                    "steps": 10,
+                },
+            },
+        }
+    )
+    rendezvous = build_rendezvous_pod(job, OperatorConfig())["spec"]["containers"][0]
+    closure = requirement_closure(read_installed_extras(dockerfile))
+    files = image_files(dockerfile, tmp_path_factory)
+    for command in (build_worker_command(job), rendezvous["command"] + rendezvous.get("args", [])):
+        assert not find_missing_commands(command, files, closure), command
 
 
 def test_operator_image_installs_no_torch() -> None:
