@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, REPO, run_helm, write_values
+from tests.chart.helm_runs import CHART, REPO, run_helm, write_values
 
 pytestmark = pytest.mark.cluster
 

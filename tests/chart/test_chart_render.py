@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, REPO, Render, find, run_helm, write_values
+from tests.chart.helm_runs import CHART, REPO, Render, find, run_helm, write_values
 
 OPERATOR_RULES = yaml.safe_load((CHART / "files" / "operator-rules.yaml").read_text())
 CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
