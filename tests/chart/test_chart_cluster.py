@@ -5,7 +5,13 @@ ServiceAccount token, the kustomize base, and the CRD under client-side apply.""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -320,3 +326,91 @@ def test_kustomize_base_applies(kubectl: Kubectl, kube: Any) -> None:
         docs = [d for d in yaml.safe_load_all(rendered) if d]
         rest = [d for d in docs if d["kind"] != "CustomResourceDefinition"]
         kubectl("delete", "-f", "-", "--wait=false", input=yaml.safe_dump_all(rest))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_operator_runs_under_the_chart(
+    helm_cluster: HelmCluster,
+    kubectl: Kubectl,
+    kube: Any,
+    namespace: str,
+    make_namespace: Callable[[str], str],
+    mint_token: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """The real operator, started with the Deployment's own args and env and the chart's
+    ServiceAccount token (namespaced mode, peered), gets healthy and creates a job's pods:
+    the chart's RBAC is enough for everything kopf and lmjob do."""
+    release = "lmjo"
+    watched = make_namespace("watched")
+    helm_cluster("install", release, str(CHART), "--namespace", namespace,
+                 "--set", "crds.enabled=false", "--set", f"watchNamespaces={{{watched}}}",
+                 "--set", f"peering.name={release}")  # fmt: skip
+    log_path = tmp_path / "operator.log"
+    proc = None
+    try:
+        deployment = kube.apps.read_namespaced_deployment("lmjo-lmjob-operator", namespace)
+        container = deployment.spec.template.spec.containers[0]
+        health, metrics = free_port(), free_port()
+        args = [
+            f"--liveness=http://127.0.0.1:{health}/healthz"
+            if a.startswith("--liveness=")
+            else f"--metrics-port={metrics}"
+            if a.startswith("--metrics-port=")
+            else a
+            for a in container.args
+        ]
+        token = mint_token(namespace, "lmjo-lmjob-operator", create=False)
+        env = dict(os.environ, KUBECONFIG=str(token.kubeconfig))
+        env |= {e.name: e.value for e in container.env if e.value is not None}
+        sources = [str(REPO / d) for d in ("api", "cli", "operator", "trainer")]
+        env["PYTHONPATH"] = os.pathsep.join([*sources, env.get("PYTHONPATH", "")])
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "lmjob_operator", *args],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        url = f"http://127.0.0.1:{health}/healthz"
+        wait_until(lambda: healthy(url) or proc.poll() is not None, 30, "the operator's /healthz")
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+
+        job = create_job(kubectl, watched)
+        selector = f"lmjob.dev/job-name={job},lmjob.dev/role=worker"
+        wait_until(
+            lambda: kube.core.list_namespaced_pod(watched, label_selector=selector).items,
+            30,
+            "the operator to create the job's worker pods",
+        )
+        wait_until(
+            lambda: (
+                kubectl("get", "lmj", job, "-n", watched, "-o", "jsonpath={.status.phase}").stdout
+            ),
+            30,
+            "the operator to write the job's status",
+        )
+        peering = kube.custom.get_namespaced_custom_object(
+            "kopf.dev", "v1", watched, "kopfpeerings", release
+        )
+        assert peering.get("status"), "the operator never announced itself in its peering"
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        helm_cluster("uninstall", release, "--namespace", namespace)
+    text = log_path.read_text()
+    assert "Traceback" not in text and "Forbidden" not in text and " 403" not in text, text[-3000:]
