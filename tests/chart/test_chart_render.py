@@ -170,6 +170,7 @@ def test_operator_args_and_env(render: Render) -> None:
     container = operator_container(render())
     assert container["image"] == "ghcr.io/lmjob/operator:0.1.0"
     assert env_of(container)["LMJOB_TRAINER_IMAGE"] == "ghcr.io/lmjob/trainer:0.1.0"
+    assert "LMJOB_RENDEZVOUS_IMAGE" not in env_of(container)  # the operator's fallback
     args = container["args"]
     assert "--peering-name=lmjob-operator" in args
     assert "--liveness=http://0.0.0.0:8081/healthz" in args
@@ -183,6 +184,8 @@ def test_operator_args_and_env(render: Render) -> None:
         render({"trainer": {"image": {"repository": "r/t", "tag": "1.2", "digest": digest}}})
     )
     assert env_of(container)["LMJOB_TRAINER_IMAGE"] == f"r/t@{digest}"
+    container = operator_container(render({"trainer": {"rendezvousImage": {"repository": "r/s"}}}))
+    assert env_of(container)["LMJOB_RENDEZVOUS_IMAGE"] == "r/s:0.1.0"
 
 
 def test_cluster_mode_rbac_is_the_rules_file(render: Render) -> None:
