@@ -24,6 +24,7 @@ from tests.chart.helm_runs import CHART, REPO, run_helm, write_values
 pytestmark = pytest.mark.cluster
 
 CRD_NAME = "largemodeljobs.lmjob.dev"
+KOPF_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 JOB_SAMPLE = (
     REPO / "deploy" / "argocd" / "lmjob.dev" / "LargeModelJob" / "testdata" / "running.yaml"
 )
@@ -217,6 +218,9 @@ def test_install_upgrade_uninstall(
     release = "lmjc"
     # The operator pod must pass the `restricted` Pod Security Standard.
     kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    # A first install where kopf's peering CRDs are absent: Helm must create them (crds/)
+    # before it maps the peering object in templates/.
+    kubectl("delete", "crd", *KOPF_CRDS, "--ignore-not-found", "--wait=true")
     # The session's CRD was applied by kubectl: Helm 4 adopts it, as it would for a user
     # moving from `kubectl apply -f crds/` (or the kustomize base) to the chart.
     helm_cluster("install", release, str(CHART), "--namespace", namespace,
@@ -256,6 +260,8 @@ def test_install_upgrade_uninstall(
     wait_until(lambda: not leftovers(kubectl, release), 60, "the release's objects to go")
     crd = kube.apiext.read_custom_resource_definition(CRD_NAME)
     assert crd.metadata.annotations["helm.sh/resource-policy"] == "keep"
+    for name in KOPF_CRDS:  # crds/ is never deleted by Helm
+        kube.apiext.read_custom_resource_definition(name)
 
 
 def test_cluster_mode_permissions(
