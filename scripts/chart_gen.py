@@ -42,7 +42,7 @@ ARGOCD_PATCH = ARGOCD / "argocd-cm-patch.yaml"
 # chart's (`replicaCount`, `peering.enabled`).
 KUSTOMIZE_NAMESPACE = "lmjob-system"
 KUSTOMIZE_RELEASE = "lmjob"
-KUSTOMIZE_SET = ("grafana.dashboards.enabled=false", "peering.enabled=false")
+KUSTOMIZE_SET = ("grafana.dashboards.enabled=false", "peering.enabled=false", "replicaCount=1")
 # Labels that only make sense for a Helm release. (The CRD's `helm.sh/resource-policy: keep`
 # stays: Argo CD honours it too, and never deletes the CRD with the Application.)
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
@@ -236,7 +236,10 @@ def render_kustomize(helm: str) -> dict[str, str]:
     cmd = [helm, "template", KUSTOMIZE_RELEASE, str(CHART), "--namespace", KUSTOMIZE_NAMESPACE]
     for setting in KUSTOMIZE_SET:
         cmd += ["--set", setting]
-    rendered = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"chart_gen: {' '.join(cmd)} failed:\n{result.stderr}")
+    rendered = result.stdout
     files: dict[str, list[dict[str, Any]]] = {
         "namespace.yaml": [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUSTOMIZE_NAMESPACE}}
