@@ -4,6 +4,7 @@ renders, and helm/kubectl runs against the test control plane."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.helm_runs import CHART, Render, run_helm, write_values
+from tests.chart.helm_runs import CHART, REPO, Render, run_helm, write_values
 from tests.support.binaries import BinariesMissing, find_binaries
+
+# Import the packages of the checkout under test, even where the editable install points at
+# another worktree of the repository (the chart is checked against *this* operator's CLI).
+for _source in ("trainer", "operator", "cli", "api"):
+    if str(REPO / _source) not in sys.path:
+        sys.path.insert(0, str(REPO / _source))
 
 
 @pytest.fixture(scope="session")
