@@ -48,7 +48,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:
         if exitstatus != 0:
             terminalreporter.write_line(f"control-plane logs: {plane.log_dir}")
         if plane.startup_s is not None:
-            terminalreporter.write_line(f"control-plane start-up: {plane.startup_s:.1f}s")
+            steps = ", ".join(f"{k} {v:.1f}s" for k, v in plane.milestones.items())
+            terminalreporter.write_line(f"control-plane start-up: {plane.startup_s:.1f}s ({steps})")
 
 
 @pytest.fixture(scope="session")
