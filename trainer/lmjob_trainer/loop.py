@@ -272,12 +272,12 @@ def run_steps(
         if history is not None:
             history.close()
         set_log_context(step=None)
-    latest = storage.latest_complete(session.root, stage)
+    saved = checkpoints.last_saved_step
     return StageResult(
         model=unwrap(model),
         steps=state.step,
         eval_loss=state.last_eval,
-        checkpoint=latest[1] if latest else None,
+        checkpoint=None if saved is None else storage.step_dir(session.root, stage, saved),
         stopped_early=state.stopped_early,
         interrupted=interrupted,
         wall_seconds=time.perf_counter() - started,
