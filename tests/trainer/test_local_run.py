@@ -93,7 +93,7 @@ def test_ctrl_c_leaves_resumable_checkpoint(tmp_path: Path, text_file: Path) -> 
     assert again.returncode == 0, err[-4000:]
     assert storage.read_report(run_dir, "train")["steps"] == 300
     resumed_log = "\n".join(p.read_text() for p in (run_dir / "logs").rglob("stderr.log"))
-    assert f"resumed from checkpoint path={latest[1]}" in resumed_log
+    assert f'msg="resumed from checkpoint" path={latest[1]}' in resumed_log
 
 
 def test_progress_is_read_from_rank0_metrics() -> None:

@@ -176,7 +176,9 @@ def test_crash_during_save_keeps_previous_checkpoint(
     assert storage.latest_complete(root, "train")[0] == 4
     # The next start ignores (and clears) the torn step-8 save and resumes from step 4.
     resumed = torchrun(config, root, nproc=1)
-    assert f"resumed from checkpoint path={storage.step_dir(root, 'train', 4)}" in resumed.stderr
+    assert (
+        f'msg="resumed from checkpoint" path={storage.step_dir(root, "train", 4)}' in resumed.stderr
+    )
     _assert_matches_reference(root, ddp_reference, from_step=4)
     assert storage.is_complete(step8)
 
