@@ -271,6 +271,9 @@ def run_steps(
         if not interrupted:
             checkpoints.save(state.step, blocking=True)
         checkpoints.wait()
+    except BaseException:
+        metrics.set_stage_phase(stage, "Failed")
+        raise
     finally:
         checkpoints.close()
         if history is not None:

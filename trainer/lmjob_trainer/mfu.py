@@ -36,10 +36,10 @@ PEAK_FLOPS: tuple[tuple[str, float, float], ...] = (
 def flops_per_token(model: nn.Module, spec: ModelSpec) -> float:
     """Training FLOPs per token of one forward+backward pass."""
     if isinstance(model, GPT):
-        layers, hidden = len(model.blocks), spec.hidden
+        # The model's own shape (a distillation student differs from training.model).
+        layers, hidden, seq_len = len(model.blocks), model.spec.hidden, model.seq_len
         # qkv 3h², proj h², fc 4h², proj 4h² per block, plus the output head v·h.
         matmul_params = layers * 12 * hidden * hidden + model.vocab_size * hidden
-        seq_len = spec.seq_len
     else:
         config = getattr(getattr(model, "model", model), "config", None)
         layers = int(getattr(config, "num_hidden_layers", 0) or 0)
