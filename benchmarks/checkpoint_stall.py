@@ -22,6 +22,7 @@ from harness import SHAKESPEARE, launch, machine, scratch_dir, write_result
 def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
+
     from lmjob_api.trainer_config import TrainerConfig
     from lmjob_trainer.checkpoint import CheckpointManager, ModelState, OptimizerState
     from lmjob_trainer.distributed import close_distributed, init_distributed

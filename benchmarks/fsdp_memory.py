@@ -27,6 +27,7 @@ def _status_kib(field: str) -> int:
 def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
+
     from lmjob_api.trainer_config import TrainerConfig
     from lmjob_trainer.distributed import close_distributed, init_distributed
     from lmjob_trainer.loop import run_steps

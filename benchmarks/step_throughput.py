@@ -71,6 +71,7 @@ def trainer_steps(session: Any, stage: str, steps: int, warmup: int) -> float:
 
 def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
+
     from lmjob_api.trainer_config import TrainerConfig
     from lmjob_trainer.distributed import close_distributed, init_distributed
     from lmjob_trainer.metrics import TrainerMetrics

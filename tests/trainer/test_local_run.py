@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from lmjob_trainer import storage
 from lmjob_trainer.local_run import parse_progress
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from lmjob_trainer import storage
 
 from .conftest import (

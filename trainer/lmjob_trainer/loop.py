@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lmjob_api.training import Strategy, TrainingSpec
 from torch import nn
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.distributed.tensor import DTensor
 
+from lmjob_api.training import Strategy, TrainingSpec
 from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import CheckpointManager, ModelState, OptimizerState
 from lmjob_trainer.data import TrainLoader

@@ -8,9 +8,9 @@ counted (it is not *model* FLOPs). Reported only on CUDA: a CPU has no meaningfu
 from __future__ import annotations
 
 import torch
-from lmjob_api.training import ModelSpec, Precision
 from torch import nn
 
+from lmjob_api.training import ModelSpec, Precision
 from lmjob_trainer.model import GPT
 
 # Dense (non-sparse) peak FLOP/s per GPU: (16-bit tensor cores, TF32 tensor cores), from the

@@ -17,7 +17,6 @@ from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 import torch
-from lmjob_api.training import Precision, TrainingSpec
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
@@ -31,6 +30,7 @@ from torch.distributed.tensor.parallel import (
 )
 from torch.nn.parallel import DistributedDataParallel
 
+from lmjob_api.training import Precision, TrainingSpec
 from lmjob_trainer.hf_model import HFCausalLM
 from lmjob_trainer.model import GPT
 

@@ -15,9 +15,9 @@ from types import FrameType
 from typing import Any
 
 import torch
+
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import ManifestError
-
 from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import choose_on_rank0
 from lmjob_trainer.distributed import DistEnv, close_distributed, init_distributed
