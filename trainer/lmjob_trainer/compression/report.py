@@ -1,0 +1,157 @@
+"""A stage's report: what it cost and what it saved, as `<dir>/<stage>/report.json`.
+
+`metrics()` is the flat camelCase form used everywhere else: the operator's
+`status.stages[].metrics`, the `lmjob_trainer_stage_result{metric}` series and the
+`lmjob run` summary table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+REPORT_FILE = "report.json"
+
+
+@dataclass
+class StageReport:
+    """Numbers of one finished stage; `None` where a figure does not apply."""
+
+    stage: str
+    type: str
+    params: int
+    """Parameters of the output model (tied weights once; pruned-to-zero weights still count)."""
+    bytes: int
+    """Bytes on disk of `<stage>/final/`."""
+    eval_loss: float
+    """Mean cross-entropy on the validation split, after the stage (and its fine-tune)."""
+    latency_ms: float
+    """Median time of one forward pass of a (1, seqLen) batch on `device`."""
+    wall_seconds: float
+    """Wall time of the stage, summed over restarts."""
+    device: str
+    input_eval_loss: float | None = None
+    """Eval loss of the model the stage started from."""
+    eval_loss_before_finetune: float | None = None
+    sparsity: float | None = None
+    """Fraction of the block Linear weights that are zero or removed (measured, not the target)."""
+    linear_bytes: int | None = None
+    """In-memory bytes of the block Linear weights as stored (quantized: int data + scales)."""
+    input_linear_bytes: int | None = None
+    finetune_steps: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+    """Stage-specific facts: method, ranks, removed heads, how the student started, ..."""
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.eval_loss, 50.0))
+
+    def metrics(self) -> dict[str, float]:
+        """camelCase numbers for status.stages[].metrics and the stage_result metric series."""
+        out: dict[str, float] = {
+            "evalLoss": self.eval_loss,
+            "perplexity": self.perplexity,
+            "params": float(self.params),
+            "bytes": float(self.bytes),
+            "latencyMs": self.latency_ms,
+            "wallSeconds": self.wall_seconds,
+        }
+        optional = {
+            "inputEvalLoss": self.input_eval_loss,
+            "evalLossBeforeFinetune": self.eval_loss_before_finetune,
+            "sparsity": self.sparsity,
+            "linearBytes": self.linear_bytes,
+        }
+        out.update({k: float(v) for k, v in optional.items() if v is not None})
+        if self.input_eval_loss:
+            out["evalLossChange"] = self.eval_loss / self.input_eval_loss - 1.0
+        if self.linear_bytes and self.input_linear_bytes:
+            out["linearCompression"] = self.input_linear_bytes / self.linear_bytes
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "metrics": self.metrics()}
+
+
+def write_report(report: StageReport, stage_dir: Path) -> Path:
+    """Write report.json atomically; its presence marks the stage done."""
+    path = stage_dir / REPORT_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report.to_json(), indent=2))
+    tmp.replace(path)
+    return path
+
+
+def read_report(stage_dir: Path) -> StageReport | None:
+    """The stage's report, or None when the stage has not finished."""
+    path = stage_dir / REPORT_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data.pop("metrics", None)
+    return StageReport(**data)
+
+
+def measure_latency(
+    model: nn.Module,
+    seq_len: int,
+    vocab_size: int,
+    device: torch.device,
+    repeats: int = 20,
+    warmup: int = 3,
+) -> float:
+    """Median milliseconds of one no-grad forward of a (1, seq_len) batch on `device`."""
+    idx = torch.randint(0, vocab_size, (1, seq_len), device=device)
+    was_training = model.training
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(idx)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1000.0)
+    model.train(was_training)
+    return statistics.median(times)
+
+
+_COLUMNS = (
+    ("stage", "stage", "{}"),
+    ("type", "type", "{}"),
+    ("params", "params", "{:,.0f}"),
+    ("bytes", "bytes", "{:,.0f}"),
+    ("evalLoss", "eval loss", "{:.4f}"),
+    ("evalLossChange", "Δ loss", "{:+.1%}"),
+    ("sparsity", "sparsity", "{:.1%}"),
+    ("latencyMs", "latency ms", "{:.2f}"),
+    ("wallSeconds", "wall s", "{:.1f}"),
+)
+
+
+def summary_rows(reports: list[StageReport]) -> list[list[str]]:
+    """Header + one row per stage, formatted, for the `lmjob run` summary table."""
+    rows = [[title for _, title, _ in _COLUMNS]]
+    for r in reports:
+        values = {"stage": r.stage, "type": r.type, **r.metrics()}
+        rows.append([fmt.format(values[key]) if key in values else "-" for key, _, fmt in _COLUMNS])
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    """Plain aligned text of `summary_rows` output."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    )
