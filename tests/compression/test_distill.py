@@ -7,12 +7,8 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 from lmjob_api.compression import DistillStage, StudentSpec
-from lmjob_trainer.compression.distill import (
-    apply_teacher_init,
-    build_student_spec,
-    check_student,
-    distillation_loss,
-)
+from lmjob_trainer.compression.distill import apply_teacher_init, distillation_loss
+from lmjob_trainer.compression.validate import build_student_spec, check_student
 from lmjob_trainer.model import GPT
 
 

@@ -42,16 +42,23 @@ def test_metrics_hold_the_contract_keys_and_derived_figures(tmp_path: Path) -> N
     assert metrics["evalLossChange"] == pytest.approx(2.0 / 1.9 - 1)
     assert metrics["linearCompression"] == pytest.approx(3.9)
     assert metrics["perplexity"] == pytest.approx(7.389, rel=1e-3)
-    write_report(report, tmp_path)
-    assert read_report(tmp_path) == report
+    write_report(report, tmp_path / "prune")
+    assert read_report(tmp_path / "prune") == report
     assert read_report(tmp_path / "nowhere") is None
 
 
 def test_summary_table_has_a_row_per_stage_and_dashes_for_missing_figures() -> None:
-    rows = summary_rows([_report(), _report(stage="int8", type="quantize", sparsity=None)])
-    assert rows[0][0] == "stage" and len(rows) == 3
-    assert rows[1][rows[0].index("sparsity")] == "50.0%"
-    assert rows[2][rows[0].index("sparsity")] == "-"
+    train = {"stage": "train", "phase": "Succeeded", "evalLoss": 1.9, "params": 1000}
+    reports = [
+        train,
+        _report().to_json(),
+        _report(stage="int8", type="quantize", sparsity=None).to_json(),
+    ]
+    rows = summary_rows(reports)
+    assert rows[0][0] == "stage" and len(rows) == 4
+    assert rows[1][:2] == ["train", "train"] and rows[1][rows[0].index("bytes")] == "-"
+    assert rows[2][rows[0].index("sparsity")] == "50.0%"
+    assert rows[3][rows[0].index("sparsity")] == "-"
     assert "int8" in format_table(rows)
 
 

@@ -6,13 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from conftest import SHAKESPEARE
 from lmjob_api.trainer_config import parse_trainer_config
 from lmjob_api.validation import ManifestError
 from lmjob_trainer.compression import check_compression, validate_compression
-
-CPU = torch.device("cpu")
 
 
 def _config(stages: list[dict[str, Any]], source: str = str(SHAKESPEARE)) -> Any:
@@ -57,24 +54,24 @@ D = {"name": "d", "type": "distill", "student": {"layers": 2}}
 def test_bad_chains_are_refused_naming_the_field(
     stages: list[dict[str, Any]], path: str, words: str
 ) -> None:
-    problems = check_compression(_config(stages), CPU)
+    problems = check_compression(_config(stages), cuda_devices=0)
     assert [p for p in problems if p.path == path and words in p.message], problems
     with pytest.raises(ManifestError, match=words):
-        validate_compression(_config(stages), CPU)
+        validate_compression(_config(stages), cuda_devices=0)
 
 
 @pytest.mark.parametrize("stages", [[P], [L], [D]])
 def test_stages_that_train_need_data(stages: list[dict[str, Any]], tmp_path: Path) -> None:
-    problems = check_compression(_config(stages, str(tmp_path / "missing.txt")), CPU)
+    problems = check_compression(_config(stages, str(tmp_path / "missing.txt")), cuda_devices=0)
     assert [p.path for p in problems] == ["training.data.source"]
 
 
 def test_good_chain_passes_and_quantize_alone_needs_no_data(tmp_path: Path) -> None:
-    assert check_compression(_config([P, L, D, Q]), CPU) == []
+    assert check_compression(_config([P, L, D, Q]), cuda_devices=0) == []
     assert (
-        check_compression(_config([{**P, "finetuneSteps": 0}, Q], str(tmp_path / "x")), CPU) == []
-    )
-    assert (
-        check_compression(_config([{**Q, "method": "int4-weight-only"}]), torch.device("cuda"))
+        check_compression(
+            _config([{**P, "finetuneSteps": 0}, Q], str(tmp_path / "x")), cuda_devices=0
+        )
         == []
     )
+    assert check_compression(_config([{**Q, "method": "int4-weight-only"}]), cuda_devices=1) == []

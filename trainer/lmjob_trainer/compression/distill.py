@@ -10,55 +10,9 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from lmjob_api.compression import DistillStage
-from lmjob_api.training import ModelSpec
-from lmjob_api.validation import Problem
 from torch import nn
 
 log = logging.getLogger(__name__)
-
-
-def build_student_spec(teacher: ModelSpec, stage: DistillStage) -> ModelSpec:
-    """The student's ModelSpec: the teacher's, with the stage's `student` fields applied."""
-    overrides = {k: v for k, v in stage.student.model_dump().items() if v is not None}
-    return teacher.model_copy(update=overrides)
-
-
-def check_student(teacher: ModelSpec, stage: DistillStage, where: str) -> list[Problem]:
-    """Problems with a stage's student against its teacher (the previous stage's model)."""
-    if teacher.architecture != "gpt":
-        return [Problem(where, f"distill needs a gpt teacher (got {teacher.architecture})")]
-    problems = []
-    student = build_student_spec(teacher, stage)
-    for name in ("layers", "heads", "hidden"):
-        s, t = getattr(student, name), getattr(teacher, name)
-        if s > t:
-            problems.append(
-                Problem(
-                    f"{where}.student.{name}",
-                    f"{s} is larger than the teacher's {t}: a student must not be larger than "
-                    "its teacher",
-                )
-            )
-    if student.hidden % student.heads:
-        problems.append(
-            Problem(
-                f"{where}.student.hidden",
-                f"{student.hidden} is not a multiple of the student's heads ({student.heads}): "
-                "set student.heads to a divisor of it",
-            )
-        )
-    if (student.layers, student.heads, student.hidden) == (
-        teacher.layers,
-        teacher.heads,
-        teacher.hidden,
-    ):
-        problems.append(
-            Problem(
-                f"{where}.student", "same shape as the teacher: make at least one field smaller"
-            )
-        )
-    return problems
 
 
 def distillation_loss(

@@ -32,17 +32,6 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def num_params(model: nn.Module) -> int:
-    """Distinct parameters of a model (tied weights counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
-
-
 def linear_weight_bytes(model: nn.Module) -> int:
     """In-memory bytes of the block Linear weights, as stored (quantized tensors count their
     int data plus scales), used for the "x times smaller Linear weights" figure."""

@@ -14,22 +14,18 @@ import torch
 from torch import nn
 
 from lmjob_trainer.compression.layers import find_block_linears
+from lmjob_trainer.compression.validate import quantize_problem
 
 log = logging.getLogger(__name__)
 
-METHODS = ("int8-weight-only", "int8-dynamic", "int4-weight-only")
 INT4_GROUP_SIZES = (128, 64, 32)
 
 
 def check_quantize_supported(method: str, device: torch.device | str) -> None:
-    """Raise ValueError when `method` cannot run on `device` (checked before training starts)."""
-    if method not in METHODS:
-        raise ValueError(f"quantize method {method!r} is unknown: use one of {', '.join(METHODS)}")
-    if method == "int4-weight-only" and torch.device(device).type != "cuda":
-        raise ValueError(
-            "quantize method int4-weight-only needs a CUDA GPU (torchao's int4 kernel has no CPU "
-            "path): run the job on GPU workers or use int8-weight-only"
-        )
+    """Raise ValueError when `method` cannot run on `device`."""
+    problem = quantize_problem(method, torch.device(device).type == "cuda")
+    if problem:
+        raise ValueError(problem)
 
 
 def _config(method: str, group_size: int | None = None) -> object:

@@ -7,18 +7,18 @@
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic.alias_generators import to_camel
 from torch import nn
 
-REPORT_FILE = "report.json"
+from lmjob_trainer import storage
 
 
 @dataclass
@@ -36,13 +36,18 @@ class StageReport:
     latency_ms: float
     """Median time of one forward pass of a (1, seqLen) batch on `device`."""
     wall_seconds: float
-    """Wall time of the stage, summed over restarts."""
+    """Wall time of the run that finished the stage (a resumed run counts from its restart)."""
     device: str
+    checkpoint: str | None = None
+    """The stage's output folder (`<stage>/final`)."""
     input_eval_loss: float | None = None
     """Eval loss of the model the stage started from."""
     eval_loss_before_finetune: float | None = None
     sparsity: float | None = None
-    """Fraction of the block Linear weights that are zero or removed (measured, not the target)."""
+    """Prune stages: the fraction of what the stage targets that is gone, measured on the
+    output: zero weights (unstructured), removed channels or heads (structured)."""
+    weight_sparsity: float | None = None
+    """Fraction of the block Linear weights of the stage's input that are zero or removed."""
     linear_bytes: int | None = None
     """In-memory bytes of the block Linear weights as stored (quantized: int data + scales)."""
     input_linear_bytes: int | None = None
@@ -68,6 +73,7 @@ class StageReport:
             "inputEvalLoss": self.input_eval_loss,
             "evalLossBeforeFinetune": self.eval_loss_before_finetune,
             "sparsity": self.sparsity,
+            "weightSparsity": self.weight_sparsity,
             "linearBytes": self.linear_bytes,
         }
         out.update({k: float(v) for k, v in optional.items() if v is not None})
@@ -78,26 +84,42 @@ class StageReport:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "metrics": self.metrics()}
+        """report.json: like the train stage's report (phase, checkpoint, camelCase numbers at
+        the top level), plus `metrics` (exactly what goes to status) and `details`."""
+        return {
+            "stage": self.stage,
+            "type": self.type,
+            "phase": "Succeeded",
+            "checkpoint": self.checkpoint,
+            "device": self.device,
+            "finetuneSteps": self.finetune_steps,
+            "inputLinearBytes": self.input_linear_bytes,
+            **self.metrics(),
+            "metrics": self.metrics(),
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StageReport:
+        kwargs = {}
+        for f in fields(cls):
+            key = to_camel(f.name)
+            if key in data:
+                kwargs[f.name] = data[key]
+        return cls(**kwargs)
 
 
 def write_report(report: StageReport, stage_dir: Path) -> Path:
     """Write report.json atomically; its presence marks the stage done."""
-    path = stage_dir / REPORT_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=2))
-    tmp.replace(path)
-    return path
+    return storage.write_report(stage_dir.parent, stage_dir.name, report.to_json())
 
 
 def read_report(stage_dir: Path) -> StageReport | None:
     """The stage's report, or None when the stage has not finished."""
-    path = stage_dir / REPORT_FILE
-    if not path.exists():
+    data = storage.read_report(stage_dir.parent, stage_dir.name)
+    if not data or data.get("phase") != "Succeeded" or "type" not in data:
         return None
-    data = json.loads(path.read_text())
-    data.pop("metrics", None)
-    return StageReport(**data)
+    return StageReport.from_json(data)
 
 
 def measure_latency(
@@ -140,12 +162,17 @@ _COLUMNS = (
 )
 
 
-def summary_rows(reports: list[StageReport]) -> list[list[str]]:
-    """Header + one row per stage, formatted, for the `lmjob run` summary table."""
+def summary_rows(reports: list[dict[str, Any]]) -> list[list[str]]:
+    """Header + one row per report.json (the train stage's too), for the `lmjob run` table."""
     rows = [[title for _, title, _ in _COLUMNS]]
     for r in reports:
-        values = {"stage": r.stage, "type": r.type, **r.metrics()}
-        rows.append([fmt.format(values[key]) if key in values else "-" for key, _, fmt in _COLUMNS])
+        values = {"type": "train", **r}
+        rows.append(
+            [
+                fmt.format(values[key]) if values.get(key) is not None else "-"
+                for key, _, fmt in _COLUMNS
+            ]
+        )
     return rows
 
 
@@ -153,5 +180,5 @@ def format_table(rows: list[list[str]]) -> str:
     """Plain aligned text of `summary_rows` output."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )

@@ -2,31 +2,91 @@
 data on disk and the order of the chain. Run before training starts, so a bad stage fails in
 seconds instead of after hours of training.
 
-Call `validate_compression(config)` (raises) or `check_compression(config)` (returns the
-problems) from the trainer's entry point and from `lmjob run` before launching workers.
+Call `check_compression(config, cuda_devices=N)` (returns the problems, beside
+`preflight.check_runnable`) or `validate_compression` (raises) before launching workers.
+Imports no torch, so `lmjob run` can check a manifest in milliseconds.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from lmjob_api.compression import DistillStage, LowRankStage, PruneStage, QuantizeStage
 from lmjob_api.trainer_config import TrainerConfig
+from lmjob_api.training import ModelSpec
 from lmjob_api.validation import ManifestError, Problem
 
-from lmjob_trainer.compression.distill import build_student_spec, check_student
-from lmjob_trainer.compression.quantize import check_quantize_supported
+QUANTIZE_METHODS = ("int8-weight-only", "int8-dynamic", "int4-weight-only")
 
 
-def default_device() -> torch.device:
-    """The device the workers of this machine will use (the trainer picks CUDA when present)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def quantize_problem(method: str, cuda: bool) -> str | None:
+    """Why `method` cannot run here, or None: int4 weight-only has only a CUDA kernel."""
+    if method not in QUANTIZE_METHODS:
+        return f"quantize method {method!r} is unknown: use one of {', '.join(QUANTIZE_METHODS)}"
+    if method == "int4-weight-only" and not cuda:
+        return (
+            "int4-weight-only needs a CUDA GPU (torchao's int4 kernel has no CPU path): run "
+            "the job on GPU workers or use int8-weight-only or int8-dynamic"
+        )
+    return None
 
 
-def check_compression(config: TrainerConfig, device: torch.device | None = None) -> list[Problem]:
-    """Every problem with the compression chain, each with its field path and what to do."""
-    device = device or default_device()
+def build_student_spec(teacher: ModelSpec, stage: DistillStage) -> ModelSpec:
+    """The student's ModelSpec: the teacher's, with the stage's `student` fields applied."""
+    overrides = {k: v for k, v in stage.student.model_dump().items() if v is not None}
+    return teacher.model_copy(update=overrides)
+
+
+def check_student(teacher: ModelSpec, stage: DistillStage, where: str) -> list[Problem]:
+    """Problems with a stage's student against its teacher (the previous stage's model)."""
+    if teacher.architecture != "gpt":
+        return [Problem(where, f"distill needs a gpt teacher (got {teacher.architecture})")]
+    problems = []
+    student = build_student_spec(teacher, stage)
+    for name in ("layers", "heads", "hidden"):
+        s, t = getattr(student, name), getattr(teacher, name)
+        if s > t:
+            problems.append(
+                Problem(
+                    f"{where}.student.{name}",
+                    f"{s} is larger than the teacher's {t}: a student must not be larger than "
+                    "its teacher",
+                )
+            )
+    if student.hidden % student.heads:
+        problems.append(
+            Problem(
+                f"{where}.student.hidden",
+                f"{student.hidden} is not a multiple of the student's heads ({student.heads}): "
+                "set student.heads to a divisor of it",
+            )
+        )
+    if (student.layers, student.heads, student.hidden) == (
+        teacher.layers,
+        teacher.heads,
+        teacher.hidden,
+    ):
+        problems.append(
+            Problem(
+                f"{where}.student", "same shape as the teacher: make at least one field smaller"
+            )
+        )
+    return problems
+
+
+def check_compression(
+    config: TrainerConfig, *, cuda_devices: int, prefix: str = ""
+) -> list[Problem]:
+    """Every problem with the compression chain, each with its field path and what to do.
+
+    `cuda_devices`: GPUs the workers will have (0 on CPU); `prefix`: prepended to field
+    paths (`spec.` when checking a whole manifest).
+    """
+    problems = _check_chain(config, cuda_devices > 0)
+    return [Problem(prefix + p.path, p.message) for p in problems]
+
+
+def _check_chain(config: TrainerConfig, cuda: bool) -> list[Problem]:
     problems: list[Problem] = []
     model = config.training.model
     stages = config.compression.stages
@@ -53,10 +113,8 @@ def check_compression(config: TrainerConfig, device: torch.device | None = None)
                 )
             )
         if isinstance(stage, QuantizeStage):
-            try:
-                check_quantize_supported(stage.method, device)
-            except ValueError as err:
-                problems.append(Problem(f"{where}.method", f"{err} (this machine: {device.type})"))
+            if problem := quantize_problem(stage.method, cuda):
+                problems.append(Problem(f"{where}.method", problem))
             if stage.finetune_steps:
                 problems.append(
                     Problem(
@@ -85,6 +143,15 @@ def check_compression(config: TrainerConfig, device: torch.device | None = None)
         elif isinstance(stage, DistillStage):
             problems += check_student(teacher, stage, where)
             teacher = build_student_spec(teacher, stage)
+            tp = config.training.parallelism
+            if tp.strategy == "fsdp+tp" and teacher.heads % tp.tensor_parallel:
+                problems.append(
+                    Problem(
+                        f"{where}.student.heads",
+                        f"{teacher.heads} is not divisible by training.parallelism.tensorParallel "
+                        f"({tp.tensor_parallel}): the student trains with the same parallelism",
+                    )
+                )
             # A fresh dense student: later stages see plain layers again.
             quantized_by = factorised_by = None
             needs_data = True
@@ -116,8 +183,8 @@ def _check_data(config: TrainerConfig) -> Problem | None:
     return None
 
 
-def validate_compression(config: TrainerConfig, device: torch.device | None = None) -> None:
+def validate_compression(config: TrainerConfig, *, cuda_devices: int) -> None:
     """Raise ManifestError naming every bad compression field; silent when all is well."""
-    problems = check_compression(config, device)
+    problems = check_compression(config, cuda_devices=cuda_devices)
     if problems:
         raise ManifestError("compression", problems)
