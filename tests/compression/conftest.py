@@ -71,13 +71,11 @@ def eval_loss(model: torch.nn.Module, corpus: Corpus, batches: int = 8) -> float
 
 
 def finetune(
-    model: torch.nn.Module, corpus: Corpus, steps: int, lr: float = 2e-3, seed: int = 0, hook=None
+    model: torch.nn.Module, corpus: Corpus, steps: int, lr: float = 2e-3, seed: int = 0
 ) -> None:
-    """Plain AdamW steps on training batches; `hook(optimizer)` may register step hooks."""
+    """Plain AdamW steps on training batches."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    if hook is not None:
-        hook(opt)
     model.train()
     for _ in range(steps):
         x, y = corpus.batch("train", 16, TINY.seq_len, gen)

@@ -8,10 +8,9 @@ from conftest import TINY, eval_loss, finetune
 from lmjob_api.compression import PruneStage
 from lmjob_trainer.compression.layers import find_block_linears
 from lmjob_trainer.compression.prune import (
+    MaskKeeper,
     apply_pruning,
-    masks_from_zeros,
     pruned_fraction,
-    register_mask_hook,
 )
 
 
@@ -61,17 +60,24 @@ def test_structured_removes_units_physically(
 def test_masks_keep_pruned_weights_zero_while_finetuning(trained, corpus) -> None:
     result = apply_pruning(trained, _stage(sparsity=0.5))
     one_shot = eval_loss(trained, corpus)
-    finetune(
-        trained, corpus, steps=30, hook=lambda opt: register_mask_hook(opt, trained, result.masks)
-    )
+    keeper = MaskKeeper(result.masks)
+    with keeper:
+        keeper.attach(trained)
+        finetune(trained, corpus, steps=30)
     assert pruned_fraction(trained, result.weights_before) == pytest.approx(0.5, abs=1e-3)
-    # The zeros are where the masks said, so resuming can recover the masks from the weights.
-    recovered = masks_from_zeros(trained)
-    assert all(torch.equal(recovered[n], m) for n, m in result.masks.items())
+    # Zeros exactly where the masks say, and only there: the kept weights did train.
+    for name, linear in find_block_linears(trained).items():
+        assert torch.equal(linear.weight != 0, result.masks[name + ".weight"])
     assert eval_loss(trained, corpus) < one_shot
+    # Outside the context the hook is gone: a later optimiser step leaves zeros alone.
+    finetune(trained, corpus, steps=1)
+    assert pruned_fraction(trained, result.weights_before) < 0.4
 
 
-def test_mask_hook_rejects_masks_that_match_nothing(trained) -> None:
-    opt = torch.optim.SGD(trained.parameters(), lr=0.1)
+def test_masks_bind_through_wrappers_and_refuse_strangers(trained) -> None:
+    mask = torch.zeros_like(trained.blocks[0].mlp.fc.weight, dtype=torch.bool)
+    wrapped = torch.nn.ModuleDict({"module": trained})  # names like DDP's `module.` prefix
+    MaskKeeper({"blocks.0.mlp.fc.weight": mask}).attach(wrapped)
+    assert int(trained.blocks[0].mlp.fc.weight.count_nonzero()) == 0
     with pytest.raises(AssertionError, match="matched no parameter"):
-        register_mask_hook(opt, trained, {"blocks.9.mlp.fc.weight": torch.ones(1)})
+        MaskKeeper({"blocks.9.mlp.fc.weight": mask}).attach(trained)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,23 @@ class Architecture:
     """torchao method applied last, if any."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "model": self.model,
+            "vocabSize": self.vocab_size,
+            "structure": self.structure,
+            "ranks": self.ranks,
+            "quantization": self.quantization,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Architecture:
+        return cls(
+            model=data["model"],
+            vocab_size=data["vocabSize"],
+            structure=data.get("structure") or {},
+            ranks=data.get("ranks") or {},
+            quantization=data.get("quantization"),
+        )
 
 
 def pack_sparse(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -114,12 +130,15 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def read_architecture(folder: Path) -> Architecture:
-    return Architecture(**read_manifest(folder)["architecture"])
+    return Architecture.from_json(read_manifest(folder)["architecture"])
 
 
 def read_state(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """The state dict of a stage output, sparse tensors expanded back to dense."""
     manifest = read_manifest(folder)
+    if manifest["architecture"].get("quantization"):
+        # torchao registers its tensor types as safe for torch.load(weights_only=True) on import.
+        import torchao.quantization  # noqa: F401
     raw = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
     state = {k: v for k, v in raw.items() if "::" not in k}
     for name, shape in manifest["sparse"].items():

@@ -75,3 +75,24 @@ def _spaced(n_teacher: int, n_student: int) -> list[int]:
     if n_student == 1:
         return [n_teacher - 1]
     return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
+
+
+class DistillLoss:
+    """`loss_fn` for the training loop: the student's distillation loss against a frozen
+    teacher. The teacher is a plain module replicated on every rank (it only runs forward,
+    so sharding it would add communication and save little)."""
+
+    def __init__(self, teacher: nn.Module, temperature: float, alpha: float) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.temperature = temperature
+        self.alpha = alpha
+
+    def __call__(
+        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits, _ = self.teacher(inputs)
+        student_logits, _ = model(inputs)
+        return distillation_loss(
+            student_logits, teacher_logits, targets, self.temperature, self.alpha
+        )

@@ -4,9 +4,9 @@ physically so the saved model really is smaller and faster).
 
 `torch.nn.utils.prune` is not used: its reparametrisation renames `weight` to
 `weight_orig` + `weight_mask`, which changes checkpoint keys and fights FSDP2/TP. Instead the
-weights are zeroed once and a hook on the optimiser re-applies the masks after every step;
-pruning is then "permanent" by construction, and on resume the masks are simply the zeros of
-the checkpointed weights.
+weights are zeroed once and `MaskKeeper` re-applies the masks after every optimiser step;
+pruning is then permanent by construction (the output holds plain tensors with zeros), and
+a resumed fine-tune recomputes the same masks from the same input.
 """
 
 from __future__ import annotations
@@ -210,45 +210,70 @@ def structure_of(model: nn.Module) -> dict[str, int]:
     return shapes
 
 
-def masks_from_zeros(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Keep-masks recovered from a pruned model's zeros (resume: no mask state to save)."""
-    return {
-        name + ".weight": m.weight.detach() != 0 for name, m in find_block_linears(model).items()
-    }
-
-
 def _canonical(name: str) -> str:
     for token in _WRAPPER_TOKENS:
         name = name.replace(token, "")
     return name
 
 
-def register_mask_hook(
-    optimizer: torch.optim.Optimizer, model: nn.Module, masks: dict[str, torch.Tensor]
-) -> torch.utils.hooks.RemovableHandle:
-    """Keep pruned weights at zero while fine-tuning: re-apply the masks after every step.
+class MaskKeeper:
+    """Keeps pruned weights at zero while fine-tuning: re-applies the masks after every
+    optimiser step, so checkpoints (saved after a step) hold exact zeros.
 
-    Works on the parallelised model: parameter names are matched after stripping wrapper
-    prefixes, and a DTensor parameter (FSDP2, TP) gets its mask laid out like itself.
+    Use as a context manager around the fine-tune; inside it, every optimiser step of this
+    process re-applies the masks (torch's global step hook: the loop builds its optimiser
+    itself, and only one optimiser steps at a time here). `attach` binds the masks to the
+    parallelised model: names are matched after stripping wrapper prefixes, and a DTensor
+    parameter (FSDP2, TP) gets its mask laid out like itself. `loss_fn` attaches lazily on
+    the first call, which is the first moment the loop's wrapped model is visible.
     """
-    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for name, param in model.named_parameters():
-        mask = masks.get(_canonical(name))
-        if mask is None:
-            continue
-        mask = mask.to(device=param.device, dtype=param.dtype)
-        if hasattr(param, "device_mesh") and hasattr(param, "placements"):
-            from torch.distributed.tensor import distribute_tensor
 
-            mask = distribute_tensor(mask, param.device_mesh, param.placements)
-        pairs.append((param, mask))
-    missing = len(masks) - len(pairs)
-    assert missing == 0, f"{missing} pruning masks matched no parameter of the wrapped model"
+    def __init__(self, masks: dict[str, torch.Tensor]) -> None:
+        self.masks = masks
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
 
-    def reapply(*_: object) -> None:
+    def attach(self, model: nn.Module) -> None:
+        pairs = []
+        for name, param in model.named_parameters():
+            mask = self.masks.get(_canonical(name))
+            if mask is None:
+                continue
+            mask = mask.to(device=param.device, dtype=param.dtype)
+            if hasattr(param, "device_mesh") and hasattr(param, "placements"):
+                from torch.distributed.tensor import distribute_tensor
+
+                # Every rank holds the same full mask: cut locally, no communication.
+                mask = distribute_tensor(
+                    mask, param.device_mesh, param.placements, src_data_rank=None
+                )
+            pairs.append((param, mask))
+        missing = len(self.masks) - len(pairs)
+        assert missing == 0, f"{missing} pruning masks matched no parameter of the wrapped model"
+        self._pairs = pairs
+        self.apply()
+
+    def apply(self) -> None:
         with torch.no_grad():
-            for param, mask in pairs:
+            for param, mask in self._pairs or ():
                 param.mul_(mask)
 
-    reapply()
-    return optimizer.register_step_post_hook(reapply)
+    def loss_fn(
+        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """The model's own loss; binds the masks to `model` on the first call."""
+        if self._pairs is None:
+            self.attach(model)
+        _, loss = model(inputs, targets)
+        return loss
+
+    def __enter__(self) -> MaskKeeper:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self._handle = register_optimizer_step_post_hook(lambda *_: self.apply())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None

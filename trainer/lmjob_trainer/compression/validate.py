@@ -141,6 +141,14 @@ def _check_chain(config: TrainerConfig, cuda: bool) -> list[Problem]:
             factorised_by = stage.name
             needs_data = needs_data or stage.method == "activation-aware"
         elif isinstance(stage, DistillStage):
+            if stage.finetune_steps:
+                problems.append(
+                    Problem(
+                        f"{where}.finetuneSteps",
+                        "a distill stage trains its student for `steps`; finetuneSteps is not "
+                        "used there: set it to 0",
+                    )
+                )
             problems += check_student(teacher, stage, where)
             teacher = build_student_spec(teacher, stage)
             tp = config.training.parallelism
