@@ -251,6 +251,9 @@ class LargeModelJobSpec(ApiModel):
         Rule(
             cel="!has(self.training) || !has(self.training.batch.globalBatchSize) "
             "|| !has(self.workers.procsPerWorker) "
+            # Fewer processes than the tensor-parallel size: no data-parallel size to divide
+            # by; the procsPerWorker rule above reports that case.
+            "|| self.workers.replicas * self.workers.procsPerWorker < self.training.parallelism.tensorParallel "
             "|| self.training.batch.globalBatchSize % (self.training.batch.microBatchSize "
             "* (self.workers.replicas * self.workers.procsPerWorker / self.training.parallelism.tensorParallel)) == 0",
             message="training.batch.globalBatchSize must be a multiple of microBatchSize × data-parallel "
@@ -259,6 +262,8 @@ class LargeModelJobSpec(ApiModel):
                 s.training is None
                 or s.training.batch.global_batch_size is None
                 or s.workers.procs_per_worker is None
+                or s.workers.replicas * s.workers.procs_per_worker
+                < s.training.parallelism.tensor_parallel
                 or s.training.batch.global_batch_size
                 % (
                     s.training.batch.micro_batch_size

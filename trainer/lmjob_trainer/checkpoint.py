@@ -89,6 +89,7 @@ class CheckpointManager:
         self.async_save = async_save
         self.meta = meta or {}
         self.last_saved_step: int | None = None
+        """Step of the newest checkpoint saved or loaded by this manager."""
         self._in_flight: Future | None = None
         # Set once rank 0 has marked the in-flight save complete: a future's result() returns
         # before its done-callbacks ran, and exiting then would lose the COMPLETE marker.
@@ -105,15 +106,15 @@ class CheckpointManager:
         Rank 0 picks it (and removes leftovers of interrupted saves) and tells the others, so
         all ranks load the same one even while storage listings lag.
         """
-        choice: list[Any] = [None]
-        if self.env.is_main:
-            latest = storage.latest_complete(self.root, self.stage)
-            self._remove_incomplete(newer_than=-1)
-            choice[0] = latest
-        dist.broadcast_object_list(choice, src=0)
-        if choice[0] is None:
+
+        def pick() -> tuple[int, Path] | None:
+            self._remove_incomplete()
+            return storage.latest_complete(self.root, self.stage)
+
+        latest = choose_on_rank0(self.env, pick)
+        if latest is None:
             return None
-        step, path = choice[0]
+        step, path = latest
         started = time.perf_counter()
         dcp.load(self.states, checkpoint_id=str(path))
         seconds = time.perf_counter() - started
@@ -145,6 +146,9 @@ class CheckpointManager:
             dcp.save(self.states, checkpoint_id=str(path))
             if self.env.is_main:
                 self._finalize(path, step)
+            # A blocking save returns on every rank only once it is complete, so whatever
+            # follows (loading it, exiting) sees the COMPLETE marker.
+            dist.barrier()
         self.last_saved_step = step
         seconds = time.perf_counter() - started
         self.metrics.record_checkpoint_saved(self.stage, seconds)
@@ -202,8 +206,17 @@ class CheckpointManager:
             if step not in keep and (ok or step < complete[-1]):
                 shutil.rmtree(path, ignore_errors=True)
 
-    def _remove_incomplete(self, newer_than: int) -> None:
-        for step, path, ok in storage.list_checkpoints(self.root, self.stage):
-            if not ok and step > newer_than:
+    def _remove_incomplete(self) -> None:
+        """At start-up no save is in flight: any incomplete folder is a torn one."""
+        for _, path, ok in storage.list_checkpoints(self.root, self.stage):
+            if not ok:
                 log.info("removing an interrupted checkpoint", extra={"path": str(path)})
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def choose_on_rank0(env: DistEnv, pick: Any) -> Any:
+    """Evaluate `pick()` on rank 0 only and return its result on every rank: one decision
+    about storage for all, even where listings of shared storage lag between nodes."""
+    choice = [pick() if env.is_main else None]
+    dist.broadcast_object_list(choice, src=0)
+    return choice[0]

@@ -173,6 +173,7 @@ def run_steps(
     )
     peak = peak_flops(env.device, t.precision)
     tokens_per_step = global_batch * t.model.seq_len
+    history = storage.HistoryWriter(session.root, stage) if env.is_main else None
     try:
         if checkpoints.load_latest() is not None:
             log.info("continuing", extra={"from_step": state.step, "of": steps})
@@ -228,6 +229,18 @@ def run_steps(
                 step_seconds=seconds,
                 mfu=mfu(tps / env.world_size, flops_token, peak),
             )
+            if history is not None:
+                history.write(
+                    {
+                        "step": state.step,
+                        "loss": loss_value,
+                        "lr": lr,
+                        "grad_norm": float(grad_norm),
+                        "tokens_per_second": tps,
+                        "seconds": seconds,
+                        "world_size": env.world_size,
+                    }
+                )
             if state.step == 1 or state.step % LOG_EVERY == 0 or state.step == steps:
                 metrics.record_memory(stage, env.device)
                 log.info(
@@ -242,6 +255,8 @@ def run_steps(
                 )
             if state.step % t.evaluation.every_steps == 0 or state.step == steps:
                 _evaluate(session, model, t, stage, state, strategy)
+                if history is not None:
+                    history.write({"step": state.step, "eval_loss": state.last_eval})
             if stops:
                 checkpoints.save(state.step, blocking=True)
                 interrupted = True
@@ -254,13 +269,15 @@ def run_steps(
         checkpoints.wait()
     finally:
         checkpoints.close()
+        if history is not None:
+            history.close()
         set_log_context(step=None)
-    latest = storage.latest_complete(session.root, stage)
+    saved = checkpoints.last_saved_step
     return StageResult(
         model=unwrap(model),
         steps=state.step,
         eval_loss=state.last_eval,
-        checkpoint=latest[1] if latest else None,
+        checkpoint=None if saved is None else storage.step_dir(session.root, stage, saved),
         stopped_early=state.stopped_early,
         interrupted=interrupted,
         wall_seconds=time.perf_counter() - started,

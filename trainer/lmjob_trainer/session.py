@@ -22,7 +22,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from lmjob_trainer import storage
-from lmjob_trainer.checkpoint import ModelState
+from lmjob_trainer.checkpoint import ModelState, choose_on_rank0
 from lmjob_trainer.data import Split, TokenStream, load_splits, prepare_data
 from lmjob_trainer.distributed import DistEnv, build_mesh
 from lmjob_trainer.evaluate import evaluate_split
@@ -83,7 +83,7 @@ class TrainerSession:
         `model` is the module to load into (same parameter names as the saved one), e.g.
         a student or a compressed shape; default: a fresh model of training.model.
         """
-        latest = storage.latest_complete(self.root, stage)
+        latest = choose_on_rank0(self.env, lambda: storage.latest_complete(self.root, stage))
         if latest is None:
             raise FileNotFoundError(f"stage {stage} has no complete checkpoint under {self.root}")
         model = model if model is not None else self.build_model()

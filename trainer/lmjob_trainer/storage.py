@@ -3,6 +3,7 @@
 ```
 <root>/<stage>/step-000001200/   one DCP checkpoint; complete once COMPLETE exists
 <root>/<stage>/report.json       the stage's report when it finished
+<root>/<stage>/history.jsonl     one JSON line per optimiser step (and evaluation)
 <root>/<stage>/final/            a compression stage's output
 <root>/data-cache/               tokenised shards
 ```
@@ -21,6 +22,7 @@ TRAIN_STAGE = "train"
 COMPLETE = "COMPLETE"
 META = "meta.json"
 REPORT = "report.json"
+HISTORY = "history.jsonl"
 DATA_CACHE = "data-cache"
 _STEP_RE = re.compile(r"^step-(\d{9,})$")
 
@@ -96,3 +98,37 @@ def read_report(root: Path, stage: str) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+class HistoryWriter:
+    """Appends a stage's per-step numbers to `<root>/<stage>/history.jsonl` (rank 0).
+
+    Curves without Prometheus, and what tests compare. After a resume, steps redone since
+    the last checkpoint appear again: readers keep the last line of each step.
+    """
+
+    def __init__(self, root: Path, stage: str) -> None:
+        path = stage_dir(root, stage) / HISTORY
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", buffering=1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_history(root: Path, stage: str) -> dict[int, dict[str, Any]]:
+    """step → the last record written for it (evaluations merged into their step)."""
+    path = stage_dir(root, stage) / HISTORY
+    out: dict[int, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            step = int(record["step"])
+            if "loss" in record:
+                out[step] = record
+            else:
+                out.setdefault(step, {}).update(record)
+    return out

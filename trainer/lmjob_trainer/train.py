@@ -61,7 +61,9 @@ def generate_sample(
 def train_stage(session: TrainerSession) -> StageResult | None:
     """Train (or resume training) unless the train stage already finished; None if it had."""
     report = storage.read_report(session.root, storage.TRAIN_STAGE)
-    if report and report.get("phase") == "Succeeded":
+    # A finished stage is skipped on a rerun, unless `steps` was raised since: then the
+    # run continues from its last checkpoint.
+    if report and report.get("totalSteps") == session.training.steps:
         log.info("training already finished", extra={"checkpoint": report.get("checkpoint")})
         session.metrics.set_stage_phase(storage.TRAIN_STAGE, "Succeeded")
         return None
@@ -78,6 +80,7 @@ def finish_train_stage(session: TrainerSession, result: StageResult) -> dict[str
         "stage": storage.TRAIN_STAGE,
         "phase": "Succeeded",
         "steps": result.steps,
+        "totalSteps": session.training.steps,
         "evalLoss": result.eval_loss,
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "params": result.extra.get("params"),
