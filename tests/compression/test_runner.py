@@ -238,3 +238,54 @@ def test_bad_chain_fails_before_training(tmp_path: Path) -> None:
     assert "compression.stages[0].method" in done.stderr + done.stdout
     assert not (root / "train").exists()
     assert time.monotonic() - started < 60
+
+
+def test_stage_phases_and_results_are_exported_as_metrics(tmp_path: Path) -> None:
+    """In one process (a group of one): the stage series of docs/contracts.md after a run,
+    and a rerun that skips the finished stages but exports the same numbers."""
+    from lmjob_trainer.distributed import close_distributed, init_distributed
+    from lmjob_trainer.metrics import TrainerMetrics
+    from lmjob_trainer.train import run
+
+    stages = [
+        {"name": "prune", "type": "prune", "sparsity": 0.5, "finetuneSteps": 5},
+        {"name": "int8", "type": "quantize", "method": "int8-dynamic"},
+    ]
+    config = parse_trainer_config(yaml.safe_load(_config(tmp_path, stages, steps=10).read_text()))
+    root = tmp_path / "run"
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    exported = []
+    try:
+        for _ in range(2):
+            env = init_distributed()
+            try:
+                metrics = TrainerMetrics("tiny", env)
+                assert run(config, env, root, metrics) == 0
+            finally:
+                close_distributed()
+            exported.append(
+                {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in metrics.registry.collect()
+                    for s in family.samples
+                    if s.name.startswith("lmjob_trainer_stage_")
+                }
+            )
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+    for series in exported:
+        for stage in ("prune", "int8"):
+            phases = [dict(k[1])["phase"] for k in series if k[0] == "lmjob_trainer_stage_info"
+                      and dict(k[1])["stage"] == stage]  # fmt: skip
+            assert phases == ["Succeeded"], (stage, phases)
+            report = _report(root, stage)
+            for metric, value in report["metrics"].items():
+                key = ("lmjob_trainer_stage_result",
+                       (("job", "tiny"), ("metric", metric), ("stage", stage)))  # fmt: skip
+                assert series[key] == pytest.approx(value), (stage, metric)
+    # The rerun skipped both stages yet exports what the first run did (train's own series
+    # are the training loop's business).
+    mine = [{k: v for k, v in e.items() if ("stage", "train") not in k[1]} for e in exported]
+    assert mine[0] == mine[1]

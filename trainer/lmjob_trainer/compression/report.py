@@ -93,6 +93,9 @@ class StageReport:
             "checkpoint": self.checkpoint,
             "device": self.device,
             "finetuneSteps": self.finetune_steps,
+            # `steps` as in the train stage's report: what the stage trained (fine-tune or
+            # student), so the `lmjob run` table reads every report the same way.
+            "steps": self.finetune_steps,
             "inputLinearBytes": self.input_linear_bytes,
             **self.metrics(),
             "metrics": self.metrics(),

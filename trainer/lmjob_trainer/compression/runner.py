@@ -25,6 +25,7 @@ from lmjob_api.training import ModelSpec, Strategy, TrainingSpec
 from torch import nn
 
 from lmjob_trainer import storage
+from lmjob_trainer.checkpoint import choose_on_rank0
 from lmjob_trainer.compression.artifact import (
     Architecture,
     folder_bytes,
@@ -111,24 +112,23 @@ def run_stages(session: TrainerSession) -> None:
 
 
 def _train_eval_loss(session: TrainerSession) -> float | None:
-    """The trained model's eval loss from its report. Rank 0 reads it and tells the others:
-    they may get here before rank 0 has written the report, and must not then evaluate alone."""
-    choice: list[Any] = [None]
-    if session.env.is_main:
-        choice[0] = (storage.read_report(session.root, storage.TRAIN_STAGE) or {}).get("evalLoss")
-    dist.broadcast_object_list(choice, src=0)
-    return choice[0]
+    """The trained model's eval loss from its report, as rank 0 reads it: the others must not
+    find it missing (not yet written) and evaluate alone, a collective nobody else joins."""
+    return choose_on_rank0(
+        session.env,
+        lambda: (storage.read_report(session.root, storage.TRAIN_STAGE) or {}).get("evalLoss"),
+    )
 
 
 def _finished_report(session: TrainerSession, stage: str) -> StageReport | None:
-    """The stage's report if it is done; rank 0 decides so all ranks agree."""
-    choice: list[Any] = [None]
-    if session.env.is_main:
+    """The stage's report if it is done (rank 0 decides, so all ranks skip alike)."""
+
+    def pick() -> StageReport | None:
         report = read_report(storage.stage_dir(session.root, stage))
-        if report is not None and is_complete(stage_output_dir(session.root, stage)):
-            choice[0] = report
-    dist.broadcast_object_list(choice, src=0)
-    return choice[0]
+        done = report is not None and is_complete(stage_output_dir(session.root, stage))
+        return report if done else None
+
+    return choose_on_rank0(session.env, pick)
 
 
 def _load_input(session: TrainerSession, previous: str, eval_loss: float | None) -> StageInput:
@@ -196,9 +196,7 @@ def run_stage(
         write_report(report, storage.stage_dir(session.root, stage.name))
         log.info("stage finished", extra={"stage": stage.name, **report.metrics()})
     # Others wait for rank 0's files, then take its report (the metrics come from rank 0).
-    shared: list[Any] = [report]
-    dist.broadcast_object_list(shared, src=0)
-    return shared[0]
+    return choose_on_rank0(session.env, lambda: report)
 
 
 # --- the transforms ---
@@ -355,10 +353,8 @@ def _finetune(
 
 
 def _final_weights(session: TrainerSession, stage: str, arch: Architecture) -> nn.Module:
-    """A plain model holding the stage's trained weights, taken from its last checkpoint (the
-    loop may leave its model sharded). The barrier: rank 0 marks that checkpoint COMPLETE
-    after the others have returned from the loop, and they must not look for it before."""
-    dist.barrier()
+    """A plain model holding the stage's trained weights, from its last checkpoint: the loop
+    may leave its own model sharded."""
     return session.load_stage_model(stage, model=build_architecture(arch))
 
 
