@@ -168,11 +168,11 @@ def test_every_stage_type_runs_reloads_and_reports(tmp_path: Path) -> None:
     # Each stage starts from the one before it.
     assert reports["lowrank"]["inputEvalLoss"] == pytest.approx(reports["prune"]["evalLoss"])
 
-    loaded = _load_in_fresh_process(root, [s["name"] for s in stages])
+    loaded = _load_in_fresh_process(root, ["train", *(s["name"] for s in stages)])
     assert all(v["finite"] and v["eval"] for v in loaded.values())
     assert loaded["lowrank"]["fc"] == "LowRankLinear"
     assert loaded["int8"]["weight"] == "Int8Tensor"
-    assert loaded["student"]["fc"] == "Linear"
+    assert loaded["student"]["fc"] == loaded["train"]["fc"] == "Linear"
 
 
 def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen[str]) -> Path:

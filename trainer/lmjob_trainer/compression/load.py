@@ -7,16 +7,20 @@
 The module tree is rebuilt from the stage's `stage.json` (ModelSpec + pruned shapes +
 low-rank ranks), then the saved weights are loaded into it; quantized weights come back as the
 torchao tensors they were saved as, so the loaded model runs the quantized kernels.
+`load_stage(dir, "train")` gives the trained model itself, from the newest complete training
+checkpoint (DCP, any world size, no process group needed).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from lmjob_api.training import ModelSpec
 from torch import nn
 
+from lmjob_trainer import storage
 from lmjob_trainer.compression.artifact import Architecture, read_architecture, read_state
 from lmjob_trainer.compression.lowrank import apply_ranks
 from lmjob_trainer.compression.prune import apply_structure
@@ -73,8 +77,34 @@ def load_stage_model(folder: Path, device: torch.device | str = "cpu") -> nn.Mod
     return model.to(device)
 
 
+def load_trained_model(checkpoint_dir: str | Path) -> nn.Module:
+    """The train stage's model from its newest complete checkpoint, as a plain CPU module.
+
+    The ModelSpec comes from the checkpoint's meta.json (the config that wrote it), the
+    vocabulary size from the saved embedding; only the model's tensors are read.
+    """
+    import torch.distributed.checkpoint as dcp
+    from lmjob_api.trainer_config import parse_trainer_config
+
+    from lmjob_trainer.checkpoint import ModelState
+    from lmjob_trainer.model import build_model
+
+    latest = storage.latest_complete(Path(checkpoint_dir), storage.TRAIN_STAGE)
+    if latest is None:
+        raise FileNotFoundError(f"{checkpoint_dir} has no complete training checkpoint")
+    path = latest[1]
+    meta = json.loads((path / storage.META).read_text())
+    spec = parse_trainer_config(meta["config"]).training.model
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    model = build_model(spec, saved["model.tok_emb.weight"].size[0])
+    dcp.load({"model": ModelState(model)}, checkpoint_id=str(path))
+    return model
+
+
 def load_stage(
     checkpoint_dir: str | Path, stage: str, device: torch.device | str = "cpu"
 ) -> nn.Module:
     """Stage `stage`'s output model from a job's checkpoint directory, ready for inference."""
+    if stage == storage.TRAIN_STAGE:
+        return load_trained_model(checkpoint_dir).to(device).eval()
     return load_stage_model(stage_output_dir(checkpoint_dir, stage), device).eval()
