@@ -76,8 +76,11 @@ def test_masks_keep_pruned_weights_zero_while_finetuning(trained, corpus) -> Non
 
 def test_masks_bind_through_wrappers_and_refuse_strangers(trained) -> None:
     mask = torch.zeros_like(trained.blocks[0].mlp.fc.weight, dtype=torch.bool)
-    wrapped = torch.nn.ModuleDict({"module": trained})  # names like DDP's `module.` prefix
+    # Names as DDP and activation checkpointing make them: module.blocks.0._checkpoint_wrapped_module...
+    trained.blocks[0] = torch.nn.ModuleDict({"_checkpoint_wrapped_module": trained.blocks[0]})
+    wrapped = torch.nn.ModuleDict({"module": trained})
     MaskKeeper({"blocks.0.mlp.fc.weight": mask}).attach(wrapped)
+    trained.blocks[0] = trained.blocks[0]["_checkpoint_wrapped_module"]
     assert int(trained.blocks[0].mlp.fc.weight.count_nonzero()) == 0
     with pytest.raises(AssertionError, match="matched no parameter"):
         MaskKeeper({"blocks.9.mlp.fc.weight": mask}).attach(trained)

@@ -22,8 +22,9 @@ from lmjob_trainer.compression.layers import find_block_linears
 
 log = logging.getLogger(__name__)
 
-# Wrapper modules insert these into parameter names (DDP, torch.compile, activation checkpointing).
-_WRAPPER_TOKENS = ("module.", "_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
+# Path components that wrappers insert into parameter names (DDP, torch.compile, activation
+# checkpointing, FSDP1).
+_WRAPPER_PARTS = {"module", "_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"}
 
 
 @dataclass
@@ -211,9 +212,7 @@ def structure_of(model: nn.Module) -> dict[str, int]:
 
 
 def _canonical(name: str) -> str:
-    for token in _WRAPPER_TOKENS:
-        name = name.replace(token, "")
-    return name
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_PARTS)
 
 
 class MaskKeeper:
