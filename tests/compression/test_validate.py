@@ -62,16 +62,15 @@ def test_bad_chains_are_refused_naming_the_field(
 
 @pytest.mark.parametrize("stages", [[P], [L], [D]])
 def test_stages_that_train_need_data(stages: list[dict[str, Any]], tmp_path: Path) -> None:
-    problems = check_compression(_config(stages, str(tmp_path / "missing.txt")), cuda_devices=0)
-    assert [p.path for p in problems] == ["training.data.source"]
+    (tmp_path / "empty.txt").write_text("")
+    for source in (tmp_path / "empty.txt", tmp_path):  # an empty file, a folder of them
+        problems = check_compression(_config(stages, str(source)), cuda_devices=0)
+        assert [p.path for p in problems] == ["training.data.source"]
 
 
 def test_good_chain_passes_and_quantize_alone_needs_no_data(tmp_path: Path) -> None:
     assert check_compression(_config([P, L, D, Q]), cuda_devices=0) == []
-    assert (
-        check_compression(
-            _config([{**P, "finetuneSteps": 0}, Q], str(tmp_path / "x")), cuda_devices=0
-        )
-        == []
-    )
+    (tmp_path / "empty.txt").write_text("")
+    no_text = str(tmp_path / "empty.txt")
+    assert check_compression(_config([{**P, "finetuneSteps": 0}, Q], no_text), cuda_devices=0) == []
     assert check_compression(_config([{**Q, "method": "int4-weight-only"}]), cuda_devices=1) == []

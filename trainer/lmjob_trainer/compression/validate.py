@@ -172,21 +172,19 @@ def _check_chain(config: TrainerConfig, cuda: bool) -> list[Problem]:
 
 
 def _check_data(config: TrainerConfig) -> Problem | None:
-    """Fine-tuning, distillation and calibration read the training data: it must be there."""
+    """Fine-tuning, distillation and calibration read the training text: it must hold some.
+    A missing source is left to the trainer's own data check, which names it already."""
     source = Path(config.training.data.source)
     if source.is_dir():
-        if not any(p.stat().st_size for p in source.glob("*.txt")):
-            return Problem(
-                "training.data.source",
-                f"{source} holds no non-empty .txt files, but compression stages fine-tune, "
-                "distill or calibrate on it",
-            )
-        return None
-    if not source.is_file() or source.stat().st_size == 0:
+        files = [p for p in source.rglob("*.txt") if p.is_file()]
+        empty = bool(files) and not any(p.stat().st_size for p in files)
+    else:
+        empty = source.is_file() and source.stat().st_size == 0
+    if empty:
         return Problem(
             "training.data.source",
-            f"{source} is missing or empty, but compression stages fine-tune, distill or "
-            "calibrate on it: point it at the training text",
+            f"{source} holds no text, but compression stages fine-tune, distill or calibrate "
+            "on it: point it at the training text",
         )
     return None
 
