@@ -90,3 +90,14 @@ def test_energy_threshold_picks_the_smallest_rank_holding_it(trained, corpus) ->
 def test_activation_aware_needs_statistics(trained) -> None:
     with pytest.raises(ValueError, match="calibration"):
         apply_lowrank(trained, _stage(rank_ratio=0.5), None)
+
+
+def test_factors_are_balanced_so_finetuning_treats_them_alike(trained, corpus) -> None:
+    grams = collect_input_gram(trained, _calibration(corpus, 2))
+    weight = find_block_linears(trained)["blocks.1.mlp.proj"].weight
+    for gram in (None, grams["blocks.1.mlp.proj"]):
+        f = factorize(weight, gram, 32, None)
+        # Each rank-one term: equal norms on both sides, so Adam's lr-sized steps change
+        # both factors by the same fraction.
+        assert torch.allclose(f.up.norm(dim=0), f.down.norm(dim=1), rtol=1e-4)
+        assert f.up.abs().max() < 10 * weight.abs().max()

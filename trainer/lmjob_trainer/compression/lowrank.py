@@ -132,6 +132,12 @@ def factorize(
     root = s[:rank].sqrt()
     up = u[:, :rank] * root
     down = root.unsqueeze(1) * right[:rank]
+    # Balance each rank-one term so that its column of `up` and row of `down` have the same
+    # norm (same product). Whitened factors come out lopsided (L⁻¹ shrinks `down` by the
+    # inputs' scale), and Adam's updates, about lr in size whatever the weight, would then
+    # move the small factor by a large fraction: fine-tuning made such models worse.
+    balance = (down.norm(dim=1) / up.norm(dim=0).clamp_min(1e-30)).sqrt()
+    up, down = up * balance, down / balance.unsqueeze(1)
     return Factors(up=up.to(weight.dtype), down=down.to(weight.dtype), singular_values=s)
 
 
