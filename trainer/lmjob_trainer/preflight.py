@@ -11,6 +11,8 @@ from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.training import BatchSpec
 from lmjob_api.validation import Problem
 
+from lmjob_trainer.compression.validate import check_compression
+
 BYTE_VOCAB = 256
 
 
@@ -81,11 +83,6 @@ def check_runnable(
             "workers.procsPerWorker",
             f"{world_size} processes need {world_size} GPUs but this machine has {cuda_devices}",
         )
-    if not cuda_devices:
-        for i, stage in enumerate(config.compression.stages):
-            if stage.type == "quantize" and stage.method == "int4-weight-only":
-                add(
-                    f"compression.stages[{i}].method",
-                    "int4-weight-only needs a CUDA GPU: use int8-weight-only or int8-dynamic on CPU",
-                )
+    # The compression chain: hardware, data on disk, stage order, student sizes.
+    problems += check_compression(config, cuda_devices=cuda_devices, prefix=prefix)
     return problems
