@@ -53,7 +53,6 @@ EXPECTATION_SECONDS = 30.0
 # Re-apply the ConfigMap/Services/PodGroup this often even without a spec change, so an
 # object deleted by hand comes back.
 ENSURE_EVERY_SECONDS = 600.0
-CREATE_CONCURRENCY = 16
 IDLE_SECONDS = 3600.0
 
 
@@ -571,7 +570,7 @@ async def _apply_plan(
     if plan.create_rendezvous:
         await _create_pod(ctx, state, job, build_rendezvous_pod(job, ctx.config), "rendezvous")
     if plan.create_workers:
-        gate = asyncio.Semaphore(CREATE_CONCURRENCY)
+        gate = asyncio.Semaphore(ctx.config.create_concurrency)
 
         async def create(index: int) -> None:
             async with gate:
@@ -590,10 +589,11 @@ async def _create_pod(
     except ApiError as err:
         if err.status == 409:
             return  # it exists: the index will show it
-        if err.status in (400, 422) and role == "worker":
-            state.rejected = f"the API server rejected worker pod {name}: {err.message}"[:1000]
+        if err.status in (400, 422):
+            # Invalid as built from this spec (e.g. a bad template field): it never will be.
+            state.rejected = f"the API server rejected {role} pod {name}: {err.message}"[:1000]
             state.wake.set()
-            _job_log(job).warning("worker pod rejected: %s", err.message)
+            _job_log(job).warning("%s pod rejected: %s", role, err.message)
             return
         raise
     state.created[name] = (view_pod(created), time.monotonic())

@@ -22,7 +22,10 @@ from tests.operator.harness import (
     wait_for,
 )
 
-ELASTIC = {"command": ["python", "train.py"], "workers": {"replicas": 2, "minReplicas": 2, "maxReplicas": 4}}
+ELASTIC = {
+    "command": ["python", "train.py"],
+    "workers": {"replicas": 2, "minReplicas": 2, "maxReplicas": 4},
+}
 
 
 def workers(kube, namespace: str, job: str = "el") -> list[str]:
@@ -31,7 +34,9 @@ def workers(kube, namespace: str, job: str = "el") -> list[str]:
 
 def expect_workers(kube, namespace: str, count: int, job: str = "el") -> list[str]:
     expected = [f"{job}-worker-{i}" for i in range(count)]
-    return wait_for(lambda: workers(kube, namespace, job) == expected and expected, what=f"{count} workers")
+    return wait_for(
+        lambda: workers(kube, namespace, job) == expected and expected, what=f"{count} workers"
+    )
 
 
 def test_scale_within_bounds(operator, kube, namespace, kubectl) -> None:
@@ -76,7 +81,12 @@ def test_suspend_resize_resume(operator, kube, namespace) -> None:
 
     patch_spec(kube.custom, namespace, "el", {"runPolicy": {"suspend": True}})
     status = wait_for(phase_is(kube.custom, namespace, "el", "Suspended"))
-    wait_for(lambda: not workers(kube, namespace) and not live_pod_names(kube.core, namespace, "el", "rendezvous"))
+    wait_for(
+        lambda: (
+            not workers(kube, namespace)
+            and not live_pod_names(kube.core, namespace, "el", "rendezvous")
+        )
+    )
     assert condition(status, "Suspended")["status"] == "True"
     # The job's other objects (and its storage) stay.
     kube.core.read_namespaced_service("el", namespace)
@@ -125,7 +135,9 @@ def test_active_deadline(operator, kube, namespace) -> None:
 def test_succeeded_then_ttl_deletes_everything(operator, kube, namespace) -> None:
     spec = {**ELASTIC, "runPolicy": {"ttlSecondsAfterFinished": 2}}
     create_job(kube.custom, namespace, "done", spec)
-    names = wait_for(lambda: len(workers(kube, namespace, "done")) == 2 and workers(kube, namespace, "done"))
+    names = wait_for(
+        lambda: len(workers(kube, namespace, "done")) == 2 and workers(kube, namespace, "done")
+    )
     run_pods(kube.core, namespace, "done")
     wait_for(phase_is(kube.custom, namespace, "done", "Running"))
     for name in names:
@@ -133,7 +145,9 @@ def test_succeeded_then_ttl_deletes_everything(operator, kube, namespace) -> Non
     status = wait_for(phase_is(kube.custom, namespace, "done", "Succeeded"))
     assert condition(status, "Succeeded")["reason"] == "TrainingCompleted"
     assert status["workers"]["summary"] == "0/2"
-    wait_for(lambda: get_job(kube.custom, namespace, "done") is None, timeout=20, what="TTL deletion")
+    wait_for(
+        lambda: get_job(kube.custom, namespace, "done") is None, timeout=20, what="TTL deletion"
+    )
 
 
 def test_deleting_the_job_collects_everything(operator, kube, namespace) -> None:
