@@ -54,6 +54,7 @@ EXPECTATION_SECONDS = 30.0
 # object deleted by hand comes back.
 ENSURE_EVERY_SECONDS = 600.0
 IDLE_SECONDS = 3600.0
+MIN_PASS_SECONDS = 0.5
 
 
 # --- memory of one job in this process ---------------------------------------------------
@@ -361,9 +362,16 @@ async def _reconcile(
     if active and _scrape_due(ctx, state, previous):
         await _scrape(ctx, state, job, pods)
     status = build_status(job, pods, state.progress, previous, verdict, now, problems)
-    await _write_status(ctx, state, job, body, previous, status, post_event)
-
     plan = plan_pods(job, status, pods, verdict, now, ctx.config)
+    # Deleting is what cannot be taken back: a restart being counted (or the job failing)
+    # is written before any pod goes. Creations are written after, with the new pods in.
+    status_first = bool(plan.delete or plan.force_delete or plan.delete_job)
+    if status_first or not (plan.create_workers or plan.create_rendezvous):
+        await _write_status(ctx, state, job, body, previous, status, post_event)
+        previous_written = True
+    else:
+        previous_written = False
+
     if plan.delete_job:
         _job_log(job).info("deleting job: ttlSecondsAfterFinished passed")
         try:
@@ -375,6 +383,10 @@ async def _reconcile(
     if not status.phase.finished and status.phase != JobPhase.SUSPENDED:
         await _ensure_objects(ctx, state, job)
     await _apply_plan(ctx, state, job, status, plan, verdict)
+    if not previous_written:
+        pods = observe(state, pods, uid)
+        status = build_status(job, pods, state.progress, previous, verdict, now, problems)
+        await _write_status(ctx, state, job, body, previous, status, post_event)
     return next_wake(job, status, pods, now, ctx.config)
 
 
@@ -628,6 +640,7 @@ async def run_job(
     failures = 0
     while True:
         state.wake.clear()
+        began = time.monotonic()
         try:
             delay = await reconcile_job(ctx, state, copy.deepcopy(snapshot()), pods(), post_event)
             failures = 0
@@ -646,8 +659,9 @@ async def run_job(
             )
         try:
             await asyncio.wait_for(state.wake.wait(), timeout=delay)
-            # A burst of pod events (a large job's pods starting) becomes one pass.
-            await asyncio.sleep(0.1)
+            # A burst of pod events (a large job's pods starting) becomes one pass, and a
+            # job is reconciled at most every MIN_PASS_SECONDS while its pods churn.
+            await asyncio.sleep(max(0.1, MIN_PASS_SECONDS - (time.monotonic() - began)))
         except TimeoutError:
             pass
 
