@@ -359,7 +359,7 @@ async def _reconcile(
     verdict = Verdict()
     if active and not any(p.type == "Failed" for p in problems):
         verdict = judge_failures(pods, rendezvous, job.spec.run_policy, previous.restarts)
-    if active and _scrape_due(ctx, state, previous):
+    if active and _scrape_due(ctx, state):
         await _scrape(ctx, state, job, pods)
     status = build_status(job, pods, state.progress, previous, verdict, now, problems)
     plan = plan_pods(job, status, pods, verdict, now, ctx.config)
@@ -436,7 +436,7 @@ async def _problems(ctx: Context, job: LargeModelJob, state: JobState) -> list[P
     return problems
 
 
-def _scrape_due(ctx: Context, state: JobState, previous: Status) -> bool:
+def _scrape_due(ctx: Context, state: JobState) -> bool:
     return time.monotonic() - state.scraped_at >= ctx.config.resync_seconds * 0.9
 
 
@@ -467,8 +467,9 @@ async def _write_status(
     new_wire = status.to_wire()
     if old_wire == new_wire and state.last_status is not None:
         return
-    raw_old = body.get("status") or {}
-    patch = merge_patch(raw_old, new_wire)
+    # Against what this process last wrote: the body may not show that write yet.
+    base = old_wire if state.last_status is not None else (body.get("status") or {})
+    patch = merge_patch(base, new_wire)
     if patch:
         try:
             await ctx.kube.merge_patch(
