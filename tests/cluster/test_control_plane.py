@@ -4,7 +4,9 @@ loopback only, audited, CRDs installable."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support.binaries import pinned_k8s_version
+from tests.support.binaries import find_binaries, pinned_k8s_version
 from tests.support.clients import KubeClients, build_kube_clients
 from tests.support.controlplane import ControlPlane
 
@@ -209,3 +211,54 @@ def test_crds_from_a_folder_become_established(
         assert kubectl("get", "widgets", "-A").returncode == 0
     finally:
         kube.apiext.delete_custom_resource_definition(f"widgets.{group}")
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "expected"),
+    [
+        ("etcd", ["--version"], "etcd Version: 3.6."),
+        ("kwok", ["--version"], "kwok version v0.8."),
+        ("helm", ["version", "--short"], "v4."),
+        ("kube-apiserver", ["--version"], "Kubernetes v1.36.3"),
+    ],
+)
+def test_built_tools_run_and_report_versions(tool: str, args: list[str], expected: str) -> None:
+    binary = find_binaries([tool])[tool]
+    out = subprocess.run([binary, *args], capture_output=True, text=True, check=True)
+    assert expected in out.stdout + out.stderr
+
+
+def test_helm_renders_against_the_server_version(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    chart = tmp_path / "kv"
+    (chart / "templates").mkdir(parents=True)
+    # A kubeVersion constraint is what trips helm builds stuck at a default of 1.20.
+    (chart / "Chart.yaml").write_text(
+        'apiVersion: v2\nname: kv\nversion: 0.1.0\nkubeVersion: ">=1.30.0-0"\n'
+    )
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kv}\n"
+        'data: {kube: "{{ .Capabilities.KubeVersion.Version }}"}\n'
+    )
+    helm = find_binaries(["helm"])["helm"]
+    out = subprocess.run(
+        [
+            helm,
+            "install",
+            "kv",
+            str(chart),
+            "--dry-run=server",
+            "--kubeconfig",
+            str(control_plane.kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            **os.environ,
+            "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
+            "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
+        },
+    )
+    assert f'kube: "{pinned_k8s_version()}"' in out.stdout

@@ -43,6 +43,8 @@ class Pki:
     admin: KeyPair  # CN=lmjob-test-admin, O=system:masters
     controller_manager: KeyPair  # CN=system:kube-controller-manager
     scheduler: KeyPair  # CN=system:kube-scheduler
+    front_proxy_ca: KeyPair  # --requestheader-client-ca-file (aggregated APIs)
+    front_proxy_client: KeyPair  # the apiserver's identity towards aggregated APIs
     sa_private: Path  # service-account token signing key (PEM, PKCS#8)
     sa_public: Path  # its public half, for --service-account-key-file
 
@@ -141,6 +143,11 @@ def build_pki(directory: Path, *, service_ip: str) -> Pki:
         directory / "serving-ca", "lmjob-test-serving-ca"
     )
     client_ca, client_ca_cert, client_ca_key = _ca(directory / "client-ca", "lmjob-test-client-ca")
+    # Without a front-proxy CA every component that delegates authentication
+    # logs "missing content for CA bundle" forever, and aggregated APIs fail.
+    front_proxy_ca, front_proxy_ca_cert, front_proxy_ca_key = _ca(
+        directory / "front-proxy-ca", "lmjob-test-front-proxy-ca"
+    )
 
     # In-cluster clients reach the apiserver by the Service names and IP, so
     # the cert covers them too, not only the loopback address tests use.
@@ -195,6 +202,14 @@ def build_pki(directory: Path, *, service_ip: str) -> Pki:
         admin=client("admin", "lmjob-test-admin", "system:masters"),
         controller_manager=client("controller-manager", "system:kube-controller-manager"),
         scheduler=client("scheduler", "system:kube-scheduler"),
+        front_proxy_ca=front_proxy_ca,
+        front_proxy_client=_leaf(
+            directory / "front-proxy-client",
+            front_proxy_ca_cert,
+            front_proxy_ca_key,
+            common_name="front-proxy-client",
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        ),
         sa_private=sa_private,
         sa_public=sa_public,
     )

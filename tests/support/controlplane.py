@@ -187,6 +187,8 @@ class ControlPlane:
         self.crds: list[str] = []
         self.binaries: dict[str, Path] = {}
         self.startup_s: float | None = None
+        # Seconds from start() to each milestone, for the docs and slow-start triage.
+        self.milestones: dict[str, float] = {}
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -222,7 +224,7 @@ class ControlPlane:
         `bind_to_parent` kills the components when this process dies (tests);
         the dev cluster passes False so it outlives the command that started it.
         """
-        started = time.monotonic()
+        started = self._t0 = time.monotonic()
         try:
             self._start(timeout=timeout, bind_to_parent=bind_to_parent)
         except BaseException:
@@ -240,7 +242,13 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.log_dir.exists():
+            # A reused state dir (the dev cluster): keep one previous run's logs,
+            # and start a fresh audit log so call counts cover this run only.
+            previous = self.state_dir / "logs.previous"
+            shutil.rmtree(previous, ignore_errors=True)
+            self.log_dir.rename(previous)
+        self.log_dir.mkdir(parents=True)
         etcd_client, etcd_peer, api, kcm, sched = _free_ports(5)
         self.ports = {
             "etcd": etcd_client,
@@ -257,11 +265,13 @@ class ControlPlane:
         self._write_configs(pki)
         self._save_state()
         self._wait(etcd, f"http://{LOOPBACK}:{etcd_client}/health", deadline, tls=None)
+        self._milestone("etcd")
 
         apiserver = self._component("kube-apiserver", self._apiserver_args(pki))
         apiserver.start(bind_to_parent=bind_to_parent)
         self._save_state()
         self._wait(apiserver, f"{self.server}/readyz", deadline, tls=self._admin_tls())
+        self._milestone("kube-apiserver")
 
         # Controllers and CRDs need only a ready apiserver: start them together.
         waits = []
@@ -274,12 +284,21 @@ class ControlPlane:
             c.start(bind_to_parent=bind_to_parent)
             waits.append((c, f"https://{LOOPBACK}:{sched}/healthz"))
         self._save_state()
-        if opts.crd_dir is not None:
-            self.install_crds(opts.crd_dir, deadline)
+        if opts.crd_dir is not None and self.install_crds(opts.crd_dir, deadline):
+            self._milestone("crds")
         # Their serving certs are self-signed: only liveness matters here.
         insecure = ssl._create_unverified_context()
         for component, url in waits:
             self._wait(component, url, deadline, tls=insecure)
+            self._milestone(component.name)
+        if opts.controller_manager:
+            # Healthy is not working: controllers start seconds after /healthz
+            # answers. The `default` SA appearing proves they run, and tests
+            # then never race the controller manager's warm-up.
+            controller_manager = waits[0][0]
+            sa = f"{self.server}/api/v1/namespaces/default/serviceaccounts/default"
+            self._wait(controller_manager, sa, deadline, tls=self._admin_tls())
+            self._milestone("controllers")
         self._save_state()
 
     def stop(self) -> None:
@@ -406,6 +425,10 @@ class ControlPlane:
         return plane
 
     # -- internals -------------------------------------------------------------
+    def _milestone(self, name: str) -> None:
+        self.milestones[name] = round(time.monotonic() - self._t0, 2)
+        log.debug("control plane: %s ready after %.1fs", name, self.milestones[name])
+
     def _component(self, name: str, args: list[str]) -> Component:
         c = Component(name, [str(self.binaries[name]), *args], self.log_dir / f"{name}.log")
         self.components.append(c)
@@ -501,6 +524,13 @@ class ControlPlane:
             f"--service-account-key-file={pki.sa_public}",
             f"--service-account-signing-key-file={pki.sa_private}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
+            f"--proxy-client-key-file={pki.front_proxy_client.key}",
             "--allow-privileged=true",
             f"--cert-dir={self.state_dir / 'apiserver-certs'}",
             f"--audit-policy-file={self.state_dir / 'audit-policy.yaml'}",
@@ -625,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-scheduler", action="store_true")
     parser.add_argument("--no-crds", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     state_dir = args.state_dir.expanduser().resolve()
     if args.command == "up":
         options = Options(
