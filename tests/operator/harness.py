@@ -120,8 +120,14 @@ class OperatorProcess:
     """`python -m lmjob_operator --namespace NS` acting as its own ServiceAccount."""
 
     def __init__(
-        self, kubeconfig: Path, namespaces: list[str], log_path: Path, env: dict[str, str]
+        self,
+        kubeconfig: Path,
+        namespaces: list[str],
+        log_path: Path,
+        env: dict[str, str],
+        extra_args: list[str] | None = None,
     ) -> None:
+        self.extra_args = ["--standalone"] if extra_args is None else extra_args
         self.kubeconfig = kubeconfig
         self.namespaces = namespaces
         self.log_path = log_path
@@ -139,7 +145,7 @@ class OperatorProcess:
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
-        args = [sys.executable, "-m", "lmjob_operator", "--standalone", "--log-format", "plain"]
+        args = [sys.executable, "-m", "lmjob_operator", *self.extra_args, "--log-format", "plain"]
         for ns in self.namespaces:
             args += ["--namespace", ns]
         args += [
