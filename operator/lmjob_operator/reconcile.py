@@ -77,6 +77,8 @@ class JobState:
     ensured: tuple[int, float] = (-1, 0.0)
     rejected: str = ""
     """The API server's message when it refused a worker pod (422): the job cannot run."""
+    forbidden: str = ""
+    """The API server's message when it forbade a pod (403: quota, policy); retried."""
 
 
 @dataclass
@@ -397,6 +399,8 @@ async def _problems(ctx: Context, job: LargeModelJob, state: JobState) -> list[P
         problems.append(Problem("Failed", "True", "InvalidSpec", "; ".join(invalid)))
     if state.rejected:
         problems.append(Problem("Failed", "True", "PodRejected", state.rejected))
+    if state.forbidden:
+        problems.append(Problem("Created", "False", "PodCreationForbidden", state.forbidden))
     flavour = gang_flavour(job)
     if flavour is not None:
         api = POD_GROUP_APIS[flavour]
@@ -580,6 +584,8 @@ async def _apply_plan(
     elif verdict.action == Action.REPLACE:
         metrics.POD_RESTARTS.labels(kind="disruption").inc(len(verdict.replace))
 
+    if plan.create_rendezvous or plan.create_workers:
+        state.forbidden = ""  # set again below if the API server still forbids a pod
     if plan.create_rendezvous:
         await _create_pod(ctx, state, job, build_rendezvous_pod(job, ctx.config), "rendezvous")
     if plan.create_workers:
@@ -602,6 +608,11 @@ async def _create_pod(
     except ApiError as err:
         if err.status == 409:
             return  # it exists: the index will show it
+        if err.status == 403:
+            # Quota or admission policy: may pass later (quota freed), so retried each resync.
+            state.forbidden = f"creating {role} pod {name} is forbidden: {err.message}"[:1000]
+            _job_log(job).warning("%s pod forbidden: %s", role, err.message)
+            return
         if err.status in (400, 422):
             # Invalid as built from this spec (e.g. a bad template field): it never will be.
             state.rejected = f"the API server rejected {role} pod {name}: {err.message}"[:1000]

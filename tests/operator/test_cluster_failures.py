@@ -195,3 +195,46 @@ def test_pod_the_api_server_rejects_fails_the_job(operator, kube, namespace) -> 
     status = wait_for(phase_is(kube.custom, namespace, JOB, "Failed"))
     assert condition(status, "Failed")["reason"] == "PodRejected"
     assert "nodeSelector" in condition(status, "Failed")["message"]
+
+
+def test_quota_exceeded_is_a_condition_until_it_is_raised(operator, kube, namespace) -> None:
+    from kubernetes import client
+
+    quota = client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="pods"),
+        spec=client.V1ResourceQuotaSpec(hard={"pods": "2"}),
+    )
+    kube.core.create_namespaced_resource_quota(namespace, quota)
+    wait_for(
+        lambda: (kube.core.read_namespaced_resource_quota("pods", namespace).status.hard or {}).get(
+            "pods"
+        ),
+        what="quota tracked",
+    )
+    create_job(kube.custom, namespace, JOB, {"command": ["t"], "workers": {"replicas": 3}})
+    created = wait_for(
+        lambda: (
+            (c := condition(job_status(kube.custom, namespace, JOB), "Created")).get("status")
+            == "False"
+            and c
+        ),
+        what="Created=False",
+    )
+    assert created["reason"] == "PodCreationForbidden"
+    assert "exceeded quota" in created["message"]
+    assert (
+        len(pods_of(kube.core, namespace, JOB))
+        + len(pods_of(kube.core, namespace, JOB, "rendezvous"))
+        == 2
+    )
+
+    kube.core.patch_namespaced_resource_quota("pods", namespace, {"spec": {"hard": {"pods": "10"}}})
+    wait_for(
+        lambda: len(live_pod_names(kube.core, namespace, JOB)) == 3, timeout=40, what="all workers"
+    )
+    wait_for(
+        lambda: (
+            condition(job_status(kube.custom, namespace, JOB), "Created").get("status") == "True"
+        ),
+        timeout=40,
+    )
