@@ -14,7 +14,8 @@ import kopf
 from lmjob_api import GROUP, PLURAL, VERSION
 from lmjob_operator.naming import JOB_LABEL
 from lmjob_operator.pod_view import PodView, view_pod
-from lmjob_operator.reconcile import build_context, run_job_daemon
+from lmjob_operator.reconcile import run_job_daemon
+from lmjob_operator.registry import build_context
 from lmjob_operator.settings import apply_settings
 
 JOBS = (GROUP, VERSION, PLURAL)
