@@ -26,7 +26,12 @@ def test_cli_lifecycle(operator, kube, namespace, control_plane, capsys) -> None
     assert code == 0 and out == f"largemodeljob/resnet-byo created in {namespace}\n"
     wait_for(lambda: len(live_pod_names(kube.core, namespace, "resnet-byo")) == 2)
     run_pods(kube.core, namespace, "resnet-byo")
-    wait_for(phase_is(kube.custom, namespace, "resnet-byo", "Running"))
+    wait_for(
+        lambda: (
+            (s := phase_is(kube.custom, namespace, "resnet-byo", "Running")())
+            and s["workers"]["ready"] == 2
+        )
+    )
 
     code, out, _ = lmjob(capsys, "list", *kc)
     assert code == 0
