@@ -47,7 +47,7 @@ async def pods_by_job(
     return {(namespace, labels[JOB_LABEL]): view_pod(body)}
 
 
-@kopf.on.create(*JOBS)
+# No on.create: the daemon starts with the object and its first pass creates everything.
 @kopf.on.update(*JOBS, field="spec")
 async def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.ctx.registry.wake(namespace, name)
