@@ -55,9 +55,13 @@ async def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> N
 
 @kopf.daemon(*JOBS, cancellation_timeout=5.0)
 async def job_loop(
-    body: kopf.Body, memo: kopf.Memo, pods_by_job: kopf.Index[Any, PodView], **_: Any
+    body: kopf.Body,
+    memo: kopf.Memo,
+    pods_by_job: kopf.Index[Any, PodView],
+    stopped: kopf.DaemonStopped,
+    **_: Any,
 ) -> None:
     def post(type_: str, reason: str, message: str) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
 
-    await run_job_daemon(memo.ctx, body, pods_by_job, post)
+    await run_job_daemon(memo.ctx, body, pods_by_job, post, stopped)

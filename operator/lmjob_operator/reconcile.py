@@ -389,10 +389,12 @@ async def run_job(
     snapshot: Callable[[], dict[str, Any]],
     pods: Callable[[], Iterable[PodView]],
     post_event: Callable[[str, str, str], None],
+    stopped: Any = None,
 ) -> None:
-    """The per-job loop run by the kopf daemon: a pass whenever woken or due, until cancelled."""
+    """The per-job loop run by the kopf daemon: a pass whenever woken or due, until `stopped`
+    (kopf's DaemonStopped: the job is being deleted or the operator exits) is set."""
     failures = 0
-    while True:
+    while not stopped:
         state.wake.clear()
         began = time.monotonic()
         try:
@@ -411,13 +413,26 @@ async def run_job(
                 err,
                 exc_info=not isinstance(err, ApiError),
             )
-        try:
-            await asyncio.wait_for(state.wake.wait(), timeout=delay)
+        if await _sleep(state, delay, stopped):
             # A burst of pod events (a large job's pods starting) becomes one pass, and a
             # job is reconciled at most every MIN_PASS_SECONDS while its pods churn.
-            await asyncio.sleep(max(0.1, MIN_PASS_SECONDS - (time.monotonic() - began)))
-        except TimeoutError:
-            pass
+            await _sleep(None, max(0.1, MIN_PASS_SECONDS - (time.monotonic() - began)), stopped)
+
+
+async def _sleep(state: JobState | None, seconds: float, stopped: Any) -> bool:
+    """Wait `seconds`, or less if the job is woken or stopped; True when it was woken."""
+    waiters = [asyncio.ensure_future(state.wake.wait())] if state is not None else []
+    if stopped is not None:
+        waiters.append(asyncio.ensure_future(stopped.wait()))
+    if not waiters:
+        await asyncio.sleep(seconds)
+        return False
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return state is not None and state.wake.is_set()
 
 
 async def run_job_daemon(
@@ -425,8 +440,9 @@ async def run_job_daemon(
     body: Mapping[str, Any],
     index: Mapping[tuple[str, str], Iterable[PodView]],
     post_event: Callable[[str, str, str], None],
+    stopped: Any = None,
 ) -> None:
-    """Glue between kopf's daemon (a live body, the pod index) and run_job."""
+    """Glue between kopf's daemon (a live body, the pod index, its stop flag) and run_job."""
     meta = body["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
     state = ctx.registry.state(namespace, name, uid)
@@ -437,6 +453,7 @@ async def run_job_daemon(
             snapshot=lambda: {key: body[key] for key in body},
             pods=lambda: list(index.get((namespace, name), ())),
             post_event=post_event,
+            stopped=stopped,
         )
     finally:
         ctx.registry.forget(namespace, name, uid)
