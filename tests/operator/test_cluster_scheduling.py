@@ -49,7 +49,13 @@ def podgroup_api(kube) -> Iterator[None]:
             ],
         },
     }
-    kube.apiext.create_custom_resource_definition(crd)
+    try:
+        kube.apiext.create_custom_resource_definition(crd)
+        created = True
+    except ApiException as err:
+        if err.status != 409:
+            raise
+        created = False
 
     def established() -> bool:
         got = kube.apiext.read_custom_resource_definition("podgroups.scheduling.x-k8s.io")
@@ -59,7 +65,8 @@ def podgroup_api(kube) -> Iterator[None]:
 
     wait_for(established, what="PodGroup CRD established")
     yield
-    kube.apiext.delete_custom_resource_definition("podgroups.scheduling.x-k8s.io")
+    if created:
+        kube.apiext.delete_custom_resource_definition("podgroups.scheduling.x-k8s.io")
 
 
 def test_gang_creates_pod_group(podgroup_api, operator, kube, namespace) -> None:
