@@ -44,7 +44,7 @@ from tests.operator.harness import (  # noqa: E402
 from tests.support.clients import build_kube_clients  # noqa: E402
 from tests.support.controlplane import ControlPlane, Options  # noqa: E402
 
-OPERATOR_USER = "system:serviceaccount:lmjob-system:lmjob-operator"
+OPERATOR_USER = "system:serviceaccount:lmjob-operator-tests:lmjob-operator"
 
 
 def rss_mib(pid: int) -> float:

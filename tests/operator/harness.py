@@ -26,7 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = [str(REPO_ROOT / d) for d in ("api", "cli", "operator", "trainer")]
 GROUP, VERSION, PLURAL = "lmjob.dev", "v1alpha1", "largemodeljobs"
 RULES_FILE = REPO_ROOT / "charts" / "lmjob" / "files" / "operator-rules.yaml"
-OPERATOR_NAMESPACE = "lmjob-system"
+OPERATOR_NAMESPACE = (
+    "lmjob-operator-tests"  # not the chart's namespace: no clash with a helm install
+)
 OPERATOR_ACCOUNT = "lmjob-operator"
 # Short timings so the tests see resyncs, scrapes and forced deletions in seconds.
 OPERATOR_ENV = {
