@@ -255,6 +255,9 @@ class LargeModelJobSpec(ApiModel):
             "|| !has(self.workers.procsPerWorker) "
             "|| (has(self.workers.minReplicas) && self.workers.minReplicas != self.workers.replicas) "
             "|| (has(self.workers.maxReplicas) && self.workers.maxReplicas != self.workers.replicas) "
+            # Fewer processes than the tensor-parallel size: no data-parallel size to divide
+            # by; the procsPerWorker rule above reports that case.
+            "|| self.workers.replicas * self.workers.procsPerWorker < self.training.parallelism.tensorParallel "
             "|| self.training.batch.globalBatchSize % (self.training.batch.microBatchSize "
             "* (self.workers.replicas * self.workers.procsPerWorker / self.training.parallelism.tensorParallel)) == 0",
             message="training.batch.globalBatchSize must be a multiple of microBatchSize × data-parallel "
@@ -264,6 +267,8 @@ class LargeModelJobSpec(ApiModel):
                 or s.training.batch.global_batch_size is None
                 or s.workers.procs_per_worker is None
                 or s.workers.bounds != (s.workers.replicas, s.workers.replicas)
+                or s.workers.replicas * s.workers.procs_per_worker
+                < s.training.parallelism.tensor_parallel
                 or s.training.batch.global_batch_size
                 % (
                     s.training.batch.micro_batch_size

@@ -1,0 +1,253 @@
+"""`lmjob run JOB.yaml`: run a LargeModelJob on this machine, no cluster needed.
+
+The manifest is validated (API rules, then what only this machine can tell: processes vs
+tensor-parallel size, GPUs, data path) before any process starts; problems are printed
+one per line, exit status 1. Then `workers.replicas × procsPerWorker` local processes run
+under torchrun's elastic agent, with storage under `./runs/<job>/`, a progress bar read
+from the rank-0 metrics endpoint, and a summary table at the end.
+
+Relative paths inside the manifest resolve against the manifest's folder. A manifest with
+`spec.command` runs that command under the same launcher (with the LMJOB_* environment).
+Ctrl-C makes the workers save a checkpoint; running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+EXIT_INVALID = 1
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def register(subparsers: Any) -> None:
+    """Add the `run` subcommand; its handler is `args.handler(args) -> exit code`."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run a LargeModelJob on this machine (CPU or local GPUs)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("manifest", type=Path, help="the LargeModelJob YAML file")
+    parser.add_argument(
+        "--logs",
+        action="store_true",
+        help="stream the workers' logs to the terminal instead of a progress bar",
+    )
+    parser.set_defaults(handler=run_command)
+
+
+def _print_problems(source: str, problems: list[Any]) -> None:
+    for problem in problems:
+        print(f"{source}: {problem}", file=sys.stderr)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from lmjob_api.validation import ManifestError, load_job
+
+    try:
+        job = load_job(args.manifest)
+    except ManifestError as err:
+        _print_problems(str(args.manifest), err.problems)
+        return EXIT_INVALID
+    try:
+        import torch
+    except ImportError:
+        print("lmjob run needs the trainer: pip install 'lmjob[trainer]'", file=sys.stderr)
+        return EXIT_INVALID
+    from lmjob_trainer.local_run import plan_local_run
+
+    plan, problems = plan_local_run(
+        job, args.manifest, cwd=Path.cwd(), cuda_devices=torch.cuda.device_count()
+    )
+    if plan is None:
+        _print_problems(str(args.manifest), problems)
+        return EXIT_INVALID
+    return _run(plan, tee=args.logs)
+
+
+def _run(plan: Any, *, tee: bool) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from lmjob_trainer.local_run import launch
+
+    out = sys.stderr
+    what = (
+        "the built-in trainer"
+        if plan.config is not None
+        else " ".join([plan.entrypoint, *plan.args])
+    )
+    print(
+        f"lmjob run: {plan.job_name}: {plan.num_procs} process(es) running {what}\n"
+        f"  storage  {_short(plan.run_dir)}/\n"
+        f"  metrics  http://127.0.0.1:{plan.metrics_port}/metrics\n"
+        f"  logs     {_short(plan.run_dir / 'logs')}/",
+        file=out,
+    )
+    bar = None if tee else ProgressBar(plan.metrics_port, out)
+    if bar:
+        bar.start()
+    started = time.monotonic()
+    try:
+        launch(plan, tee=tee)
+    except ChildFailedError as err:
+        if bar:
+            bar.stop()
+        _print_failure(plan, err, out)
+        return EXIT_FAILED
+    except (SignalException, KeyboardInterrupt):
+        if bar:
+            bar.stop()
+        _print_interrupted(plan, out)
+        return EXIT_INTERRUPTED
+    finally:
+        if bar:
+            bar.stop()
+    print(f"finished in {_duration(time.monotonic() - started)}", file=out)
+    if plan.config is not None:
+        _print_summary(plan, sys.stdout)
+    return 0
+
+
+def _short(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def _print_failure(plan: Any, err: Any, out: TextIO) -> None:
+    print(f"lmjob run: {plan.job_name} failed (restarts used: {plan.max_restarts})", file=out)
+    logs = sorted(
+        (plan.run_dir / "logs").glob("*/attempt_*/*/stderr.log"), key=lambda p: p.stat().st_mtime
+    )
+    for rank, failure in sorted(err.failures.items()):
+        print(f"  rank {rank}: exit code {failure.exitcode}", file=out)
+        mine = [p for p in logs if p.parent.name == str(failure.local_rank)]
+        if mine:
+            lines = mine[-1].read_text(errors="replace").splitlines()
+            errors = [line for line in lines if "level=error" in line] or lines[-12:]
+            for line in errors[-12:]:
+                print(f"    {line}", file=out)
+            print(f"  log: {_short(mine[-1])}", file=out)
+
+
+def _print_interrupted(plan: Any, out: TextIO) -> None:
+    from lmjob_trainer import storage
+
+    print(f"\nlmjob run: {plan.job_name} interrupted.", file=out)
+    for stage in plan.stages:
+        latest = storage.latest_complete(plan.run_dir, stage)
+        if latest:
+            print(f"  {stage}: checkpoint at step {latest[0]}: {_short(latest[1])}", file=out)
+    print("  run the same command again to resume.", file=out)
+
+
+def _print_summary(plan: Any, out: TextIO) -> None:
+    from lmjob_trainer.local_run import summarize
+
+    rows, sample = summarize(plan)
+    table = [("stage", "phase", "steps", "eval loss", "output")]
+    for r in rows:
+        table.append(
+            (
+                r.stage,
+                r.phase,
+                "-" if r.steps is None else str(r.steps),
+                "-" if r.eval_loss is None else f"{r.eval_loss:.4f}",
+                "-" if r.output is None else _short(Path(r.output)),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    print(file=out)
+    for row in table:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
+        )
+    if sample:
+        print("\nsample from the trained model:\n", file=out)
+        print(sample.strip(), file=out)
+
+
+class ProgressBar:
+    """A one-line progress display fed by the rank-0 metrics endpoint (a thread)."""
+
+    WIDTH = 24
+
+    def __init__(self, port: int, out: TextIO, interval: float = 0.5) -> None:
+        self.port = port
+        self.out = out
+        self.interval = interval
+        self.tty = out.isatty()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._first: dict[str, tuple[float, int]] = {}
+        self._last_print = 0.0
+        self._last_line = ""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=2)
+            if self.tty and self._last_line:
+                self.out.write("\n")
+                self.out.flush()
+
+    def _loop(self) -> None:
+        from lmjob_trainer.local_run import read_progress
+
+        started = time.monotonic()
+        while not self._stop.wait(self.interval):
+            progress = read_progress(self.port)
+            line = self._render(progress, time.monotonic() - started)
+            self._show(line)
+
+    def _render(self, p: Any, elapsed: float) -> str:
+        if p is None or not p.total_steps:
+            # Down before the first step (start-up), between stages and during restarts.
+            waiting = "waiting for workers" if self._first else "starting workers"
+            return f"{waiting}... {_duration(elapsed)}"
+        now = time.monotonic()
+        first = self._first.setdefault(p.stage, (now, p.step))
+        done = min(1.0, p.step / p.total_steps)
+        filled = int(done * self.WIDTH)
+        parts = [
+            f"{p.stage:<8} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {p.step}/{p.total_steps}"
+        ]
+        if p.loss is not None:
+            parts.append(f"loss {p.loss:.3f}")
+        if p.eval_loss is not None:
+            parts.append(f"eval {p.eval_loss:.3f}")
+        if p.tokens_per_second:
+            parts.append(f"{p.tokens_per_second / 1000:.1f}k tok/s")
+        rate = (p.step - first[1]) / max(now - first[0], 1e-6)
+        if rate > 0 and p.step < p.total_steps:
+            parts.append(f"ETA {_duration((p.total_steps - p.step) / rate)}")
+        if p.restarts:
+            parts.append(f"restarts {p.restarts}")
+        return "  ".join(parts)
+
+    def _show(self, line: str) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[K" + line)
+            self.out.flush()
+        elif line != self._last_line and time.monotonic() - self._last_print > 10:
+            # Logs and CI: a line every 10 s at most, not one per poll.
+            self.out.write(line + "\n")
+            self.out.flush()
+            self._last_print = time.monotonic()
+        self._last_line = line

@@ -1,0 +1,117 @@
+"""`lmjob run` end to end: a tiny job through the real launcher, Ctrl-C, and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmjob_trainer import storage
+from lmjob_trainer.local_run import parse_progress
+
+from .conftest import losses, subprocess_env, tiny_training, wait_for
+
+
+def _write_job(tmp: Path, text: Path, name: str, **training: object) -> Path:
+    """jobs/job.yaml naming `data/corpus.txt`, which lies beside it (jobs/data/)."""
+    data = tmp / "jobs" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "corpus.txt").write_bytes(text.read_bytes())
+    spec_training = tiny_training(Path("data/corpus.txt"), Path("cache"), **training)
+    manifest = {
+        "apiVersion": "lmjob.dev/v1alpha1",
+        "kind": "LargeModelJob",
+        "metadata": {"name": name},
+        "spec": {
+            "workers": {"replicas": 1, "procsPerWorker": 2},
+            "training": spec_training,
+            "compression": {"stages": [{"name": "int8", "type": "quantize"}]},
+            "metrics": {"port": 9400},
+        },
+    }
+    path = tmp / "jobs" / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def _lmjob_run(manifest: Path, cwd: Path, **kwargs: object) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmjob_cli.main", "run", str(manifest)],
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_lmjob_run_interrupt_and_resume(tmp_path: Path, text_file: Path) -> None:
+    """The whole local path: relative paths resolved against the manifest's folder, storage
+    under the working directory, Ctrl-C leaving a checkpoint, the same command resuming and
+    finishing with the summary table and a sample."""
+    manifest = _write_job(tmp_path, text_file, "tiny", steps=150, checkpoint={"everySteps": 1000})
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    run_dir = cwd / "runs" / "tiny"
+    # Its own process group, as a terminal's foreground job: Ctrl-C reaches every process.
+    proc = _lmjob_run(manifest, cwd, start_new_session=True)
+    assert wait_for(lambda: len(losses(run_dir)) >= 5, 180, interval=0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-4000:]
+    assert "run the same command again to resume" in err
+    latest = storage.latest_complete(run_dir, "train")
+    assert latest is not None and 5 <= latest[0] < 150, latest
+    assert (run_dir / "trainer.yaml").is_file()
+
+    again = _lmjob_run(manifest, cwd)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-4000:]
+    resumed_log = "\n".join(p.read_text() for p in (run_dir / "logs").rglob("stderr.log"))
+    assert f'msg="resumed from checkpoint" path={latest[1]}' in resumed_log
+    report = storage.read_report(run_dir, "train")
+    assert report["phase"] == "Succeeded" and report["steps"] == 150
+    assert report["evalLoss"] < 3.5
+    lines = out.splitlines()
+    assert any(line.split()[:3] == ["train", "Succeeded", "150"] for line in lines), out
+    assert any(line.startswith("int8") for line in lines), out
+    assert "sample from the trained model" in out
+    assert "finished in" in err
+
+
+def test_progress_is_read_from_rank0_metrics() -> None:
+    text = "\n".join(
+        [
+            'lmjob_trainer_step{job="j",stage="train"} 120.0',
+            'lmjob_trainer_total_steps{job="j",stage="train"} 600.0',
+            'lmjob_trainer_loss{job="j",stage="train"} 1.5',
+            'lmjob_trainer_stage_info{job="j",stage="train",phase="Running"} 1.0',
+            'lmjob_trainer_restarts{job="j"} 1.0',
+        ]
+    )
+    progress = parse_progress(text)
+    assert progress is not None
+    assert (
+        progress.stage,
+        progress.step,
+        progress.total_steps,
+        progress.loss,
+        progress.restarts,
+    ) == (
+        "train",
+        120,
+        600,
+        1.5,
+        1,
+    )
+    # A pod without job-level series (not global rank 0) reports nothing.
+    assert (
+        parse_progress('lmjob_trainer_memory_bytes{job="j",stage="train",kind="rss"} 1e9') is None
+    )

@@ -1,0 +1,214 @@
+"""The trainer's Prometheus series (names and labels: docs/contracts.md).
+
+Local rank 0 of each pod serves `:$LMJOB_METRICS_PORT/metrics`. Job-level series are set
+only by the process holding global rank 0, so exactly one pod of a job exports them and
+no value is reported N times; memory is per pod (local rank 0's own process).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from typing import Any
+
+import torch
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+
+from lmjob_trainer.distributed import DistEnv
+
+log = logging.getLogger(__name__)
+
+PREFIX = "lmjob_trainer_"
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
+CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800)
+STAGE_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Skipped")
+
+
+class TrainerMetrics:
+    """Every series of the contract, updated through intent-named methods.
+
+    On processes other than global rank 0 the job-level methods do nothing, so callers
+    need not check ranks.
+    """
+
+    def __init__(self, job: str, env: DistEnv, port: int | None = None) -> None:
+        self.job = job
+        self.exports_job = env.is_main
+        self.exports_pod = env.is_local_main
+        self.registry = CollectorRegistry()
+        self._server: Any = None
+        self._latest_path: dict[str, str] = {}
+        self._phase: dict[str, str] = {}
+        r = self.registry
+        js = ("job", "stage")
+        self.step = Gauge(PREFIX + "step", "Optimiser steps done in the stage", js, registry=r)
+        self.total_steps = Gauge(PREFIX + "total_steps", "Steps the stage will run", js, registry=r)
+        self.loss = Gauge(PREFIX + "loss", "Latest training loss", js, registry=r)
+        self.eval_loss = Gauge(PREFIX + "eval_loss", "Latest evaluation loss", js, registry=r)
+        self.learning_rate = Gauge(
+            PREFIX + "learning_rate", "Current learning rate", js, registry=r
+        )
+        self.grad_norm = Gauge(
+            PREFIX + "grad_norm", "Global gradient norm before clipping", js, registry=r
+        )
+        self.tokens_per_second = Gauge(
+            PREFIX + "tokens_per_second", "Training throughput over all ranks", js, registry=r
+        )
+        self.step_seconds = Histogram(
+            PREFIX + "step_seconds",
+            "Wall time per optimiser step",
+            js,
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.mfu = Gauge(PREFIX + "mfu", "Model FLOPs utilisation (GPU only)", js, registry=r)
+        self.memory_bytes = Gauge(
+            PREFIX + "memory_bytes", "Memory of this pod's local rank 0", (*js, "kind"), registry=r
+        )
+        self.checkpoint_save_seconds = Histogram(
+            PREFIX + "checkpoint_save_seconds",
+            "Blocking time of a checkpoint save",
+            js,
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_load_seconds = Histogram(
+            PREFIX + "checkpoint_load_seconds",
+            "Time to load a checkpoint on resume",
+            js,
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_info = Gauge(
+            PREFIX + "checkpoint_info",
+            "Newest complete checkpoint (value: its step)",
+            (*js, "path"),
+            registry=r,
+        )
+        self.world_size = Gauge(
+            PREFIX + "world_size", "Processes in the rendezvous", ("job",), registry=r
+        )
+        self.restarts = Gauge(
+            PREFIX + "restarts", "torchrun restarts of this job", ("job",), registry=r
+        )
+        self.stage_info = Gauge(
+            PREFIX + "stage_info", "Phase of each stage (value 1)", (*js, "phase"), registry=r
+        )
+        self.stage_result = Gauge(
+            PREFIX + "stage_result", "A stage's report numbers", (*js, "metric"), registry=r
+        )
+        if self.exports_job:
+            self.world_size.labels(job).set(env.world_size)
+            self.restarts.labels(job).set(env.restart_count)
+        if self.exports_pod and port:
+            self._serve(port)
+
+    def _serve(self, port: int) -> None:
+        try:
+            self._server, _ = start_http_server(port, registry=self.registry)
+        except OSError as err:
+            # Metrics are worth a warning, never a failed training run.
+            log.warning("metrics endpoint not started", extra={"port": port, "error": str(err)})
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # --- training progress (global rank 0) ---
+
+    def record_total_steps(self, stage: str, total: int) -> None:
+        if self.exports_job:
+            self.total_steps.labels(self.job, stage).set(total)
+
+    def record_step(
+        self,
+        stage: str,
+        *,
+        step: int,
+        loss: float,
+        lr: float,
+        grad_norm: float | None,
+        tokens_per_second: float,
+        step_seconds: float,
+        mfu: float | None = None,
+    ) -> None:
+        if not self.exports_job:
+            return
+        labels = (self.job, stage)
+        self.step.labels(*labels).set(step)
+        self.loss.labels(*labels).set(loss)
+        self.learning_rate.labels(*labels).set(lr)
+        if grad_norm is not None:
+            self.grad_norm.labels(*labels).set(grad_norm)
+        self.tokens_per_second.labels(*labels).set(tokens_per_second)
+        self.step_seconds.labels(*labels).observe(step_seconds)
+        if mfu is not None:
+            self.mfu.labels(*labels).set(mfu)
+
+    def record_eval(self, stage: str, loss: float) -> None:
+        if self.exports_job:
+            self.eval_loss.labels(self.job, stage).set(loss)
+
+    # --- checkpoints ---
+
+    def record_checkpoint_saved(self, stage: str, seconds: float) -> None:
+        if self.exports_job:
+            self.checkpoint_save_seconds.labels(self.job, stage).observe(seconds)
+
+    def record_checkpoint_complete(self, stage: str, path: str, step: int) -> None:
+        """The newest complete checkpoint: one series per stage, the older one removed."""
+        if not self.exports_job:
+            return
+        old = self._latest_path.get(stage)
+        if old is not None and old != path:
+            self.checkpoint_info.remove(self.job, stage, old)
+        self._latest_path[stage] = path
+        self.checkpoint_info.labels(self.job, stage, path).set(step)
+
+    def record_checkpoint_loaded(self, stage: str, seconds: float) -> None:
+        if self.exports_job:
+            self.checkpoint_load_seconds.labels(self.job, stage).observe(seconds)
+
+    # --- stages ---
+
+    def set_stage_phase(self, stage: str, phase: str) -> None:
+        """One `stage_info` series per stage, labelled with its current phase."""
+        assert phase in STAGE_PHASES, phase
+        if not self.exports_job:
+            return
+        old = self._phase.get(stage)
+        if old is not None and old != phase:
+            self.stage_info.remove(self.job, stage, old)
+        self._phase[stage] = phase
+        self.stage_info.labels(self.job, stage, phase).set(1)
+
+    def set_stage_result(self, stage: str, results: dict[str, float]) -> None:
+        """Report numbers of a stage: evalLoss, params, bytes, sparsity, latencyMs, wallSeconds."""
+        if not self.exports_job:
+            return
+        for metric, value in results.items():
+            if value is not None:
+                self.stage_result.labels(self.job, stage, metric).set(float(value))
+
+    # --- memory (per pod) ---
+
+    def record_memory(self, stage: str, device: torch.device) -> None:
+        if not self.exports_pod:
+            return
+        labels = (self.job, stage)
+        if device.type == "cuda":
+            self.memory_bytes.labels(*labels, "allocated").set(torch.cuda.memory_allocated(device))
+            self.memory_bytes.labels(*labels, "peak").set(torch.cuda.max_memory_allocated(device))
+        self.memory_bytes.labels(*labels, "rss").set(current_rss_bytes())
+
+
+def current_rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,180 @@
+"""The trainer's main: set up, train (or resume), report, then hand over to compression.
+
+Thin on purpose; the loop lives in loop.py. Whatever happens, metrics and the process
+group are closed on the way out.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+
+from lmjob_api.trainer_config import TrainerConfig
+from lmjob_api.validation import ManifestError
+from lmjob_trainer import storage
+from lmjob_trainer.checkpoint import choose_on_rank0
+from lmjob_trainer.distributed import DistEnv, close_distributed, init_distributed
+from lmjob_trainer.logs import configure_logging, set_log_context
+from lmjob_trainer.loop import StageResult, run_steps
+from lmjob_trainer.metrics import TrainerMetrics
+from lmjob_trainer.model import count_params
+from lmjob_trainer.preflight import check_runnable
+from lmjob_trainer.session import TrainerSession, build_session
+
+log = logging.getLogger(__name__)
+
+COMPRESSION_MODULE = "lmjob_trainer.compression"
+SAMPLE_TOKENS = 300
+EXIT_CONFIG_ERROR = 2
+
+
+def _install_stop_handlers(session: TrainerSession) -> None:
+    """SIGTERM (pod deletion, torchrun shutdown) and SIGINT (Ctrl-C) ask the loop to save
+    and stop at the next step instead of dying mid-step."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        session.stop_signal = signum
+        session.stop_requested.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def generate_sample(
+    session: TrainerSession, model: torch.nn.Module, tokens: int = SAMPLE_TOKENS
+) -> str:
+    """A short text sampled from a plain model, for the report and the terminal."""
+    prompt = session.tokenizer.encode(b"\n")[-1:].view(1, -1)
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(session.training.seed)
+    out = model.generate(prompt, tokens, temperature=0.8, top_k=50)
+    torch.set_rng_state(generator_state)
+    return session.tokenizer.decode(out[0, prompt.shape[1] :].tolist())
+
+
+def train_stage(session: TrainerSession) -> StageResult | None:
+    """Train (or resume training) unless the train stage already finished; None if it had."""
+    report = choose_on_rank0(
+        session.env, lambda: storage.read_report(session.root, storage.TRAIN_STAGE)
+    )
+    # A finished stage is skipped on a rerun, unless `steps` was raised since: then the
+    # run continues from its last checkpoint.
+    if report and report.get("totalSteps") == session.training.steps:
+        log.info("training already finished", extra={"checkpoint": report.get("checkpoint")})
+        session.metrics.set_stage_phase(storage.TRAIN_STAGE, "Succeeded")
+        return None
+    model = session.build_model()
+    params = count_params(model)
+    result = run_steps(session, model, stage=storage.TRAIN_STAGE, steps=session.training.steps)
+    result.extra["params"] = params
+    return result
+
+
+def finish_train_stage(session: TrainerSession, result: StageResult) -> dict[str, Any]:
+    """Write the train stage's report (rank 0), with a generated sample from the final weights."""
+    report: dict[str, Any] = {
+        "stage": storage.TRAIN_STAGE,
+        "phase": "Succeeded",
+        "steps": result.steps,
+        "totalSteps": session.training.steps,
+        "evalLoss": result.eval_loss,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "params": result.extra.get("params"),
+        "wallSeconds": round(result.wall_seconds, 3),
+        "stoppedEarly": result.stopped_early,
+        "worldSize": session.env.world_size,
+    }
+    # Every rank loads (a collective); rank 0 samples and writes.
+    plain = session.load_stage_model(storage.TRAIN_STAGE)
+    if session.env.is_main:
+        report["sample"] = generate_sample(session, plain)
+        storage.write_report(session.root, storage.TRAIN_STAGE, report)
+        log.info("sample", extra={"text": report["sample"][:200]})
+    session.metrics.set_stage_result(
+        storage.TRAIN_STAGE,
+        {
+            "evalLoss": result.eval_loss,
+            "params": report["params"],
+            "wallSeconds": result.wall_seconds,
+        },
+    )
+    session.metrics.set_stage_phase(storage.TRAIN_STAGE, "Succeeded")
+    return report
+
+
+def run_compression(session: TrainerSession) -> None:
+    """The compression hook: hand the session to `lmjob_trainer.compression.run_stages`.
+
+    The stage runner is its own package; a trainer build without it logs and marks the
+    stages Skipped rather than failing a job whose training succeeded. The check looks
+    for the module without importing it, so a broken stage runner still fails loudly.
+    """
+    stages = session.config.compression.stages
+    if not stages:
+        return
+    if importlib.util.find_spec(COMPRESSION_MODULE) is None:
+        log.warning(
+            "compression stages are not available in this trainer build; skipped",
+            extra={"stages": ",".join(s.name for s in stages)},
+        )
+        for stage in stages:
+            session.metrics.set_stage_phase(stage.name, "Skipped")
+        return
+    from lmjob_trainer.compression import run_stages  # type: ignore[import-not-found]
+
+    run_stages(session)
+
+
+def run(config: TrainerConfig, env: DistEnv, root: Path, metrics: TrainerMetrics) -> int:
+    """Train and compress; returns the process exit code."""
+    problems = check_runnable(
+        config, world_size=env.world_size, cuda_devices=torch.cuda.device_count()
+    )
+    if problems:
+        raise ManifestError("trainer config", problems)
+    if env.device.type == "cuda":
+        # TF32 matmuls for fp32 work: the precision loss is negligible for training.
+        torch.set_float32_matmul_precision("high")
+    session = build_session(config, env, root, metrics)
+    _install_stop_handlers(session)
+    for stage in config.compression.stages:
+        metrics.set_stage_phase(stage.name, "Pending")
+    result = train_stage(session)
+    if result is not None:
+        if result.interrupted:
+            return 128 + session.stop_signal
+        finish_train_stage(session, result)
+    set_log_context(stage=None)
+    run_compression(session)
+    if session.stop_requested.is_set():
+        return 128 + session.stop_signal
+    return 0
+
+
+def main(config: TrainerConfig, *, checkpoint_dir: Path, metrics_port: int | None) -> int:
+    """Entry point of a worker process (under torchrun or alone)."""
+    env = init_distributed()
+    configure_logging(job=config.job_name, rank=env.rank)
+    metrics = TrainerMetrics(config.job_name, env, metrics_port)
+    started = time.perf_counter()
+    try:
+        code = run(config, env, checkpoint_dir, metrics)
+        log.info(
+            "trainer done",
+            extra={"exit_code": code, "seconds": round(time.perf_counter() - started, 1)},
+        )
+        return code
+    except ValueError as err:
+        # Bad user input (ManifestError is a ValueError): one clear line, no traceback.
+        log.error("cannot run this config: %s", err)
+        return EXIT_CONFIG_ERROR
+    finally:
+        metrics.close()
+        close_distributed()
