@@ -90,6 +90,7 @@ def _latencies_ms(models: dict[str, tuple[Path, str]], seq_len: int) -> dict[str
     load from other processes drifts over minutes, so each model's figure is the best of its
     per-round medians rather than one run that may have met a busy moment."""
     import torch
+
     from lmjob_trainer.compression import load_stage
     from lmjob_trainer.compression.report import measure_latency
 
