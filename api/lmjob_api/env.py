@@ -12,8 +12,11 @@ WORKER_ENV: dict[str, str] = {
     "PET_NPROC_PER_NODE": "Processes per worker pod (torchrun --nproc-per-node).",
     "PET_RDZV_BACKEND": "Always `c10d`.",
     "PET_RDZV_ENDPOINT": "host:port of the job's rendezvous store, which outlives any single worker.",
-    "PET_RDZV_ID": "The job's uid: one rendezvous per job incarnation.",
-    "PET_RDZV_CONF": "Extra rendezvous settings (`is_host=false`: no worker hosts the store).",
+    "PET_RDZV_ID": "`<job uid>-<restarts>`: one rendezvous per job incarnation and whole-group "
+    "restart (torchrun closes a run's rendezvous for good once an agent exits, so a restarted "
+    "group needs a fresh one; a pod replaced alone rejoins the current one).",
+    "PET_RDZV_CONF": "Extra rendezvous settings: `is_host=false` (no worker hosts the store) and "
+    "`read_timeout=300` (wait up to 5 min for the store pod to come up).",
     "PET_MAX_RESTARTS": "How many times torchrun restarts its local workers before giving up.",
     "LMJOB_CONFIG": "Path of the rendered trainer config (training + compression), mounted read-only.",
     "LMJOB_CHECKPOINT_DIR": "Directory shared by all workers for checkpoints and stage outputs.",

@@ -249,19 +249,24 @@ class LargeModelJobSpec(ApiModel):
             field="workers.procsPerWorker",
         ),
         Rule(
+            # Only for fixed-size jobs: an elastic job's world size changes without any
+            # admission (a lost pod), so the trainer rounds accumulation at each size instead.
             cel="!has(self.training) || !has(self.training.batch.globalBatchSize) "
             "|| !has(self.workers.procsPerWorker) "
+            "|| (has(self.workers.minReplicas) && self.workers.minReplicas != self.workers.replicas) "
+            "|| (has(self.workers.maxReplicas) && self.workers.maxReplicas != self.workers.replicas) "
             # Fewer processes than the tensor-parallel size: no data-parallel size to divide
             # by; the procsPerWorker rule above reports that case.
             "|| self.workers.replicas * self.workers.procsPerWorker < self.training.parallelism.tensorParallel "
             "|| self.training.batch.globalBatchSize % (self.training.batch.microBatchSize "
             "* (self.workers.replicas * self.workers.procsPerWorker / self.training.parallelism.tensorParallel)) == 0",
             message="training.batch.globalBatchSize must be a multiple of microBatchSize × data-parallel "
-            "size (replicas × procsPerWorker / tensorParallel)",
+            "size (replicas × procsPerWorker / tensorParallel) in a fixed-size job",
             check=lambda s: (
                 s.training is None
                 or s.training.batch.global_batch_size is None
                 or s.workers.procs_per_worker is None
+                or s.workers.bounds != (s.workers.replicas, s.workers.replicas)
                 or s.workers.replicas * s.workers.procs_per_worker
                 < s.training.parallelism.tensor_parallel
                 or s.training.batch.global_batch_size
@@ -334,6 +339,6 @@ class LargeModelJob(ApiModel):
                 len(j.metadata.name) <= MAX_JOB_NAME
                 and re.fullmatch(JOB_NAME_PATTERN, j.metadata.name) is not None
             ),
-            field="metadata.name",
+            # No fieldPath: the server only allows ones inside the schema, and metadata has none.
         ),
     )

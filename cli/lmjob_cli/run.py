@@ -72,9 +72,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _run(plan: Any, *, tee: bool) -> int:
-    from lmjob_trainer.local_run import launch
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from lmjob_trainer.local_run import launch
 
     out = sys.stderr
     what = (

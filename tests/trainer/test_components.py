@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from prometheus_client import generate_latest
+
 from lmjob_api.training import ModelSpec, ScheduleSpec
 from lmjob_trainer.data import TokenStream, TrainLoader, eval_batches, load_splits, prepare_data
 from lmjob_trainer.distributed import DistEnv
@@ -17,7 +19,6 @@ from lmjob_trainer.metrics import TrainerMetrics
 from lmjob_trainer.model import GPT, Block, build_model, count_params
 from lmjob_trainer.optim import lr_factor
 from lmjob_trainer.tokenizer import ByteTokenizer
-from prometheus_client import generate_latest
 
 SPEC = ModelSpec(layers=2, heads=4, hidden=32, seq_len=16)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import load_job
 from lmjob_cli.main import main as lmjob

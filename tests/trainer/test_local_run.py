@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from lmjob_trainer import storage
 from lmjob_trainer.local_run import parse_progress
 
@@ -51,49 +52,38 @@ def _lmjob_run(manifest: Path, cwd: Path, **kwargs: object) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_lmjob_run_end_to_end(tmp_path: Path, text_file: Path) -> None:
-    # Run from another folder: relative paths resolve against the manifest's folder, storage
-    # goes under the working directory's runs/.
-    manifest = _write_job(tmp_path, text_file, "tiny")
+def test_lmjob_run_interrupt_and_resume(tmp_path: Path, text_file: Path) -> None:
+    """The whole local path: relative paths resolved against the manifest's folder, storage
+    under the working directory, Ctrl-C leaving a checkpoint, the same command resuming and
+    finishing with the summary table and a sample."""
+    manifest = _write_job(tmp_path, text_file, "tiny", steps=150, checkpoint={"everySteps": 1000})
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    proc = _lmjob_run(manifest, cwd)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-4000:]
     run_dir = cwd / "runs" / "tiny"
-    assert (run_dir / "trainer.yaml").is_file()
-    report = storage.read_report(run_dir, "train")
-    assert report["phase"] == "Succeeded" and report["steps"] == 12
-    assert report["evalLoss"] < 4.5
-    lines = out.splitlines()
-    assert any(line.split()[:3] == ["train", "Succeeded", "12"] for line in lines), out
-    assert any(line.startswith("int8") for line in lines), out
-    assert "sample from the trained model" in out
-    assert "finished in" in err
-
-
-@pytest.mark.slow
-def test_ctrl_c_leaves_resumable_checkpoint(tmp_path: Path, text_file: Path) -> None:
-    manifest = _write_job(
-        tmp_path, text_file, "interrupt", steps=300, checkpoint={"everySteps": 1000}
-    )
-    run_dir = tmp_path / "runs" / "interrupt"
     # Its own process group, as a terminal's foreground job: Ctrl-C reaches every process.
-    proc = _lmjob_run(manifest, tmp_path, start_new_session=True)
+    proc = _lmjob_run(manifest, cwd, start_new_session=True)
     assert wait_for(lambda: len(losses(run_dir)) >= 5, 180, interval=0.1)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err[-4000:]
     assert "run the same command again to resume" in err
     latest = storage.latest_complete(run_dir, "train")
-    assert latest is not None and 5 <= latest[0] < 300, latest
-    # Same command again: resumes from that checkpoint and finishes.
-    again = _lmjob_run(manifest, tmp_path)
-    _, err = again.communicate(timeout=300)
+    assert latest is not None and 5 <= latest[0] < 150, latest
+    assert (run_dir / "trainer.yaml").is_file()
+
+    again = _lmjob_run(manifest, cwd)
+    out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-4000:]
-    assert storage.read_report(run_dir, "train")["steps"] == 300
     resumed_log = "\n".join(p.read_text() for p in (run_dir / "logs").rglob("stderr.log"))
-    assert f"resumed from checkpoint path={latest[1]}" in resumed_log
+    assert f'msg="resumed from checkpoint" path={latest[1]}' in resumed_log
+    report = storage.read_report(run_dir, "train")
+    assert report["phase"] == "Succeeded" and report["steps"] == 150
+    assert report["evalLoss"] < 3.5
+    lines = out.splitlines()
+    assert any(line.split()[:3] == ["train", "Succeeded", "150"] for line in lines), out
+    assert any(line.startswith("int8") for line in lines), out
+    assert "sample from the trained model" in out
+    assert "finished in" in err
 
 
 def test_progress_is_read_from_rank0_metrics() -> None:

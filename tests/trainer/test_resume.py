@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from lmjob_trainer import storage
 
 from .conftest import (
@@ -82,10 +83,13 @@ def test_kill_9_worker_resumes_under_elastic_launch(
     tmp_path: Path, text_file: Path, data_cache: Path, ddp_reference: Path
 ) -> None:
     """SIGKILL one worker mid-run: torchrun restarts the group, which resumes from the latest
-    complete checkpoint and ends where an uninterrupted run ends. The rendezvous is served
-    by lmjob's standalone store, as the operator deploys it."""
+    complete checkpoint and ends where an uninterrupted (synchronously saving) run ends. The
+    rendezvous is served by lmjob's standalone store, as the operator deploys it."""
     root = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", tiny_training(text_file, data_cache, steps=12))
+    # Async checkpoints: if staging did not isolate the saved state from later optimiser
+    # steps, the resumed run would start from a state ahead of step 4 and drift.
+    training = tiny_training(text_file, data_cache, checkpoint={"async": True})
+    config = write_config(tmp_path / "c.yaml", training)
     env = subprocess_env()
     port = _free_port()
     store = subprocess.Popen(
@@ -176,7 +180,9 @@ def test_crash_during_save_keeps_previous_checkpoint(
     assert storage.latest_complete(root, "train")[0] == 4
     # The next start ignores (and clears) the torn step-8 save and resumes from step 4.
     resumed = torchrun(config, root, nproc=1)
-    assert f"resumed from checkpoint path={storage.step_dir(root, 'train', 4)}" in resumed.stderr
+    assert (
+        f'msg="resumed from checkpoint" path={storage.step_dir(root, "train", 4)}' in resumed.stderr
+    )
     _assert_matches_reference(root, ddp_reference, from_step=4)
     assert storage.is_complete(step8)
 

@@ -22,12 +22,14 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 from torch.distributed.checkpoint.stateful import Stateful
 
 from lmjob_trainer import storage
@@ -91,12 +93,30 @@ class CheckpointManager:
         self.last_saved_step: int | None = None
         """Step of the newest checkpoint saved or loaded by this manager."""
         self._in_flight: Future | None = None
+        self._staging: Future | None = None
+        self._stall = 0.0
+        self.last_stall_seconds = 0.0
+        """Seconds the newest save held up training (benchmarks read it)."""
+        self._stager: DefaultStager | None = None
         # Set once rank 0 has marked the in-flight save complete: a future's result() returns
         # before its done-callbacks ran, and exiting then would lose the COMPLETE marker.
         self._finalized = threading.Event()
         # Async saves run their collectives in a background thread; a group of their own
         # keeps them from interleaving with the training loop's collectives.
         self._pg = dist.new_group(backend="gloo") if async_save else None
+        if async_save:
+            cuda = env.device.type == "cuda"
+            # Staging (the copy into host memory) runs in a thread too, overlapping the next
+            # forward/backward; only the optimiser step waits for it (`wait_staged`). Pinned
+            # buffers and non-blocking copies make the device-to-host copy fast on GPUs.
+            self._stager = DefaultStager(
+                StagingOptions(
+                    use_pinned_memory=cuda,
+                    use_shared_memory=False,
+                    use_async_staging=True,
+                    use_non_blocking_copy=cuda,
+                )
+            )
 
     # --- resume ---
 
@@ -129,8 +149,9 @@ class CheckpointManager:
     def save(self, step: int, *, blocking: bool = False) -> None:
         """Checkpoint the states at `step`; async unless `blocking` or configured sync.
 
-        Returns once this rank may continue training: after the write (sync) or after the
-        state is staged in host memory (async; one save in flight at a time).
+        Returns once this rank may continue training: after the write (sync), or at once
+        (async: staging and writing continue in threads; call `wait_staged` before the
+        next optimiser step; one save in flight at a time).
         """
         if step == self.last_saved_step:
             return
@@ -139,7 +160,16 @@ class CheckpointManager:
         path = storage.step_dir(self.root, self.stage, step)
         if self.async_save and not blocking:
             self._finalized.clear()
-            future = dcp.async_save(self.states, checkpoint_id=str(path), process_group=self._pg)
+            response = dcp.async_save(
+                self.states,
+                checkpoint_id=str(path),
+                process_group=self._pg,
+                async_stager=self._stager,
+            )
+            if isinstance(response, AsyncSaveResponse):
+                self._staging, future = response.staging_completion, response.upload_completion
+            else:
+                future = response
             future.add_done_callback(lambda f: self._on_async_done(f, path, step))
             self._in_flight = future
         else:
@@ -151,14 +181,31 @@ class CheckpointManager:
             dist.barrier()
         self.last_saved_step = step
         seconds = time.perf_counter() - started
-        self.metrics.record_checkpoint_saved(self.stage, seconds)
+        if self._staging is None:
+            self.last_stall_seconds = seconds
+            self.metrics.record_checkpoint_saved(self.stage, seconds)
+        else:
+            self._stall = seconds  # completed by wait_staged
         log.info(
             "checkpoint saved" if self._in_flight is None else "checkpoint staged",
             extra={"path": str(path), "seconds": round(seconds, 3)},
         )
 
+    def wait_staged(self) -> None:
+        """Block until the save in flight has copied the states; call before changing them
+        (the optimiser step). Usually already done: staging overlaps forward and backward."""
+        staging, self._staging = self._staging, None
+        if staging is not None:
+            started = time.perf_counter()
+            staging.result()
+            # The training loop's stall: the save call plus any wait for the copy.
+            stall = self._stall + time.perf_counter() - started
+            self.last_stall_seconds = stall
+            self.metrics.record_checkpoint_saved(self.stage, stall)
+
     def wait(self) -> None:
         """Block until the save in flight (if any) is written; raises if it failed."""
+        self.wait_staged()
         future, self._in_flight = self._in_flight, None
         if future is not None:
             future.result()
@@ -169,6 +216,9 @@ class CheckpointManager:
         try:
             self.wait()
         finally:
+            if self._stager is not None:
+                self._stager.close()
+                self._stager = None
             if self._pg is not None:
                 dist.destroy_process_group(self._pg)
                 self._pg = None

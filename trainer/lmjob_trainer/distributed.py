@@ -14,8 +14,9 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from lmjob_api.training import Strategy
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from lmjob_api.training import Strategy
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
-from lmjob_api.training import Precision
 from torch import nn
 
+from lmjob_api.training import Precision
 from lmjob_trainer.data import Split, eval_batches
 from lmjob_trainer.distributed import all_reduce_sum
 from lmjob_trainer.parallelize import DTYPES, unwrap

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from lmjob_api.job import LargeModelJob
 from lmjob_api.trainer_config import (
     CONFIG_FILE_NAME,
@@ -31,7 +32,6 @@ from lmjob_api.trainer_config import (
     dump_trainer_config,
 )
 from lmjob_api.validation import Problem
-
 from lmjob_trainer import storage
 from lmjob_trainer.preflight import check_runnable
 

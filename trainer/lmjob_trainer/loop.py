@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lmjob_api.training import Strategy, TrainingSpec
 from torch import nn
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.distributed.tensor import DTensor
 
+from lmjob_api.training import Strategy, TrainingSpec
 from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import CheckpointManager, ModelState, OptimizerState
 from lmjob_trainer.data import TrainLoader
@@ -205,6 +205,7 @@ def run_steps(
                 loss_sum += loss.detach()
             scaler.unscale_(optimizer)
             grad_norm = _grad_norm(model, t.optimizer.grad_clip)
+            checkpoints.wait_staged()  # an async save must have copied the weights first
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -219,6 +220,7 @@ def run_steps(
             loss_value = loss_total / env.world_size
             seconds = time.perf_counter() - step_started
             tps = tokens_per_step / seconds
+            utilisation = mfu(tps / env.world_size, flops_token, peak)
             metrics.record_step(
                 stage,
                 step=state.step,
@@ -227,7 +229,7 @@ def run_steps(
                 grad_norm=float(grad_norm),
                 tokens_per_second=tps,
                 step_seconds=seconds,
-                mfu=mfu(tps / env.world_size, flops_token, peak),
+                mfu=utilisation,
             )
             if history is not None:
                 history.write(
@@ -239,6 +241,8 @@ def run_steps(
                         "tokens_per_second": tps,
                         "seconds": seconds,
                         "world_size": env.world_size,
+                        "mfu": utilisation,
+                        "time": time.time(),
                     }
                 )
             if state.step == 1 or state.step % LOG_EVERY == 0 or state.step == steps:
@@ -267,6 +271,9 @@ def run_steps(
         if not interrupted:
             checkpoints.save(state.step, blocking=True)
         checkpoints.wait()
+    except BaseException:
+        metrics.set_stage_phase(stage, "Failed")
+        raise
     finally:
         checkpoints.close()
         if history is not None:

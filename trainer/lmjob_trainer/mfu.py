@@ -8,9 +8,9 @@ counted (it is not *model* FLOPs). Reported only on CUDA: a CPU has no meaningfu
 from __future__ import annotations
 
 import torch
-from lmjob_api.training import ModelSpec, Precision
 from torch import nn
 
+from lmjob_api.training import ModelSpec, Precision
 from lmjob_trainer.model import GPT
 
 # Dense (non-sparse) peak FLOP/s per GPU: (16-bit tensor cores, TF32 tensor cores), from the
@@ -36,10 +36,10 @@ PEAK_FLOPS: tuple[tuple[str, float, float], ...] = (
 def flops_per_token(model: nn.Module, spec: ModelSpec) -> float:
     """Training FLOPs per token of one forward+backward pass."""
     if isinstance(model, GPT):
-        layers, hidden = len(model.blocks), spec.hidden
+        # The model's own shape (a distillation student differs from training.model).
+        layers, hidden, seq_len = len(model.blocks), model.spec.hidden, model.seq_len
         # qkv 3h², proj h², fc 4h², proj 4h² per block, plus the output head v·h.
         matmul_params = layers * 12 * hidden * hidden + model.vocab_size * hidden
-        seq_len = spec.seq_len
     else:
         config = getattr(getattr(model, "model", model), "config", None)
         layers = int(getattr(config, "num_hidden_layers", 0) or 0)

@@ -18,8 +18,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from lmjob_api.training import ModelSpec
 from torch import nn
+
+from lmjob_api.training import ModelSpec
 
 
 class Attention(nn.Module):

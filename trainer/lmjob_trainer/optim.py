@@ -6,9 +6,10 @@ import math
 from collections.abc import Callable
 
 import torch
-from lmjob_api.training import OptimizerSpec, ScheduleSpec
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+
+from lmjob_api.training import OptimizerSpec, ScheduleSpec
 
 
 def build_optimizer(

@@ -12,11 +12,11 @@ Order (as torchtitan, for the same reasons):
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 import torch
-from lmjob_api.training import Precision, TrainingSpec
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
@@ -30,6 +30,8 @@ from torch.distributed.tensor.parallel import (
 )
 from torch.nn.parallel import DistributedDataParallel
 
+from lmjob_api.training import Precision, TrainingSpec
+from lmjob_trainer.hf_model import HFCausalLM
 from lmjob_trainer.model import GPT
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,9 @@ def apply_tensor_parallel(model: GPT, tp_mesh: DeviceMesh) -> None:
         raise ValueError(
             "training.parallelism.strategy fsdp+tp supports model.architecture gpt only"
         )
+    # The head's output goes to_local() at the root's boundary; FSDP warns about returning
+    # a view, which is harmless here (nothing writes into the logits in place).
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     tied = model.head.weight is model.tok_emb.weight
     parallelize_module(
         model,
@@ -128,6 +133,10 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList | list[nn.Module]:
 def apply_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each block's activations in backward (the wrapper's name is stripped from
     state-dict keys by DCP's get_state_dict, so checkpoints stay interchangeable)."""
+    if isinstance(model, HFCausalLM):
+        # Hugging Face models carry their own switch; non-reentrant works with FSDP2.
+        model.model.gradient_checkpointing_enable({"use_reentrant": False})
+        return
     blocks = transformer_blocks(model)
     if isinstance(blocks, nn.ModuleList):
         for i, block in enumerate(blocks):

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from lmjob_api.trainer_config import TrainerConfig
-from lmjob_api.training import ModelSpec, Strategy, TrainingSpec
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from lmjob_api.trainer_config import TrainerConfig
+from lmjob_api.training import ModelSpec, Strategy, TrainingSpec
 from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import ModelState, choose_on_rank0
 from lmjob_trainer.data import Split, TokenStream, load_splits, prepare_data

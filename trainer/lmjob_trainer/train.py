@@ -15,10 +15,11 @@ from types import FrameType
 from typing import Any
 
 import torch
+
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import ManifestError
-
 from lmjob_trainer import storage
+from lmjob_trainer.checkpoint import choose_on_rank0
 from lmjob_trainer.distributed import DistEnv, close_distributed, init_distributed
 from lmjob_trainer.logs import configure_logging, set_log_context
 from lmjob_trainer.loop import StageResult, run_steps
@@ -60,7 +61,9 @@ def generate_sample(
 
 def train_stage(session: TrainerSession) -> StageResult | None:
     """Train (or resume training) unless the train stage already finished; None if it had."""
-    report = storage.read_report(session.root, storage.TRAIN_STAGE)
+    report = choose_on_rank0(
+        session.env, lambda: storage.read_report(session.root, storage.TRAIN_STAGE)
+    )
     # A finished stage is skipped on a rerun, unless `steps` was raised since: then the
     # run continues from its last checkpoint.
     if report and report.get("totalSteps") == session.training.steps:

@@ -1,0 +1,157 @@
+"""What a failure means for a job: replace one pod, restart the worker group, or fail the job.
+
+Pure: observed pods + run policy + restarts so far → one verdict. The rules (docs/operator.md):
+
+- A worker *disrupted* by Kubernetes (evicted, preempted, node lost or shut down, phase
+  Unknown, deleted) is replaced alone, at the same index. Its torchrun agent was killed by a
+  signal, which leaves the job's rendezvous open, so the surviving workers re-rendezvous and
+  the replacement joins them: elastic membership absorbs it. Not counted in `restarts`.
+- A worker that *failed* (its container exited non-zero: torchrun gave up after its local
+  restarts) closed the job's rendezvous for good — torchrun does that when an agent exits —
+  so nothing can rejoin it. The whole worker group restarts with a fresh rendezvous round
+  (`PET_RDZV_ID=<uid>-<restarts>`), and resumes from the latest checkpoint. Counted.
+- Losing the rendezvous store while workers run restarts the group the same way. Counted.
+- `runPolicy.restartPolicy` decides which failures may restart:
+  `OnFailure` every exit code; `ExitCode` only retryable ones (0 and 128+N — killed by a
+  signal, e.g. 137 OOM-killed, 143 terminated); 1–127 fail the job (PermanentExitCode);
+  `Never` no failure (WorkerFailed). A restart beyond `backoffLimit` fails the job
+  (BackoffLimitExceeded).
+- Once any worker of the current round succeeded the job is finishing: torchrun only lets an
+  agent exit 0 when training completed, so later failures are not restarted.
+
+Why count by round: a pod belongs to round `restarts` when created; status.restarts is
+written before any pod is deleted, so after a crash the failed pod's round is already older
+than `restarts` and its failure can never be counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from lmjob_api.job import RunPolicy
+from lmjob_operator.pod_view import PodView
+
+
+class Action(StrEnum):
+    NONE = "None"
+    REPLACE = "Replace"
+    """Delete and recreate the listed disrupted pods; the group keeps running."""
+    RESTART_GROUP = "RestartGroup"
+    """Count a restart and recreate every worker in a fresh rendezvous round."""
+    FAIL = "Fail"
+    """The job has failed for good."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action = Action.NONE
+    reason: str = ""
+    """CamelCase reason for conditions and events."""
+    message: str = ""
+    replace: tuple[str, ...] = field(default_factory=tuple)
+    """Names of disrupted pods to replace (for REPLACE, and alongside RESTART_GROUP)."""
+
+
+def exit_code_retryable(code: int) -> bool:
+    """ExitCode policy: 1–127 are the program's own errors; 128+N means killed by signal N."""
+    return not 1 <= code <= 127
+
+
+def describe(pod: PodView) -> str:
+    """One human line about how a pod ended."""
+    if pod.exit_code is not None and not pod.disrupted:
+        text = f"{pod.name} exited with code {pod.exit_code}"
+        return text + (f" ({pod.reason})" if pod.reason else "")
+    if pod.phase == "Unknown":
+        return f"{pod.name} was lost with its node"
+    return f"{pod.name} was {pod.reason or 'disrupted'}" + (
+        f": {pod.message}" if pod.message else ""
+    )
+
+
+def is_disrupted(pod: PodView) -> bool:
+    """Ended by Kubernetes rather than by the program (see module docstring)."""
+    if pod.phase == "Unknown":
+        return True
+    return pod.phase == "Failed" and (pod.disrupted or pod.exit_code is None)
+
+
+def current_workers(pods: Iterable[PodView], restarts: int) -> list[PodView]:
+    """Worker pods of the current rendezvous round that are not being deleted."""
+    return [p for p in pods if p.is_worker and p.rendezvous_round == restarts and not p.deleting]
+
+
+def judge_failures(
+    pods: Iterable[PodView],
+    rendezvous: PodView | None,
+    policy: RunPolicy,
+    restarts: int,
+) -> Verdict:
+    """The verdict for a running job's observed pods (workers and its rendezvous store)."""
+    workers = current_workers(pods, restarts)
+    if any(p.phase == "Succeeded" for p in workers):
+        return Verdict()
+
+    failed = sorted(
+        (p for p in workers if p.phase == "Failed" and not is_disrupted(p)),
+        key=lambda p: p.index or 0,
+    )
+    disrupted = tuple(p.name for p in workers if is_disrupted(p))
+
+    if failed:
+        first = failed[0]
+        detail = "; ".join(describe(p) for p in failed)
+        if policy.restart_policy == "Never":
+            return Verdict(Action.FAIL, "WorkerFailed", f"restartPolicy is Never: {detail}")
+        if policy.restart_policy == "ExitCode":
+            permanent = [p for p in failed if not exit_code_retryable(p.exit_code or 0)]
+            if permanent:
+                return Verdict(
+                    Action.FAIL,
+                    "PermanentExitCode",
+                    f"{describe(permanent[0])}: exit codes 1-127 are permanent under "
+                    "restartPolicy ExitCode",
+                )
+        return _restart(policy, restarts, "WorkerFailed", detail, disrupted, first)
+
+    store_lost = (
+        rendezvous is None
+        or rendezvous.finished
+        or rendezvous.deleting
+        or (rendezvous.phase == "Unknown")
+    )
+    if store_lost and any(p.phase == "Running" for p in workers):
+        what = "is gone" if rendezvous is None else describe(rendezvous)
+        return _restart(
+            policy, restarts, "RendezvousLost", f"the rendezvous store {what}", disrupted, None
+        )
+
+    if disrupted:
+        text = "; ".join(describe(p) for p in workers if p.name in disrupted)
+        return Verdict(Action.REPLACE, "WorkerDisrupted", text, disrupted)
+    return Verdict()
+
+
+def _restart(
+    policy: RunPolicy,
+    restarts: int,
+    reason: str,
+    detail: str,
+    disrupted: tuple[str, ...],
+    first: PodView | None,
+) -> Verdict:
+    if restarts >= policy.backoff_limit:
+        return Verdict(
+            Action.FAIL,
+            "BackoffLimitExceeded",
+            f"{restarts} restart(s) used of backoffLimit {policy.backoff_limit}; "
+            f"last failure: {detail}",
+        )
+    return Verdict(
+        Action.RESTART_GROUP,
+        reason,
+        f"restarting all workers (restart {restarts + 1} of {policy.backoff_limit}): {detail}",
+        disrupted,
+    )

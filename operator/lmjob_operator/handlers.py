@@ -1,0 +1,62 @@
+"""kopf registrations, kept thin: each handler hands its work to settings.py or reconcile.py.
+
+One daemon per LargeModelJob runs the job's reconcile loop (reconcile.run_job); pod events
+and spec changes only wake it (async handlers: they run in the event loop, next to it), so a burst of events becomes one pass, passes of one job
+never overlap, and the pod index (filled before any handler runs) is always complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from lmjob_api import GROUP, PLURAL, VERSION
+from lmjob_operator.naming import JOB_LABEL
+from lmjob_operator.pod_view import PodView, view_pod
+from lmjob_operator.reconcile import build_context, run_job_daemon
+from lmjob_operator.settings import apply_settings
+
+JOBS = (GROUP, VERSION, PLURAL)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    apply_settings(settings, memo.options)
+    memo.ctx = await build_context(memo.config)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    await memo.ctx.kube.close()
+
+
+@kopf.on.probe(id="jobs")
+async def count_jobs(memo: kopf.Memo, **_: Any) -> int:
+    return len(memo.ctx.registry.jobs)
+
+
+@kopf.index("pods", labels={JOB_LABEL: kopf.PRESENT})
+async def pods_by_job(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> dict[tuple[str, str], PodView]:
+    # Also the pod-event trigger: kopf stores the view right after this returns, before the
+    # woken daemon runs, and one call per pod event beats a second (logged) event handler.
+    memo.ctx.registry.wake(namespace, labels[JOB_LABEL])
+    return {(namespace, labels[JOB_LABEL]): view_pod(body)}
+
+
+@kopf.on.create(*JOBS)
+@kopf.on.update(*JOBS, field="spec")
+async def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.ctx.registry.wake(namespace, name)
+
+
+@kopf.daemon(*JOBS, cancellation_timeout=5.0)
+async def job_loop(
+    body: kopf.Body, memo: kopf.Memo, pods_by_job: kopf.Index[Any, PodView], **_: Any
+) -> None:
+    def post(type_: str, reason: str, message: str) -> None:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+    await run_job_daemon(memo.ctx, body, pods_by_job, post)

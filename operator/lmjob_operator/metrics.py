@@ -1,0 +1,55 @@
+"""The operator's Prometheus metrics, `lmjob_operator_*` (served by `python -m lmjob_operator`).
+
+Defined once at import; the reconcile and the API layer update them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from lmjob_api import JobPhase
+
+JOBS = Gauge(
+    "lmjob_operator_jobs",
+    "LargeModelJobs this operator handles, by phase.",
+    ["phase"],
+)
+RECONCILE_SECONDS = Histogram(
+    "lmjob_operator_reconcile_duration_seconds",
+    "Wall time of one reconcile of one job.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RECONCILE_ERRORS = Counter(
+    "lmjob_operator_reconcile_errors_total",
+    "Reconciles that ended in an error (retried with backoff).",
+    ["reason"],
+)
+POD_RESTARTS = Counter(
+    "lmjob_operator_pod_restarts_total",
+    "Worker pods replaced: `group` for every pod of a whole-group restart, `disruption` for "
+    "a pod replaced alone after Kubernetes ended it.",
+    ["kind"],
+)
+PODS_CREATED = Counter("lmjob_operator_pods_created_total", "Pods created.", ["role"])
+API_CALLS = Counter(
+    "lmjob_operator_api_calls_total",
+    "Kubernetes API requests made by the reconcile (kopf's own watches and patches excluded).",
+    ["verb", "resource", "code"],
+)
+API_SECONDS = Histogram(
+    "lmjob_operator_api_call_duration_seconds",
+    "Latency of the reconcile's Kubernetes API requests.",
+    ["verb"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+
+
+def set_job_phases(phases: Iterable[str]) -> None:
+    """Publish the count of jobs per phase (every phase present, zeros included)."""
+    counts = dict.fromkeys((p.value for p in JobPhase), 0)
+    for phase in phases:
+        counts[phase] = counts.get(phase, 0) + 1
+    for phase, count in counts.items():
+        JOBS.labels(phase=phase).set(count)

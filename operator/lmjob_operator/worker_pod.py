@@ -1,0 +1,200 @@
+"""Worker pods `<job>-worker-<i>`: torchrun with the env contract, volumes, and the user's template.
+
+The env contract is api/lmjob_api/env.py; what each variable means is written there.
+How the user's `workers.template` merges into the generated pod:
+- metadata: the template's labels and annotations are kept; lmjob's own keys win.
+- spec: the template's fields are kept (tolerations, nodeSelector, affinity, securityContext,
+  serviceAccountName, initContainers, extra volumes and sidecar containers ...), except the
+  fields lmjob owns: restartPolicy (always Never: torchrun restarts processes, the operator
+  restarts pods), hostname and subdomain, and schedulerName/priorityClassName when
+  spec.scheduling sets them.
+- a template container named `worker` merges into the generated container: its env,
+  envFrom, volumeMounts and ports are appended to lmjob's, its resources are the base that
+  workers.resources overrides key by key, and its other fields (probes, securityContext,
+  imagePullPolicy, ...) are kept. image, command and args are lmjob's (spec.image, spec.command).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from lmjob_api import LargeModelJob
+from lmjob_api.trainer_config import CONFIG_FILE_NAME
+from lmjob_operator.config import OperatorConfig
+from lmjob_operator.config_map import needs_config_map
+from lmjob_operator.naming import (
+    BOUNDS_LABEL,
+    CONFIG_DIR,
+    INDEX_LABEL,
+    ROLE_WORKER,
+    ROUND_LABEL,
+    bounds_value,
+    config_map_name,
+    job_namespace,
+    job_uid,
+    owned_metadata,
+    rendezvous_endpoint,
+    service_name,
+    worker_name,
+)
+from lmjob_operator.pod_group import build_scheduling_metadata
+
+WORKER_CONTAINER = "worker"
+GPU_RESOURCE = "nvidia.com/gpu"
+# Volumes lmjob adds to every worker; template volumes may not reuse these names.
+CONFIG_VOLUME = "lmjob-config"
+STORAGE_VOLUME = "lmjob-storage"
+SHM_VOLUME = "lmjob-dshm"
+RESERVED_VOLUMES = (CONFIG_VOLUME, STORAGE_VOLUME, SHM_VOLUME)
+
+# torchrun's local (in-pod) restarts before its agent gives up and the pod fails.
+# A lost peer and every scale-down make each surviving agent restart its processes
+# once (a collective fails), so this budget absorbs membership churn; failures of the
+# pods themselves are bounded by runPolicy.backoffLimit (failures.py).
+TORCHRUN_MAX_RESTARTS = 10
+
+# torch.distributed.run: `-m lmjob_trainer` runs the built-in trainer as a module;
+# `--no-python` runs the user's command as given (it may start with `python` or not).
+TORCHRUN = ("python", "-m", "torch.distributed.run")
+
+
+def procs_per_worker(job: LargeModelJob) -> int:
+    """torchrun --nproc-per-node: workers.procsPerWorker, else the GPU limit, else 1."""
+    workers = job.spec.workers
+    if workers.procs_per_worker:
+        return workers.procs_per_worker
+    gpus = workers.resources.limits.get(GPU_RESOURCE)
+    try:
+        return max(1, int(gpus)) if gpus is not None else 1
+    except ValueError:
+        return 1
+
+
+def build_worker_command(job: LargeModelJob) -> list[str]:
+    if job.spec.command:
+        return [*TORCHRUN, "--no-python", *job.spec.command]
+    return [*TORCHRUN, "-m", "lmjob_trainer"]
+
+
+def build_worker_env(job: LargeModelJob, rendezvous_round: int) -> list[dict[str, str]]:
+    """The env contract (lmjob_api.env.WORKER_ENV), then the user's workers.env."""
+    name, namespace = job.metadata.name, job_namespace(job)
+    low, high = job.spec.workers.bounds
+    env = {
+        "PET_NNODES": f"{low}:{high}",
+        "PET_NPROC_PER_NODE": str(procs_per_worker(job)),
+        "PET_RDZV_BACKEND": "c10d",
+        "PET_RDZV_ENDPOINT": rendezvous_endpoint(name, namespace),
+        "PET_RDZV_ID": f"{job_uid(job)}-{rendezvous_round}",
+        "PET_RDZV_CONF": "is_host=false,read_timeout=300",
+        "PET_MAX_RESTARTS": str(TORCHRUN_MAX_RESTARTS),
+    }
+    if needs_config_map(job):
+        env["LMJOB_CONFIG"] = f"{CONFIG_DIR}/{CONFIG_FILE_NAME}"
+    env |= {
+        "LMJOB_CHECKPOINT_DIR": job.spec.storage.path,
+        "LMJOB_JOB_NAME": name,
+        "LMJOB_NAMESPACE": namespace,
+        "LMJOB_METRICS_PORT": str(job.spec.metrics.port),
+    }
+    out = [{"name": k, "value": v} for k, v in env.items()]
+    out += [{"name": e.name, "value": e.value} for e in job.spec.workers.env]
+    return out
+
+
+def _resources(job: LargeModelJob, template: dict[str, Any]) -> dict[str, Any]:
+    res = job.spec.workers.resources
+    merged: dict[str, Any] = {}
+    for kind, ours in (("limits", res.limits), ("requests", res.requests)):
+        values = {**(template.get(kind) or {}), **{k: str(v) for k, v in ours.items()}}
+        if values:
+            merged[kind] = values
+    return merged
+
+
+def _worker_container(
+    job: LargeModelJob, config: OperatorConfig, rendezvous_round: int, template: dict[str, Any]
+) -> dict[str, Any]:
+    mounts = [
+        {"name": STORAGE_VOLUME, "mountPath": job.spec.storage.path},
+        {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+    ]
+    if needs_config_map(job):
+        mounts.insert(0, {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True})
+    container = {k: copy.deepcopy(v) for k, v in template.items() if k != "name"}
+    container |= {
+        "name": WORKER_CONTAINER,
+        "image": job.spec.image or config.trainer_image,
+        "command": build_worker_command(job),
+        "env": build_worker_env(job, rendezvous_round) + list(template.get("env") or []),
+        "volumeMounts": mounts + list(template.get("volumeMounts") or []),
+        "ports": [
+            {"name": "metrics", "containerPort": job.spec.metrics.port, "protocol": "TCP"},
+            *list(template.get("ports") or []),
+        ],
+    }
+    container.pop("args", None)
+    resources = _resources(job, template.get("resources") or {})
+    if resources:
+        container["resources"] = resources
+    else:
+        container.pop("resources", None)
+    return container
+
+
+def _volumes(job: LargeModelJob) -> list[dict[str, Any]]:
+    storage = job.spec.storage.volume or {"emptyDir": {}}
+    volumes = [
+        {"name": STORAGE_VOLUME, **copy.deepcopy(storage)},
+        # NCCL and dataloader workers need far more shared memory than the 64 MiB default.
+        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}},
+    ]
+    if needs_config_map(job):
+        volumes.insert(
+            0, {"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(job.metadata.name)}}
+        )
+    return volumes
+
+
+def build_worker_pod(
+    job: LargeModelJob, index: int, rendezvous_round: int, config: OperatorConfig
+) -> dict[str, Any]:
+    """The pod of worker `index`, joining rendezvous round `rendezvous_round`."""
+    name = job.metadata.name
+    template = job.spec.workers.template
+    template_spec = copy.deepcopy(template.spec)
+    containers = list(template_spec.pop("containers", None) or [])
+    ours = next((c for c in containers if c.get("name") == WORKER_CONTAINER), {})
+    sidecars = [c for c in containers if c.get("name") != WORKER_CONTAINER]
+
+    meta = owned_metadata(job, worker_name(name, index), ROLE_WORKER)
+    gang_labels, gang_annotations = build_scheduling_metadata(job)
+    meta["labels"] = {
+        **template.metadata.labels,
+        **gang_labels,
+        **meta["labels"],
+        INDEX_LABEL: str(index),
+        ROUND_LABEL: str(rendezvous_round),
+        BOUNDS_LABEL: bounds_value(*job.spec.workers.bounds),
+    }
+    annotations = {**template.metadata.annotations, **gang_annotations}
+    if annotations:
+        meta["annotations"] = annotations
+
+    spec: dict[str, Any] = {
+        # Without credentials: progress reaches status through the metrics endpoint.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        **template_spec,
+        "restartPolicy": "Never",
+        "hostname": worker_name(name, index),
+        "subdomain": service_name(name),
+        "containers": [_worker_container(job, config, rendezvous_round, ours), *sidecars],
+        "volumes": _volumes(job) + list(template_spec.get("volumes") or []),
+    }
+    if job.spec.scheduling.scheduler_name:
+        spec["schedulerName"] = job.spec.scheduling.scheduler_name
+    if job.spec.scheduling.priority_class_name:
+        spec["priorityClassName"] = job.spec.scheduling.priority_class_name
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}

@@ -1,0 +1,163 @@
+"""The API server itself enforces the CRD: schema, CEL rules, defaults, subresources, columns.
+
+Every case of the shared invalid-manifest table is sent to the real kube-apiserver
+(server-side dry run, strict field validation); it must be rejected naming the same
+field as `lmjob validate`, so the two validators agree case by case.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lmjob_api.job import LargeModelJob
+from lmjob_api.validation import validate_job
+from tests.support.invalid_jobs import load_base, load_cases
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+CASES = load_cases()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_accepted_by_server(kubectl, path: Path) -> None:
+    out = kubectl(
+        "apply", "--dry-run=server", "--validate=strict", "-n", "default", "-f", str(path)
+    )
+    assert "(server dry run)" in out.stdout
+
+
+def test_table_base_accepted_by_server(kubectl) -> None:
+    kubectl("create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-",
+            input=yaml.safe_dump(load_base()))  # fmt: skip
+
+
+@pytest.mark.parametrize(("case_id", "manifest", "field"), CASES, ids=[c[0] for c in CASES])
+def test_invalid_manifest_rejected_by_server(
+    kubectl, case_id: str, manifest: dict, field: str
+) -> None:
+    out = kubectl(
+        "create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-",
+        input=yaml.safe_dump(manifest), check=False,
+    )  # fmt: skip
+    assert out.returncode != 0, f"{case_id}: the API server accepted it"
+    assert field in out.stderr, f"{case_id}: server error does not name {field}:\n{out.stderr}"
+    _, problems = validate_job(manifest)
+    assert problems, f"{case_id}: the server rejects it but lmjob validate accepts it"
+
+
+@pytest.fixture
+def job(kubectl, namespace: str) -> Iterator[dict[str, Any]]:
+    manifest = load_base()
+    kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest))
+    yield manifest
+
+
+def _get(kubectl, namespace: str, name: str = "table-job") -> dict[str, Any]:
+    return json.loads(kubectl("get", "lmj", name, "-n", namespace, "-o", "json").stdout)
+
+
+def _leaves(value: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(value, dict | list):
+        out: dict[str, Any] = {}
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in items:
+            out.update(_leaves(child, f"{path}.{key}"))
+        return out
+    return {path: value}
+
+
+def test_server_defaults_match_the_models(kubectl, namespace: str, job: dict) -> None:
+    stored = _get(kubectl, namespace)["spec"]
+    assert stored["training"]["parallelism"]["strategy"] == "ddp"
+    assert stored["training"]["checkpoint"]["everySteps"] == 200
+    assert stored["runPolicy"]["restartPolicy"] == "OnFailure"
+    python = LargeModelJob.model_validate(job).spec.to_wire()
+    python_leaves = _leaves(python)
+    for path, value in _leaves(stored).items():
+        if value in ({}, []):
+            continue
+        assert python_leaves.get(path) == value, (
+            f"{path}: server {value!r}, models {python_leaves.get(path)!r}"
+        )
+
+
+def test_explain_shows_field_descriptions(kubectl) -> None:
+    out = kubectl("explain", "largemodeljob.spec.workers")
+    assert "Fewest pods the job keeps running with" in out.stdout
+    assert "procsPerWorker" in out.stdout
+
+
+def test_status_subresource_and_printer_columns(kubectl, namespace: str, job: dict) -> None:
+    status = {
+        "phase": "Running",
+        "workers": {"desired": 2, "active": 2, "ready": 2, "summary": "2/2"},
+        "progress": {"stage": "train", "step": 42, "totalSteps": 100, "loss": 1.25},
+    }
+    # Status sent to the main resource is ignored ...
+    kubectl(
+        "patch",
+        "lmj",
+        "table-job",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+    assert "status" not in _get(kubectl, namespace) or not _get(kubectl, namespace)["status"].get(
+        "phase"
+    )
+    # ... and goes through the status subresource, which ignores spec changes.
+    patch = {"status": status, "spec": {"workers": {"replicas": 3}}}
+    kubectl("patch", "lmj", "table-job", "-n", namespace, "--subresource=status", "--type=merge",
+            "-p", json.dumps(patch))  # fmt: skip
+    stored = _get(kubectl, namespace)
+    assert stored["status"]["phase"] == "Running"
+    assert stored["spec"]["workers"]["replicas"] == 2
+
+    table = kubectl("get", "lmj", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "WORKERS", "STAGE", "STEP", "LOSS", "AGE"]
+    assert table[1].split()[:6] == ["table-job", "Running", "2/2", "train", "42", "1.25"]
+    assert "table-job" in kubectl("get", "all", "-n", namespace).stdout
+
+
+def test_scale_subresource_respects_bounds(kubectl, namespace: str, job: dict) -> None:
+    kubectl("scale", "lmj/table-job", "-n", namespace, "--replicas=4")
+    assert _get(kubectl, namespace)["spec"]["workers"]["replicas"] == 4
+    scale = json.loads(
+        kubectl(
+            "get",
+            "--raw",
+            f"/apis/lmjob.dev/v1alpha1/namespaces/{namespace}/largemodeljobs/table-job/scale",
+        ).stdout
+    )
+    assert scale["spec"]["replicas"] == 4
+
+    out = kubectl("scale", "lmj/table-job", "-n", namespace, "--replicas=9", check=False)
+    assert out.returncode != 0
+    assert "workers.maxReplicas" in out.stderr
+    assert _get(kubectl, namespace)["spec"]["workers"]["replicas"] == 4
+
+
+def test_invalid_update_keeps_the_saved_object(kubectl, namespace: str, job: dict) -> None:
+    patch = {"spec": {"workers": {"minReplicas": 3, "replicas": 2}}}
+    out = kubectl(
+        "patch",
+        "lmj",
+        "table-job",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps(patch),
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "spec.workers.minReplicas" in out.stderr
+    assert _get(kubectl, namespace)["spec"]["workers"]["minReplicas"] == 1

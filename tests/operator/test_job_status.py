@@ -1,0 +1,370 @@
+"""build_status and transition_events: phases, conditions, worker counts, progress, as tables."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from lmjob_api import JobPhase
+from lmjob_api.status import Condition, LargeModelJobStatus, ProgressStatus
+from lmjob_operator.failures import Action, Verdict
+from lmjob_operator.pod_view import PodView
+from lmjob_operator.progress import Progress, StageReport
+from lmjob_operator.status import Problem, build_status, stamp, transition_events
+from tests.operator.factories import NOW, make_job, rendezvous, worker
+
+ELASTIC = {"workers": {"replicas": 3, "minReplicas": 2, "maxReplicas": 4}}
+RESTART = Verdict(Action.RESTART_GROUP, "WorkerFailed", "demo-worker-1 exited with code 1")
+REPLACE = Verdict(
+    Action.REPLACE, "WorkerDisrupted", "demo-worker-1 was Evicted", ("demo-worker-1",)
+)
+FAIL = Verdict(Action.FAIL, "PermanentExitCode", "demo-worker-1 exited with code 2")
+
+
+def prev(phase: JobPhase = JobPhase.PENDING, **fields: Any) -> LargeModelJobStatus:
+    return LargeModelJobStatus(phase=phase, **fields)
+
+
+def restarting_prev(restarts: int = 1) -> LargeModelJobStatus:
+    cond = Condition(type="Restarting", status="True", reason="WorkerFailed", message="m")
+    return prev(JobPhase.RESTARTING, restarts=restarts, conditions=[cond])
+
+
+# (case id, spec, pods, previous, verdict, expected phase, expected "active/desired")
+CASES = [
+    ("new job, no pods", {}, [], prev(), Verdict(), JobPhase.PENDING, "0/2"),
+    (
+        "pods pending",
+        {},
+        [worker(0, "Pending"), worker(1, "Pending")],
+        prev(),
+        Verdict(),
+        JobPhase.PENDING,
+        "2/2",
+    ),
+    (
+        "one of two running",
+        {},
+        [worker(0), worker(1, "Pending")],
+        prev(),
+        Verdict(),
+        JobPhase.PENDING,
+        "2/2",
+    ),
+    ("all running", {}, [worker(0), worker(1)], prev(), Verdict(), JobPhase.RUNNING, "2/2"),
+    (
+        "elastic: min running is enough",
+        ELASTIC,
+        [worker(0, bounds="2-4"), worker(1, bounds="2-4"), worker(2, "Pending")],
+        prev(),
+        Verdict(),
+        JobPhase.RUNNING,
+        "3/3",
+    ),
+    (
+        "failure → Restarting",
+        {},
+        [worker(0), worker(1, "Failed", exit_code=1)],
+        prev(JobPhase.RUNNING),
+        RESTART,
+        JobPhase.RESTARTING,
+        "1/2",
+    ),
+    (
+        "disruption → Restarting",
+        {},
+        [worker(0), worker(1, "Failed", disrupted=True)],
+        prev(JobPhase.RUNNING),
+        REPLACE,
+        JobPhase.RESTARTING,
+        "1/2",
+    ),
+    (
+        "still restarting until all run",
+        {},
+        [worker(0, round_=1), worker(1, "Pending", round_=1)],
+        restarting_prev(),
+        Verdict(),
+        JobPhase.RESTARTING,
+        "2/2",
+    ),
+    (
+        "restart over",
+        {},
+        [worker(0, round_=1), worker(1, round_=1)],
+        restarting_prev(),
+        Verdict(),
+        JobPhase.RUNNING,
+        "2/2",
+    ),
+    (
+        "permanent failure",
+        {},
+        [worker(0), worker(1, "Failed", exit_code=2)],
+        prev(JobPhase.RUNNING),
+        FAIL,
+        JobPhase.FAILED,
+        "1/2",
+    ),
+    (
+        "succeeded",
+        {},
+        [worker(0, "Succeeded", exit_code=0), worker(1, "Succeeded", exit_code=0)],
+        prev(JobPhase.RUNNING),
+        Verdict(),
+        JobPhase.SUCCEEDED,
+        "0/2",
+    ),
+    (
+        "one done, one still exiting",
+        {},
+        [worker(0, "Succeeded", exit_code=0), worker(1)],
+        prev(JobPhase.RUNNING),
+        Verdict(),
+        JobPhase.RUNNING,
+        "1/2",
+    ),
+    (
+        "suspended",
+        {"runPolicy": {"suspend": True}},
+        [worker(0), worker(1)],
+        prev(JobPhase.RUNNING),
+        Verdict(),
+        JobPhase.SUSPENDED,
+        "2/2",
+    ),
+    (
+        "suspended before start",
+        {"runPolicy": {"suspend": True}},
+        [],
+        prev(),
+        Verdict(),
+        JobPhase.SUSPENDED,
+        "0/2",
+    ),
+    (
+        "Failed sticks",
+        {},
+        [worker(0), worker(1)],
+        prev(JobPhase.FAILED),
+        Verdict(),
+        JobPhase.FAILED,
+        "2/2",
+    ),
+    ("Succeeded sticks", {}, [], prev(JobPhase.SUCCEEDED), Verdict(), JobPhase.SUCCEEDED, "0/2"),
+    (
+        "deleting pods are not active",
+        {},
+        [worker(0), worker(1, deletion_timestamp=NOW)],
+        prev(),
+        Verdict(),
+        JobPhase.PENDING,
+        "1/2",
+    ),
+    (
+        "stale round pods do not count as running",
+        {},
+        [worker(0, round_=0), worker(1, round_=0)],
+        prev(restarts=1),
+        Verdict(),
+        JobPhase.PENDING,
+        "2/2",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "pods", "previous", "verdict", "phase", "summary"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_phase_and_workers(
+    spec: dict[str, Any],
+    pods: list[PodView],
+    previous: LargeModelJobStatus,
+    verdict: Verdict,
+    phase: JobPhase,
+    summary: str,
+) -> None:
+    status = build_status(make_job(spec), pods, None, previous, verdict, NOW)
+    assert status.phase == phase
+    assert status.workers.summary == summary
+    assert status.workers.selector == "lmjob.dev/job-name=demo,lmjob.dev/role=worker"
+
+
+def condition(status: LargeModelJobStatus, type_: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def test_failure_counts_a_restart_and_says_why() -> None:
+    status = build_status(
+        make_job(),
+        [worker(0), worker(1, "Failed", exit_code=1)],
+        None,
+        prev(JobPhase.RUNNING),
+        RESTART,
+        NOW,
+    )
+    assert status.restarts == 1
+    cond = condition(status, "Restarting")
+    assert cond is not None
+    assert (cond.status, cond.reason, cond.message) == ("True", "WorkerFailed", RESTART.message)
+    assert condition(status, "Running").status == "False"
+
+
+def test_disruption_is_not_counted() -> None:
+    status = build_status(make_job(), [worker(0)], None, prev(JobPhase.RUNNING), REPLACE, NOW)
+    assert status.restarts == 0
+
+
+def test_failed_condition_carries_reason() -> None:
+    status = build_status(make_job(), [worker(0)], None, prev(JobPhase.RUNNING), FAIL, NOW)
+    cond = condition(status, "Failed")
+    assert (cond.status, cond.reason) == ("True", "PermanentExitCode")
+    assert status.completion_time == stamp(NOW)
+
+
+def test_invalid_spec_fails_the_job() -> None:
+    problem = Problem("Failed", "True", "InvalidSpec", "spec.workers...: rename")
+    status = build_status(make_job(), [], None, prev(), Verdict(), NOW, [problem])
+    assert status.phase == JobPhase.FAILED
+    assert condition(status, "Failed").reason == "InvalidSpec"
+
+
+def test_gang_condition_is_reported() -> None:
+    problem = Problem("GangScheduling", "False", "PodGroupAPIMissing", "no PodGroup API")
+    status = build_status(
+        make_job(), [worker(0), worker(1)], None, prev(), Verdict(), NOW, [problem]
+    )
+    assert status.phase == JobPhase.RUNNING
+    assert condition(status, "GangScheduling").reason == "PodGroupAPIMissing"
+
+
+@pytest.mark.parametrize(
+    ("seconds_ago", "suspended_at", "exceeded"),
+    [(30, None, False), (61, None, True), (600, 30, False), (600, 61, True)],
+)
+def test_active_deadline(seconds_ago: int, suspended_at: int | None, exceeded: bool) -> None:
+    conditions = []
+    if suspended_at is not None:
+        resumed = stamp(NOW - timedelta(seconds=suspended_at))
+        conditions = [
+            Condition(
+                type="Suspended", status="False", reason="JobResumed", last_transition_time=resumed
+            )
+        ]
+    previous = prev(
+        JobPhase.RUNNING,
+        start_time=stamp(NOW - timedelta(seconds=seconds_ago)),
+        conditions=conditions,
+    )
+    job = make_job({"runPolicy": {"activeDeadlineSeconds": 60}})
+    status = build_status(job, [worker(0), worker(1)], None, previous, Verdict(), NOW)
+    assert (status.phase == JobPhase.FAILED) is exceeded
+    if exceeded:
+        assert condition(status, "Failed").reason == "DeadlineExceeded"
+
+
+def test_transition_time_only_moves_on_change() -> None:
+    job, pods = make_job(), [worker(0), worker(1)]
+    first = build_status(job, pods, None, prev(), Verdict(), NOW)
+    later = build_status(job, pods, None, first, Verdict(), NOW + timedelta(minutes=5))
+    assert condition(later, "Running").last_transition_time == stamp(NOW)
+    assert later == first
+
+
+PROGRESS = Progress(
+    stage="train",
+    step=120,
+    total_steps=200,
+    loss=1.5,
+    tokens_per_second=5e4,
+    world_size=8,
+    checkpoint_path="/checkpoints/train/step-000000100",
+    checkpoint_step=100,
+    stages=(StageReport("train", "Running"), StageReport("prune")),
+)
+
+
+def test_progress_reaches_status() -> None:
+    status = build_status(make_job(), [worker(0), worker(1)], PROGRESS, prev(), Verdict(), NOW)
+    assert status.progress == ProgressStatus(
+        stage="train",
+        step=120,
+        total_steps=200,
+        loss=1.5,
+        tokens_per_second=5e4,
+        updated_at=stamp(NOW),
+    )
+    assert status.world_size == 8
+    assert (status.checkpoint.latest, status.checkpoint.step) == (
+        "/checkpoints/train/step-000000100",
+        100,
+    )
+    assert [(s.name, s.phase) for s in status.stages] == [
+        ("train", "Running"),
+        ("prune", "Pending"),
+    ]
+
+
+def test_unchanged_progress_keeps_its_timestamp() -> None:
+    job, pods = make_job(), [worker(0), worker(1)]
+    first = build_status(job, pods, PROGRESS, prev(), Verdict(), NOW)
+    later = build_status(job, pods, PROGRESS, first, Verdict(), NOW + timedelta(seconds=30))
+    assert later.progress.updated_at == stamp(NOW)
+
+
+def test_compressing_phase() -> None:
+    progress = Progress(stage="prune", step=3, total_steps=10)
+    status = build_status(
+        make_job(), [worker(0), worker(1)], progress, prev(JobPhase.RUNNING), Verdict(), NOW
+    )
+    assert status.phase == JobPhase.COMPRESSING
+
+
+def test_world_size_estimated_without_metrics() -> None:
+    job = make_job({"workers": {"resources": {"limits": {"nvidia.com/gpu": 4}}}})
+    status = build_status(job, [worker(0), worker(1)], None, prev(), Verdict(), NOW)
+    assert status.world_size == 8
+
+
+def test_stages_listed_from_spec_before_progress() -> None:
+    job = make_job(
+        {
+            "compression": {
+                "stages": [{"name": "q", "type": "quantize", "method": "int8-weight-only"}]
+            }
+        }
+    )
+    status = build_status(job, [], None, prev(), Verdict(), NOW)
+    assert [(s.name, s.phase) for s in status.stages] == [("train", "Pending"), ("q", "Pending")]
+
+
+def test_pure() -> None:
+    args = (make_job(), [worker(0), worker(1), rendezvous()], PROGRESS, prev(), Verdict(), NOW)
+    assert build_status(*args) == build_status(*args)
+
+
+# (case id, previous phase→ new phase, expected (type, reason))
+def test_events_for_every_transition() -> None:
+    job = make_job()
+    pending = build_status(job, [], None, prev(), Verdict(), NOW)
+    running = build_status(job, [worker(0), worker(1)], None, pending, Verdict(), NOW)
+    restarting = build_status(
+        job, [worker(0), worker(1, "Failed", exit_code=1)], None, running, RESTART, NOW
+    )
+    failed = build_status(job, [worker(0, round_=1)], None, restarting, FAIL, NOW)
+    assert [(e.type, e.reason) for e in transition_events(pending, running)] == [
+        ("Normal", "WorkersRunning"),
+        ("Normal", "WorkersCreated"),
+    ]
+    assert [(e.type, e.reason) for e in transition_events(running, restarting)] == [
+        ("Warning", "WorkerFailed")
+    ]
+    assert [(e.type, e.reason) for e in transition_events(restarting, failed)] == [
+        ("Warning", "PermanentExitCode")
+    ]
+    assert transition_events(running, running) == []
+    assert "Running → Restarting" in transition_events(running, restarting)[0].message

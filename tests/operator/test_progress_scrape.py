@@ -1,0 +1,188 @@
+"""parse_progress on real Prometheus expositions (written by prometheus_client, as the trainer does),
+and scrape_progress against a live HTTP endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+
+from lmjob_operator.progress import parse_progress, scrape_progress
+from tests.operator.factories import worker
+
+STAGES = ["train", "prune", "int8"]
+
+
+def exposition(
+    *,
+    rank0: bool = True,
+    phases: dict[str, str] | None = None,
+    steps: dict[str, tuple[int, int, float]] | None = None,
+    checkpoints: dict[str, tuple[str, int]] | None = None,
+    results: dict[str, dict[str, float]] | None = None,
+) -> str:
+    """The text a worker serves; without `rank0` only per-pod series (memory) are present."""
+    reg = CollectorRegistry()
+    labels = ["job", "stage"]
+    memory = Gauge("lmjob_trainer_memory_bytes", "m", [*labels, "kind"], registry=reg)
+    memory.labels("demo", "train", "rss").set(1e9)
+    if not rank0:
+        return generate_latest(reg).decode()
+    step = Gauge("lmjob_trainer_step", "s", labels, registry=reg)
+    total = Gauge("lmjob_trainer_total_steps", "t", labels, registry=reg)
+    loss = Gauge("lmjob_trainer_loss", "l", labels, registry=reg)
+    tps = Gauge("lmjob_trainer_tokens_per_second", "x", labels, registry=reg)
+    Histogram("lmjob_trainer_step_seconds", "h", labels, registry=reg).labels(
+        "demo", "train"
+    ).observe(0.2)
+    Gauge("lmjob_trainer_world_size", "w", ["job"], registry=reg).labels("demo").set(4)
+    info = Gauge("lmjob_trainer_stage_info", "i", [*labels, "phase"], registry=reg)
+    ckpt = Gauge("lmjob_trainer_checkpoint_info", "c", [*labels, "path"], registry=reg)
+    result = Gauge("lmjob_trainer_stage_result", "r", [*labels, "metric"], registry=reg)
+    for stage, (s, t, value) in (steps or {}).items():
+        step.labels("demo", stage).set(s)
+        total.labels("demo", stage).set(t)
+        loss.labels("demo", stage).set(value)
+        tps.labels("demo", stage).set(1234.5)
+    for stage, phase in (phases or {}).items():
+        info.labels("demo", stage, phase).set(1)
+    for stage, (path, at) in (checkpoints or {}).items():
+        ckpt.labels("demo", stage, path).set(at)
+    for stage, metrics in (results or {}).items():
+        for metric, value in metrics.items():
+            result.labels("demo", stage, metric).set(value)
+    return generate_latest(reg).decode()
+
+
+# (case id, exposition kwargs, expected (stage, step, total, loss, checkpoint path, checkpoint step))
+CASES = [
+    (
+        "training",
+        {
+            "phases": {"train": "Running", "prune": "Pending"},
+            "steps": {"train": (120, 200, 1.5)},
+            "checkpoints": {"train": ("/c/train/step-000000100", 100)},
+        },
+        ("train", 120, 200, 1.5, "/c/train/step-000000100", 100),
+    ),
+    (
+        "compressing: the running stage wins",
+        {
+            "phases": {"train": "Succeeded", "prune": "Running"},
+            "steps": {"train": (200, 200, 1.2), "prune": (5, 50, 1.4)},
+            "checkpoints": {"train": ("/c/train/step-000000200", 200)},
+        },
+        ("prune", 5, 50, 1.4, "/c/train/step-000000200", 200),
+    ),
+    (
+        "between stages: the latest started stage",
+        {
+            "phases": {"train": "Succeeded", "prune": "Succeeded", "int8": "Pending"},
+            "steps": {"train": (200, 200, 1.2), "prune": (50, 50, 1.3)},
+        },
+        ("prune", 50, 50, 1.3, "", 0),
+    ),
+    (
+        "newest checkpoint of the stage",
+        {
+            "phases": {"train": "Running"},
+            "steps": {"train": (300, 400, 1.0)},
+            "checkpoints": {"train": ("/c/train/step-000000300", 300)},
+        },
+        ("train", 300, 400, 1.0, "/c/train/step-000000300", 300),
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_parse_progress(kwargs: dict, expected: tuple) -> None:
+    progress = parse_progress(exposition(**kwargs), STAGES)
+    assert progress is not None
+    got = (
+        progress.stage,
+        progress.step,
+        progress.total_steps,
+        progress.loss,
+        progress.checkpoint_path,
+        progress.checkpoint_step,
+    )
+    assert got == expected
+    assert progress.world_size == 4
+    assert progress.tokens_per_second == 1234.5
+
+
+def test_not_rank_zero() -> None:
+    assert parse_progress(exposition(rank0=False), STAGES) is None
+
+
+def test_stage_reports() -> None:
+    text = exposition(
+        phases={"train": "Succeeded", "prune": "Running", "int8": "Pending"},
+        steps={"train": (200, 200, 1.2)},
+        checkpoints={"train": ("/c/train/final", 200)},
+        results={"train": {"evalLoss": 1.25, "wallSeconds": 60.0}},
+    )
+    stages = parse_progress(text, STAGES).stages
+    assert [(s.name, s.phase) for s in stages] == [
+        ("train", "Succeeded"),
+        ("prune", "Running"),
+        ("int8", "Pending"),
+    ]
+    assert stages[0].metrics == {"evalLoss": 1.25, "wallSeconds": 60.0}
+    assert stages[0].checkpoint == "/c/train/final"
+
+
+def test_nan_loss_is_dropped() -> None:
+    text = exposition(phases={"train": "Running"}, steps={"train": (1, 10, float("nan"))})
+    assert parse_progress(text, STAGES).loss is None
+
+
+class _Metrics(BaseHTTPRequestHandler):
+    text = ""
+
+    def do_GET(self) -> None:
+        body = self.text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def metrics_server() -> Iterator[tuple[int, type[_Metrics]]]:
+    handler = type(
+        "Handler",
+        (_Metrics,),
+        {"text": exposition(phases={"train": "Running"}, steps={"train": (7, 10, 2.0)})},
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], handler
+    server.shutdown()
+
+
+def test_scrape_reads_the_pod_with_job_series(metrics_server: tuple[int, type[_Metrics]]) -> None:
+    port, _ = metrics_server
+    pods = [
+        worker(0, pod_ip="127.0.0.9"),  # nothing listens there: skipped
+        worker(1, pod_ip="127.0.0.1"),
+        worker(2, "Pending", pod_ip=""),
+    ]
+    progress, pod = asyncio.run(scrape_progress(pods, port, STAGES, timeout=1.0))
+    assert pod == "demo-worker-1"
+    assert (progress.stage, progress.step) == ("train", 7)
+
+
+def test_scrape_without_any_answer() -> None:
+    progress, pod = asyncio.run(
+        scrape_progress([worker(0, pod_ip="127.0.0.9")], 1, STAGES, timeout=0.5)
+    )
+    assert (progress, pod) == (None, "")

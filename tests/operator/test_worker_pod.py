@@ -1,0 +1,410 @@
+"""build_worker_pod: env contract, command, resources, volumes and the template merge, as tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from lmjob_api.env import WORKER_ENV
+from lmjob_api.validation import check_template_env
+from lmjob_operator.config import OperatorConfig
+from lmjob_operator.spec_checks import check_runnable
+from lmjob_operator.worker_pod import build_worker_pod, procs_per_worker
+from tests.operator.factories import UID, make_job
+
+CONFIG = OperatorConfig(trainer_image="registry.example/lmjob-trainer:1")
+
+
+def pod_for(spec: dict[str, Any] | None = None, index: int = 1, round_: int = 0) -> dict[str, Any]:
+    return build_worker_pod(make_job(spec), index, round_, CONFIG)
+
+
+def main_container(pod: dict[str, Any]) -> dict[str, Any]:
+    return pod["spec"]["containers"][0]
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in main_container(pod)["env"]}
+
+
+def env_names(pod: dict[str, Any]) -> list[str]:
+    return [e["name"] for e in main_container(pod)["env"]]
+
+
+def mounts_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["mountPath"]: m for m in main_container(pod)["volumeMounts"]}
+
+
+def volumes_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in pod["spec"]["volumes"]}
+
+
+TORCHRUN = ["python", "-m", "torch.distributed.run"]
+
+# (case id, spec overrides, what to read from the pod, expected value)
+CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any], Any]] = [
+    ("name", {}, lambda p: p["metadata"]["name"], "demo-worker-1"),
+    ("namespace", {}, lambda p: p["metadata"]["namespace"], "ns"),
+    (
+        "labels",
+        {},
+        lambda p: {k: v for k, v in p["metadata"]["labels"].items() if k.startswith("lmjob.dev/")},
+        {
+            "lmjob.dev/job-name": "demo",
+            "lmjob.dev/role": "worker",
+            "lmjob.dev/worker-index": "1",
+            "lmjob.dev/rendezvous-round": "0",
+            "lmjob.dev/elastic-bounds": "2-2",
+        },
+    ),
+    (
+        "owner reference",
+        {},
+        lambda p: p["metadata"]["ownerReferences"],
+        [
+            {
+                "apiVersion": "lmjob.dev/v1alpha1",
+                "kind": "LargeModelJob",
+                "name": "demo",
+                "uid": UID,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    ),
+    ("hostname", {}, lambda p: p["spec"]["hostname"], "demo-worker-1"),
+    ("subdomain is the headless service", {}, lambda p: p["spec"]["subdomain"], "demo"),
+    ("restartPolicy", {}, lambda p: p["spec"]["restartPolicy"], "Never"),
+    ("no credentials", {}, lambda p: p["spec"]["automountServiceAccountToken"], False),
+    ("default image", {}, lambda p: main_container(p)["image"], CONFIG.trainer_image),
+    ("own image", {"image": "me/img:2"}, lambda p: main_container(p)["image"], "me/img:2"),
+    (
+        "built-in trainer command",
+        {},
+        lambda p: main_container(p)["command"],
+        [*TORCHRUN, "-m", "lmjob_trainer"],
+    ),
+    (
+        "own command under torchrun",
+        {"command": ["python", "-m", "mypkg.train", "--x"]},
+        lambda p: main_container(p)["command"],
+        [*TORCHRUN, "--no-python", "python", "-m", "mypkg.train", "--x"],
+    ),
+    ("PET_NNODES fixed", {}, lambda p: env_of(p)["PET_NNODES"], "2:2"),
+    (
+        "PET_NNODES elastic",
+        {"workers": {"replicas": 3, "minReplicas": 2, "maxReplicas": 6}},
+        lambda p: env_of(p)["PET_NNODES"],
+        "2:6",
+    ),
+    ("PET_NPROC_PER_NODE default", {}, lambda p: env_of(p)["PET_NPROC_PER_NODE"], "1"),
+    (
+        "PET_NPROC_PER_NODE from GPU limit",
+        {"workers": {"resources": {"limits": {"nvidia.com/gpu": 8}}}},
+        lambda p: env_of(p)["PET_NPROC_PER_NODE"],
+        "8",
+    ),
+    (
+        "PET_NPROC_PER_NODE explicit",
+        {"workers": {"procsPerWorker": 4, "resources": {"limits": {"nvidia.com/gpu": 8}}}},
+        lambda p: env_of(p)["PET_NPROC_PER_NODE"],
+        "4",
+    ),
+    ("PET_RDZV_BACKEND", {}, lambda p: env_of(p)["PET_RDZV_BACKEND"], "c10d"),
+    (
+        "PET_RDZV_ENDPOINT is the store's service",
+        {},
+        lambda p: env_of(p)["PET_RDZV_ENDPOINT"],
+        "demo-rendezvous.ns.svc:29400",
+    ),
+    ("PET_RDZV_ID is uid and round", {}, lambda p: env_of(p)["PET_RDZV_ID"], f"{UID}-0"),
+    ("PET_RDZV_CONF", {}, lambda p: env_of(p)["PET_RDZV_CONF"], "is_host=false,read_timeout=300"),
+    ("PET_MAX_RESTARTS", {}, lambda p: env_of(p)["PET_MAX_RESTARTS"], "10"),
+    ("LMJOB_CONFIG", {}, lambda p: env_of(p)["LMJOB_CONFIG"], "/etc/lmjob/trainer.yaml"),
+    (
+        "no LMJOB_CONFIG for own command",
+        {"command": ["train"]},
+        lambda p: "LMJOB_CONFIG" in env_of(p),
+        False,
+    ),
+    (
+        "LMJOB_CHECKPOINT_DIR",
+        {"storage": {"path": "/ckpt"}},
+        lambda p: env_of(p)["LMJOB_CHECKPOINT_DIR"],
+        "/ckpt",
+    ),
+    ("LMJOB_JOB_NAME", {}, lambda p: env_of(p)["LMJOB_JOB_NAME"], "demo"),
+    ("LMJOB_NAMESPACE", {}, lambda p: env_of(p)["LMJOB_NAMESPACE"], "ns"),
+    (
+        "LMJOB_METRICS_PORT",
+        {"metrics": {"port": 9555}},
+        lambda p: env_of(p)["LMJOB_METRICS_PORT"],
+        "9555",
+    ),
+    (
+        "user env after the contract",
+        {"workers": {"env": [{"name": "HF_HOME", "value": "/cache"}]}},
+        lambda p: env_names(p)[-1],
+        "HF_HOME",
+    ),
+    (
+        "GPU resources",
+        {"workers": {"resources": {"limits": {"nvidia.com/gpu": 8, "memory": "64Gi"}}}},
+        lambda p: main_container(p)["resources"],
+        {"limits": {"nvidia.com/gpu": "8", "memory": "64Gi"}},
+    ),
+    (
+        "metrics port",
+        {"metrics": {"port": 9555}},
+        lambda p: main_container(p)["ports"][0],
+        {"name": "metrics", "containerPort": 9555, "protocol": "TCP"},
+    ),
+    (
+        "config mounted read-only",
+        {},
+        lambda p: mounts_of(p)["/etc/lmjob"],
+        {"name": "lmjob-config", "mountPath": "/etc/lmjob", "readOnly": True},
+    ),
+    (
+        "config volume",
+        {},
+        lambda p: volumes_of(p)["lmjob-config"],
+        {"name": "lmjob-config", "configMap": {"name": "demo-config"}},
+    ),
+    (
+        "storage defaults to emptyDir",
+        {},
+        lambda p: volumes_of(p)["lmjob-storage"],
+        {"name": "lmjob-storage", "emptyDir": {}},
+    ),
+    (
+        "storage volume",
+        {"storage": {"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}, "path": "/ckpt"}},
+        lambda p: (volumes_of(p)["lmjob-storage"], mounts_of(p)["/ckpt"]["name"]),
+        (
+            {"name": "lmjob-storage", "persistentVolumeClaim": {"claimName": "ckpt"}},
+            "lmjob-storage",
+        ),
+    ),
+    (
+        "memory-backed /dev/shm",
+        {},
+        lambda p: (volumes_of(p)["lmjob-dshm"], mounts_of(p)["/dev/shm"]["name"]),
+        ({"name": "lmjob-dshm", "emptyDir": {"medium": "Memory"}}, "lmjob-dshm"),
+    ),
+    (
+        "scheduler and priority",
+        {"scheduling": {"schedulerName": "my-sched", "priorityClassName": "high"}},
+        lambda p: (p["spec"]["schedulerName"], p["spec"]["priorityClassName"]),
+        ("my-sched", "high"),
+    ),
+    (
+        "template metadata merged, ours win",
+        {
+            "workers": {
+                "template": {
+                    "metadata": {
+                        "labels": {"team": "a", "lmjob.dev/job-name": "evil"},
+                        "annotations": {"note": "x"},
+                    }
+                }
+            }
+        },
+        lambda p: (
+            p["metadata"]["labels"]["team"],
+            p["metadata"]["labels"]["lmjob.dev/job-name"],
+            p["metadata"]["annotations"]["note"],
+        ),
+        ("a", "demo", "x"),
+    ),
+    (
+        "template spec fields kept",
+        {
+            "workers": {
+                "template": {
+                    "spec": {
+                        "tolerations": [{"key": "gpu", "operator": "Exists"}],
+                        "nodeSelector": {"pool": "a100"},
+                        "restartPolicy": "Never",
+                    }
+                }
+            }
+        },
+        lambda p: (p["spec"]["tolerations"], p["spec"]["nodeSelector"], p["spec"]["restartPolicy"]),
+        ([{"key": "gpu", "operator": "Exists"}], {"pool": "a100"}, "Never"),
+    ),
+    (
+        "template may re-enable the token",
+        {"workers": {"template": {"spec": {"automountServiceAccountToken": True}}}},
+        lambda p: p["spec"]["automountServiceAccountToken"],
+        True,
+    ),
+    (
+        "worker container merges into ours",
+        {
+            "workers": {
+                "resources": {"limits": {"nvidia.com/gpu": 1}},
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "worker",
+                                "imagePullPolicy": "Always",
+                                "env": [{"name": "EXTRA", "value": "1"}],
+                                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                                "resources": {"limits": {"memory": "8Gi", "nvidia.com/gpu": 4}},
+                            },
+                            {"name": "sidecar", "image": "busybox"},
+                        ],
+                        "volumes": [{"name": "data", "emptyDir": {}}],
+                    }
+                },
+            }
+        },
+        lambda p: (
+            [c["name"] for c in p["spec"]["containers"]],
+            main_container(p)["imagePullPolicy"],
+            env_of(p)["EXTRA"],
+            mounts_of(p)["/data"]["name"],
+            main_container(p)["resources"]["limits"],
+            "data" in volumes_of(p),
+        ),
+        (
+            ["worker", "sidecar"],
+            "Always",
+            "1",
+            "data",
+            {"memory": "8Gi", "nvidia.com/gpu": "1"},
+            True,
+        ),
+    ),
+    (
+        "gang: scheduler-plugins label",
+        {"scheduling": {"gang": True}},
+        lambda p: p["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"],
+        "demo",
+    ),
+    (
+        "gang: volcano annotation",
+        {"scheduling": {"gang": True, "schedulerName": "volcano", "queue": "q"}},
+        lambda p: (
+            p["metadata"]["annotations"]["scheduling.k8s.io/group-name"],
+            "kueue.x-k8s.io/queue-name" in p["metadata"]["labels"],
+        ),
+        ("demo", False),
+    ),
+    (
+        "Kueue labels for a queue",
+        {"workers": {"replicas": 3}, "scheduling": {"queue": "team-a"}},
+        lambda p: (
+            p["metadata"]["labels"]["kueue.x-k8s.io/queue-name"],
+            p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"],
+            p["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"],
+        ),
+        ("team-a", "demo", "3"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "read", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_worker_pod(
+    spec: dict[str, Any], read: Callable[[dict[str, Any]], Any], expected: Any
+) -> None:
+    assert read(pod_for(spec)) == expected
+
+
+def test_every_contract_variable_is_set() -> None:
+    assert set(WORKER_ENV) <= set(env_of(pod_for()))
+
+
+def test_round_changes_rendezvous_id_only() -> None:
+    first, later = env_of(pod_for(round_=0)), env_of(pod_for(round_=3))
+    assert later["PET_RDZV_ID"] == f"{UID}-3"
+    assert {k: v for k, v in first.items() if k != "PET_RDZV_ID"} == {
+        k: v for k, v in later.items() if k != "PET_RDZV_ID"
+    }
+
+
+def test_builder_is_pure() -> None:
+    job = make_job(
+        {"workers": {"template": {"spec": {"containers": [{"name": "worker", "env": []}]}}}}
+    )
+    before = job.model_dump()
+    assert build_worker_pod(job, 0, 0, CONFIG) == build_worker_pod(job, 0, 0, CONFIG)
+    assert job.model_dump() == before
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [({}, 1), ({"nvidia.com/gpu": 2}, 2), ({"nvidia.com/gpu": "4"}, 4), ({"cpu": 8}, 1)],
+)
+def test_procs_per_worker_default(limits: dict[str, Any], expected: int) -> None:
+    assert procs_per_worker(make_job({"workers": {"resources": {"limits": limits}}})) == expected
+
+
+TEMPLATE_PROBLEMS = [
+    (
+        "reserved env in template",
+        {"containers": [{"name": "worker", "env": [{"name": "PET_NNODES", "value": "9"}]}]},
+        "spec.workers.template.spec.containers[0].env[0].name",
+    ),
+    (
+        "reserved env in a sidecar",
+        {"containers": [{"name": "side", "env": [{"name": "RANK", "value": "0"}]}]},
+        "spec.workers.template.spec.containers[0].env[0].name",
+    ),
+    (
+        "reserved volume name",
+        {"volumes": [{"name": "lmjob-dshm", "emptyDir": {}}]},
+        "volumes[0].name",
+    ),
+    (
+        "worker image in template",
+        {"containers": [{"name": "worker", "image": "x"}]},
+        "set spec.image",
+    ),
+    (
+        "worker command in template",
+        {"containers": [{"name": "worker", "command": ["x"]}]},
+        "spec.command",
+    ),
+    (
+        "mount over the checkpoints",
+        {
+            "containers": [
+                {"name": "worker", "volumeMounts": [{"name": "d", "mountPath": "/checkpoints"}]}
+            ]
+        },
+        "volumeMounts[0].mountPath",
+    ),
+    ("restartPolicy Always", {"restartPolicy": "Always"}, "restartPolicy"),
+]
+
+
+@pytest.mark.parametrize(
+    ("template_spec", "fragment"),
+    [c[1:] for c in TEMPLATE_PROBLEMS],
+    ids=[c[0] for c in TEMPLATE_PROBLEMS],
+)
+def test_unrunnable_templates_are_named(template_spec: dict[str, Any], fragment: str) -> None:
+    problems = check_runnable(make_job({"workers": {"template": {"spec": template_spec}}}))
+    assert any(fragment in p for p in problems), problems
+
+
+def test_runnable_template_has_no_problems() -> None:
+    job = make_job(
+        {
+            "workers": {
+                "template": {
+                    "spec": {
+                        "containers": [{"name": "worker", "env": [{"name": "OK", "value": "1"}]}]
+                    }
+                }
+            }
+        }
+    )
+    assert check_runnable(job) == [] and check_template_env(job) == []

@@ -1,0 +1,1 @@
+"""Test harness shared by the test tiers: a real Kubernetes control plane and its clients."""
