@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from harness import REPO, machine, worker_env
 
-REPO = Path(__file__).resolve().parents[1]
 for sub in ("api", "trainer"):
     sys.path.insert(0, str(REPO / sub))
 
@@ -42,11 +40,6 @@ from lmjob_api.validation import load_job  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "shakespeare-cpu.yaml"
 ROUNDS = 10
-
-
-def _env() -> dict[str, str]:
-    paths = [str(REPO / p) for p in ("api", "trainer")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": "1"}
 
 
 def _base_config(out: Path) -> dict[str, Any]:
@@ -73,7 +66,13 @@ def _run(root: Path, config: dict[str, Any], procs: int) -> float:
     ]  # fmt: skip
     started = time.perf_counter()
     with (root / "trainer.log").open("a") as log:
-        subprocess.run(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(
+            cmd,
+            env=worker_env(OMP_NUM_THREADS="1"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
     return time.perf_counter() - started
 
 
@@ -91,6 +90,7 @@ def _latencies_ms(models: dict[str, tuple[Path, str]], seq_len: int) -> dict[str
     load from other processes drifts over minutes, so each model's figure is the best of its
     per-round medians rather than one run that may have met a busy moment."""
     import torch
+
     from lmjob_trainer.compression import load_stage
     from lmjob_trainer.compression.report import measure_latency
 
@@ -200,26 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _machine() -> dict[str, Any]:
-    import torch
+def _machine() -> str:
     import torchao
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchao": torchao.__version__,
-        "loadavg": os.getloadavg()[0],
-    }
+    return f"{machine()}, torchao {torchao.__version__}"
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -273,13 +257,10 @@ def _markdown(results: dict[str, Any]) -> str:
     text += "".join(line(r) for r in chain)
     by_name = {r["stage"]: r for r in rows}
     text += "\n### Targets (issue 6)\n\n" + _targets(base, by_name, scratch)
-    m = results["machine"]
     text += (
-        f"\nMachine: {m['cpu']}, {m['cores']} cores (1-minute load average {m['loadavg']:.1f} "
-        f"at the end: the machine is shared), Python {m['python']}, torch {m['torch']}, "
-        f"torchao {m['torchao']}. Latency: one no-grad forward of one sequence of seqLen "
-        f"tokens on one thread, the best of {ROUNDS} rounds' medians (10 forwards each), "
-        f"measured in one process after all runs.\n"
+        f"\nMachine: {results['machine']} (at the end; the machine is shared). Latency: one "
+        f"no-grad forward of one sequence of seqLen tokens on one thread, the best of {ROUNDS} "
+        "rounds' medians (10 forwards each), measured in one process after all runs.\n"
     )
     return text
 

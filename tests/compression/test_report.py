@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lmjob_trainer.compression.report import (
     StageReport,
     format_table,

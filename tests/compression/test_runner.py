@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO, SHAKESPEARE
+
 from lmjob_api.trainer_config import parse_trainer_config
 
 CONTRACT_METRICS = {"evalLoss", "params", "bytes", "latencyMs", "wallSeconds"}

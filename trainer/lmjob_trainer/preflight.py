@@ -10,7 +10,6 @@ from __future__ import annotations
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.training import BatchSpec
 from lmjob_api.validation import Problem
-
 from lmjob_trainer.compression.validate import check_compression
 
 BYTE_VOCAB = 256

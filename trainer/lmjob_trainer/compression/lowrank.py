@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from lmjob_api.compression import LowRankStage
 from torch import nn
 
+from lmjob_api.compression import LowRankStage
 from lmjob_trainer.compression.layers import find_block_linears, set_submodule
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from lmjob_api.compression import PruneStage
 from torch import nn
 
+from lmjob_api.compression import PruneStage
 from lmjob_trainer.compression.layers import find_block_linears
 
 log = logging.getLogger(__name__)

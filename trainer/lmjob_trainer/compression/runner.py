@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lmjob_api.compression import DistillStage, LowRankStage, PruneStage, QuantizeStage
-from lmjob_api.training import ModelSpec, Strategy, TrainingSpec
 from torch import nn
 
+from lmjob_api.compression import DistillStage, LowRankStage, PruneStage, QuantizeStage
+from lmjob_api.training import ModelSpec, Strategy, TrainingSpec
 from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import choose_on_rank0
 from lmjob_trainer.compression.artifact import (
