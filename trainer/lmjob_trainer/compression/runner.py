@@ -29,7 +29,6 @@ from lmjob_trainer.checkpoint import choose_on_rank0
 from lmjob_trainer.compression.artifact import (
     Architecture,
     folder_bytes,
-    is_complete,
     read_architecture,
     write_output,
 )
@@ -126,7 +125,7 @@ def _finished_report(session: TrainerSession, stage: str) -> StageReport | None:
 
     def pick() -> StageReport | None:
         report = read_report(storage.stage_dir(session.root, stage))
-        done = report is not None and is_complete(stage_output_dir(session.root, stage))
+        done = report is not None and storage.is_complete(stage_output_dir(session.root, stage))
         return report if done else None
 
     return choose_on_rank0(session.env, pick)
@@ -207,6 +206,7 @@ def _prune(
     session: TrainerSession, index: int, stage: PruneStage, given: StageInput
 ) -> StageOutput:
     model = given.model
+    # Channels or heads there were, for the structured `sparsity` (removed / before).
     units_before = sum(
         b.mlp.fc.out_features if stage.structure == "channel" else b.attn.n_heads
         for b in model.blocks
