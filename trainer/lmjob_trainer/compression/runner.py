@@ -312,20 +312,22 @@ def _stage_training(t: TrainingSpec, steps: int, index: int) -> TrainingSpec:
 
 
 def _finetune_training(t: TrainingSpec, steps: int, index: int) -> TrainingSpec:
-    """A recovery fine-tune continues training where it ended: at the learning rate the
-    schedule had reached (e.g. lr·minLrRatio after a cosine decay), held constant.
+    """A recovery fine-tune continues training where it ended: from the learning rate the
+    schedule had reached (e.g. lr·minLrRatio after a cosine decay), decayed to zero over the
+    fine-tune so that it ends annealed, as training did.
 
     Jumping back to the peak lr undoes more than it recovers in a short fine-tune: on the
     Shakespeare example, 30 steps at the peak took even the uncompressed model's eval loss
     from 1.93 to 2.22, and a pruned model recovered to 1.94 at the final lr but only to 2.07
-    at the peak.
+    at the peak. Decaying to zero beat holding the final lr (dense 1.7828 vs 1.7868,
+    low-rank 1.7854 vs 1.7884 after 100 steps).
     """
     end_lr = t.optimizer.lr * lr_factor(t.schedule, t.steps)(t.steps - 1)
     stage = _stage_training(t, steps, index)
     return stage.model_copy(
         update={
             "optimizer": t.optimizer.model_copy(update={"lr": end_lr}),
-            "schedule": stage.schedule.model_copy(update={"decay": "constant"}),
+            "schedule": stage.schedule.model_copy(update={"decay": "cosine", "min_lr_ratio": 0.0}),
         }
     )
 
