@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY
+
 from lmjob_api.compression import DistillStage, StudentSpec
 from lmjob_trainer.compression.distill import apply_teacher_init, distillation_loss
 from lmjob_trainer.compression.validate import build_student_spec, check_student

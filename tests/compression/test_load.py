@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from conftest import TINY
+
 from lmjob_api.compression import LowRankStage, PruneStage
 from lmjob_trainer.compression import load_stage
 from lmjob_trainer.compression.artifact import (

@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 from conftest import TINY, Corpus, eval_loss
+
 from lmjob_api.compression import LowRankStage
 from lmjob_trainer.compression.layers import find_block_linears
 from lmjob_trainer.compression.lowrank import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import TINY, eval_loss, finetune
+
 from lmjob_api.compression import PruneStage
 from lmjob_trainer.compression.layers import find_block_linears
 from lmjob_trainer.compression.prune import (

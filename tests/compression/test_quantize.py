@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import eval_loss
+
 from lmjob_trainer.compression.layers import linear_weight_bytes
 from lmjob_trainer.compression.quantize import apply_quantization, check_quantize_supported
 

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lmjob_trainer.compression.report import (
     StageReport,
-    format_table,
     measure_latency,
     read_report,
-    summary_rows,
     write_report,
 )
 
@@ -47,19 +46,12 @@ def test_metrics_hold_the_contract_keys_and_derived_figures(tmp_path: Path) -> N
     assert read_report(tmp_path / "nowhere") is None
 
 
-def test_summary_table_has_a_row_per_stage_and_dashes_for_missing_figures() -> None:
-    train = {"stage": "train", "phase": "Succeeded", "evalLoss": 1.9, "params": 1000}
-    reports = [
-        train,
-        _report().to_json(),
-        _report(stage="int8", type="quantize", sparsity=None).to_json(),
-    ]
-    rows = summary_rows(reports)
-    assert rows[0][0] == "stage" and len(rows) == 4
-    assert rows[1][:2] == ["train", "train"] and rows[1][rows[0].index("bytes")] == "-"
-    assert rows[2][rows[0].index("sparsity")] == "50.0%"
-    assert rows[3][rows[0].index("sparsity")] == "-"
-    assert "int8" in format_table(rows)
+def test_report_json_reads_like_the_train_report() -> None:
+    data = _report(finetune_steps=10).to_json()
+    # What `lmjob run` and tools read from every stage's report.json.
+    assert data["phase"] == "Succeeded" and data["steps"] == 10
+    assert data["evalLoss"] == data["metrics"]["evalLoss"] == 2.0
+    assert StageReport.from_json(data) == _report(finetune_steps=10)
 
 
 def test_latency_is_measured_on_a_real_forward() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO, SHAKESPEARE
+
 from lmjob_api.trainer_config import parse_trainer_config
 
 CONTRACT_METRICS = {"evalLoss", "params", "bytes", "latencyMs", "wallSeconds"}
@@ -34,6 +35,7 @@ def _env() -> dict[str, str]:
 def _config(
     tmp_path: Path, stages: list[dict[str, Any]], strategy: str = "ddp", steps: int = 30
 ) -> Path:
+    tensor_parallel = 2 if strategy == "fsdp+tp" else 1
     data = tmp_path / "shakespeare-200k.txt"
     if not data.exists():
         data.write_bytes(SHAKESPEARE.read_bytes()[:200_000])
@@ -42,7 +44,7 @@ def _config(
         "training": {
             "model": {"layers": 2, "heads": 4, "hidden": 32, "seqLen": 32},
             "data": {"source": str(data), "validationSplit": 0.1},
-            "parallelism": {"strategy": strategy},
+            "parallelism": {"strategy": strategy, "tensorParallel": tensor_parallel},
             "optimizer": {"lr": 3e-3},
             "schedule": {"warmupSteps": 5},
             "steps": steps,
@@ -148,7 +150,8 @@ def test_every_stage_type_runs_reloads_and_reports(tmp_path: Path) -> None:
         {"name": "student", "type": "distill", "student": {"layers": 1}, "steps": 10},
     ]  # fmt: skip
     root = tmp_path / "run"
-    _finish(_torchrun(_config(tmp_path, stages), root))
+    # fsdp+tp: compressed layers fine-tune with FSDP alone, the student with the 2-D plan.
+    _finish(_torchrun(_config(tmp_path, stages, strategy="fsdp+tp"), root))
 
     reports = {s["name"]: _report(root, s["name"]) for s in stages}
     for name, report in reports.items():
@@ -160,6 +163,7 @@ def test_every_stage_type_runs_reloads_and_reports(tmp_path: Path) -> None:
         assert report["bytes"] == on_disk
     assert reports["prune"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert reports["prune"]["evalLossBeforeFinetune"] is not None
+    assert reports["prune"]["details"]["finetuneStrategy"] == "fsdp"
     assert reports["lowrank"]["details"]["layersFactorized"] == 6
     assert reports["lowrank"]["params"] < reports["prune"]["params"]
     assert reports["int8"]["linearCompression"] > 3

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from conftest import SHAKESPEARE
+
 from lmjob_api.trainer_config import parse_trainer_config
 from lmjob_api.validation import ManifestError
 from lmjob_trainer.compression import check_compression, validate_compression

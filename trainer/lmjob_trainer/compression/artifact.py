@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-COMPLETE = "COMPLETE"
+from lmjob_trainer import storage
+
 MODEL_FILE = "model.pt"
 MANIFEST_FILE = "stage.json"
 FORMAT_VERSION = 1
@@ -113,19 +114,17 @@ def write_output(
         "sparse": sparse_shapes,
         **(extra or {}),
     }
-    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    storage.write_json_atomic(tmp / MANIFEST_FILE, manifest)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-    (folder / COMPLETE).write_text("")
-
-
-def is_complete(folder: Path) -> bool:
-    return (folder / COMPLETE).exists()
+    storage.write_json_atomic(folder / storage.COMPLETE, {"stage": manifest.get("stage")})
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    if not is_complete(folder):
-        raise FileNotFoundError(f"{folder} is not a complete stage output (no {COMPLETE} marker)")
+    if not storage.is_complete(folder):
+        raise FileNotFoundError(
+            f"{folder} is not a complete stage output (no {storage.COMPLETE} marker)"
+        )
     return json.loads((folder / MANIFEST_FILE).read_text())
 
 

@@ -1,4 +1,4 @@
-"""Which layers of a model the compression transforms touch, and how to swap one in place.
+"""Which layers of a model the compression transforms touch, and what their weights weigh.
 
 The transforms work on the Linear layers inside the transformer blocks. Embeddings, the
 output head (often tied to the token embedding) and the norms stay dense: they are a small
@@ -23,13 +23,6 @@ def find_block_linears(model: nn.Module) -> dict[str, nn.Linear]:
         if isinstance(module, nn.Linear) and (root is not model or name != "head"):
             found[prefix + name] = module
     return found
-
-
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule at dotted path `name` (torch has get_submodule but no setter)."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def linear_weight_bytes(model: nn.Module) -> int:

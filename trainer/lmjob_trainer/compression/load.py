@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 
 import torch
-from lmjob_api.training import ModelSpec
 from torch import nn
 
+from lmjob_api.training import ModelSpec
 from lmjob_trainer import storage
 from lmjob_trainer.compression.artifact import Architecture, read_architecture, read_state
 from lmjob_trainer.compression.lowrank import apply_ranks
@@ -84,8 +84,8 @@ def load_trained_model(checkpoint_dir: str | Path) -> nn.Module:
     vocabulary size from the saved embedding; only the model's tensors are read.
     """
     import torch.distributed.checkpoint as dcp
-    from lmjob_api.trainer_config import parse_trainer_config
 
+    from lmjob_api.trainer_config import parse_trainer_config
     from lmjob_trainer.checkpoint import ModelState
     from lmjob_trainer.model import build_model
 

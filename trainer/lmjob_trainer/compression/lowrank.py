@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from lmjob_api.compression import LowRankStage
 from torch import nn
 
-from lmjob_trainer.compression.layers import find_block_linears, set_submodule
+from lmjob_api.compression import LowRankStage
+from lmjob_trainer.compression.layers import find_block_linears
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def apply_lowrank(
             new.up.weight.copy_(factors.up)
             if linear.bias is not None:
                 new.up.bias.copy_(linear.bias)
-        set_submodule(model, name, new)
+        model.set_submodule(name, new)
         ranks[name] = rank
     log.info("lowrank (%s): factorised %d layers", stage.method, len(ranks))
     return ranks
@@ -217,7 +217,7 @@ def apply_ranks(model: nn.Module, ranks: dict[str, int]) -> None:
         new = build_lowrank_linear(
             linear.in_features, linear.out_features, rank, linear.bias is not None
         )
-        set_submodule(model, name, new.to(device=linear.weight.device, dtype=linear.weight.dtype))
+        model.set_submodule(name, new.to(device=linear.weight.device, dtype=linear.weight.dtype))
 
 
 def ranks_of(model: nn.Module) -> dict[str, int]:

@@ -15,9 +15,9 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from lmjob_api.compression import PruneStage
 from torch import nn
 
+from lmjob_api.compression import PruneStage
 from lmjob_trainer.compression.layers import find_block_linears
 
 log = logging.getLogger(__name__)
@@ -188,11 +188,11 @@ def _take_cols(linear: nn.Linear, cols: torch.Tensor) -> nn.Linear:
     return new
 
 
-def apply_structure(model: nn.Module, removed_shapes: dict[str, int]) -> None:
-    """Give a freshly built model the layer shapes of a structurally pruned one (for loading
-    its weights): `removed_shapes` maps `blocks.i.mlp` → kept channels, `blocks.i.attn` → kept
-    heads. Weights are left uninitialised-by-design; the checkpoint overwrites them."""
-    for name, kept in removed_shapes.items():
+def apply_structure(model: nn.Module, shapes: dict[str, int]) -> None:
+    """Give a freshly built model the layer shapes of a structurally pruned one, before its
+    weights are loaded: `shapes` maps `blocks.i.mlp` → kept channels, `blocks.i.attn` → kept
+    heads (what `structure_of` records). The weights it leaves are placeholders."""
+    for name, kept in shapes.items():
         module = model.get_submodule(name)
         if name.endswith(".mlp"):
             idx = torch.arange(kept)

@@ -1,8 +1,9 @@
 """A stage's report: what it cost and what it saved, as `<dir>/<stage>/report.json`.
 
 `metrics()` is the flat camelCase form used everywhere else: the operator's
-`status.stages[].metrics`, the `lmjob_trainer_stage_result{metric}` series and the
-`lmjob run` summary table.
+`status.stages[].metrics` and the `lmjob_trainer_stage_result{metric}` series. report.json
+has the train report's shape (`phase`, `steps`, `evalLoss`, `checkpoint` at the top level),
+so the `lmjob run` summary reads every stage's report alike.
 """
 
 from __future__ import annotations
@@ -150,38 +151,3 @@ def measure_latency(
                 times.append((time.perf_counter() - start) * 1000.0)
     model.train(was_training)
     return statistics.median(times)
-
-
-_COLUMNS = (
-    ("stage", "stage", "{}"),
-    ("type", "type", "{}"),
-    ("params", "params", "{:,.0f}"),
-    ("bytes", "bytes", "{:,.0f}"),
-    ("evalLoss", "eval loss", "{:.4f}"),
-    ("evalLossChange", "Δ loss", "{:+.1%}"),
-    ("sparsity", "sparsity", "{:.1%}"),
-    ("latencyMs", "latency ms", "{:.2f}"),
-    ("wallSeconds", "wall s", "{:.1f}"),
-)
-
-
-def summary_rows(reports: list[dict[str, Any]]) -> list[list[str]]:
-    """Header + one row per report.json (the train stage's too), for the `lmjob run` table."""
-    rows = [[title for _, title, _ in _COLUMNS]]
-    for r in reports:
-        values = {"type": "train", **r}
-        rows.append(
-            [
-                fmt.format(values[key]) if values.get(key) is not None else "-"
-                for key, _, fmt in _COLUMNS
-            ]
-        )
-    return rows
-
-
-def format_table(rows: list[list[str]]) -> str:
-    """Plain aligned text of `summary_rows` output."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )

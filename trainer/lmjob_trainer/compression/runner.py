@@ -20,16 +20,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lmjob_api.compression import DistillStage, LowRankStage, PruneStage, QuantizeStage
-from lmjob_api.training import ModelSpec, Strategy, TrainingSpec
 from torch import nn
 
+from lmjob_api.compression import DistillStage, LowRankStage, PruneStage, QuantizeStage
+from lmjob_api.training import ModelSpec, Strategy, TrainingSpec
 from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import choose_on_rank0
 from lmjob_trainer.compression.artifact import (
     Architecture,
     folder_bytes,
-    is_complete,
     read_architecture,
     write_output,
 )
@@ -126,7 +125,7 @@ def _finished_report(session: TrainerSession, stage: str) -> StageReport | None:
 
     def pick() -> StageReport | None:
         report = read_report(storage.stage_dir(session.root, stage))
-        done = report is not None and is_complete(stage_output_dir(session.root, stage))
+        done = report is not None and storage.is_complete(stage_output_dir(session.root, stage))
         return report if done else None
 
     return choose_on_rank0(session.env, pick)
@@ -207,6 +206,7 @@ def _prune(
     session: TrainerSession, index: int, stage: PruneStage, given: StageInput
 ) -> StageOutput:
     model = given.model
+    # Channels or heads there were, for the structured `sparsity` (removed / before).
     units_before = sum(
         b.mlp.fc.out_features if stage.structure == "channel" else b.attn.n_heads
         for b in model.blocks
@@ -312,20 +312,22 @@ def _stage_training(t: TrainingSpec, steps: int, index: int) -> TrainingSpec:
 
 
 def _finetune_training(t: TrainingSpec, steps: int, index: int) -> TrainingSpec:
-    """A recovery fine-tune continues training where it ended: at the learning rate the
-    schedule had reached (e.g. lr·minLrRatio after a cosine decay), held constant.
+    """A recovery fine-tune continues training where it ended: from the learning rate the
+    schedule had reached (e.g. lr·minLrRatio after a cosine decay), decayed to zero over the
+    fine-tune so that it ends annealed, as training did.
 
     Jumping back to the peak lr undoes more than it recovers in a short fine-tune: on the
     Shakespeare example, 30 steps at the peak took even the uncompressed model's eval loss
     from 1.93 to 2.22, and a pruned model recovered to 1.94 at the final lr but only to 2.07
-    at the peak.
+    at the peak. Decaying to zero beat holding the final lr (dense 1.7828 vs 1.7868,
+    low-rank 1.7854 vs 1.7884 after 100 steps).
     """
     end_lr = t.optimizer.lr * lr_factor(t.schedule, t.steps)(t.steps - 1)
     stage = _stage_training(t, steps, index)
     return stage.model_copy(
         update={
             "optimizer": t.optimizer.model_copy(update={"lr": end_lr}),
-            "schedule": stage.schedule.model_copy(update={"decay": "constant"}),
+            "schedule": stage.schedule.model_copy(update={"decay": "cosine", "min_lr_ratio": 0.0}),
         }
     )
 
