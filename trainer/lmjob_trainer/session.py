@@ -75,19 +75,28 @@ class TrainerSession:
         return build_model(spec or self.training.model, self.vocab_size)
 
     def load_stage_model(
-        self, stage: str = storage.TRAIN_STAGE, model: nn.Module | None = None
+        self,
+        stage: str = storage.TRAIN_STAGE,
+        model: nn.Module | None = None,
+        *,
+        collective: bool = True,
     ) -> nn.Module:
         """A plain (unsharded, CPU) model holding the weights of `stage`'s newest complete
-        checkpoint, loaded on every rank whatever world size wrote it.
+        checkpoint, whatever world size wrote it.
 
         `model` is the module to load into (same parameter names as the saved one), e.g.
-        a student or a compressed shape; default: a fresh model of training.model.
+        a student or a compressed shape; default: a fresh model of training.model. Every
+        rank calls it, unless `collective=False`: then only the caller loads (no
+        collectives; e.g. rank 0 alone for a sample).
         """
-        latest = choose_on_rank0(self.env, lambda: storage.latest_complete(self.root, stage))
+        if collective:
+            latest = choose_on_rank0(self.env, lambda: storage.latest_complete(self.root, stage))
+        else:
+            latest = storage.latest_complete(self.root, stage)
         if latest is None:
             raise FileNotFoundError(f"stage {stage} has no complete checkpoint under {self.root}")
         model = model if model is not None else self.build_model()
-        dcp.load({"model": ModelState(model)}, checkpoint_id=str(latest[1]))
+        dcp.load({"model": ModelState(model)}, checkpoint_id=str(latest[1]), no_dist=not collective)
         return model
 
     def evaluate(self, model: nn.Module, *, strategy: Strategy | None = None) -> float:

@@ -21,6 +21,7 @@ from lmjob_api.validation import ManifestError
 from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import choose_on_rank0
 from lmjob_trainer.distributed import DistEnv, close_distributed, init_distributed
+from lmjob_trainer.evaluate import autocast
 from lmjob_trainer.logs import configure_logging, set_log_context
 from lmjob_trainer.loop import StageResult, run_steps
 from lmjob_trainer.metrics import TrainerMetrics
@@ -51,11 +52,10 @@ def generate_sample(
     session: TrainerSession, model: torch.nn.Module, tokens: int = SAMPLE_TOKENS
 ) -> str:
     """A short text sampled from a plain model, for the report and the terminal."""
-    prompt = session.tokenizer.encode(b"\n")[-1:].view(1, -1)
-    generator_state = torch.get_rng_state()
-    torch.manual_seed(session.training.seed)
-    out = model.generate(prompt, tokens, temperature=0.8, top_k=50)
-    torch.set_rng_state(generator_state)
+    prompt = session.tokenizer.encode(b"\n")[-1:].view(1, -1).to(session.device)
+    torch.manual_seed(session.training.seed)  # the same sample for the same weights
+    with autocast(session.device, session.training.precision):
+        out = model.generate(prompt, tokens, temperature=0.8, top_k=50)
     return session.tokenizer.decode(out[0, prompt.shape[1] :].tolist())
 
 
@@ -91,10 +91,11 @@ def finish_train_stage(session: TrainerSession, result: StageResult) -> dict[str
         "stoppedEarly": result.stopped_early,
         "worldSize": session.env.world_size,
     }
-    # Every rank loads (a collective); rank 0 samples and writes.
-    plain = session.load_stage_model(storage.TRAIN_STAGE)
+    # Rank 0 alone loads the final weights (on its device: a big model samples slowly on
+    # a CPU), samples and writes.
     if session.env.is_main:
-        report["sample"] = generate_sample(session, plain)
+        plain = session.load_stage_model(storage.TRAIN_STAGE, collective=False)
+        report["sample"] = generate_sample(session, plain.to(session.device))
         storage.write_report(session.root, storage.TRAIN_STAGE, report)
         log.info("sample", extra={"text": report["sample"][:200]})
     session.metrics.set_stage_result(
