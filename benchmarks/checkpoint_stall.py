@@ -85,7 +85,8 @@ def worker(args: argparse.Namespace) -> None:
     sync_manager.close()
     async_manager.close()
     if env.is_main:
-        size = sum(f.stat().st_size for f in (root / "sync").rglob("*.distcp"))
+        newest = root / "sync" / f"step-{args.repeats:09d}"
+        size = sum(f.stat().st_size for f in newest.glob("*.distcp"))
         write_result(
             args.out,
             {

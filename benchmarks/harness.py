@@ -27,7 +27,12 @@ def worker_env(**extra: str) -> dict[str, str]:
 
 
 def launch(
-    script: str, args: list[str], *, nproc: int = 2, extra: list[str] | None = None
+    script: str,
+    args: list[str],
+    *,
+    nproc: int = 2,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run `script --worker ARGS` on `nproc` processes; returns what rank 0 wrote."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,7 +49,7 @@ def launch(
             str(out),
             *args,
         ]
-        subprocess.run(cmd, env=worker_env(), check=True)
+        subprocess.run(cmd, env=worker_env(**(env or {})), check=True)
         return json.loads(out.read_text())
 
 

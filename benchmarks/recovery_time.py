@@ -26,6 +26,8 @@ from pathlib import Path
 import yaml
 from harness import SHAKESPEARE, machine, scratch_dir, worker_env
 
+from lmjob_trainer.local_run import TORCHRUN_ENV
+
 TRAINING = {
     "model": {"layers": 4, "heads": 4, "hidden": 128, "seqLen": 64},
     "data": {"source": str(SHAKESPEARE)},
@@ -74,7 +76,7 @@ def main() -> None:
     root = work / "run"
     config = work / "trainer.yaml"
     config.write_text(yaml.safe_dump({"jobName": "bench", "training": TRAINING}))
-    env = worker_env()
+    env = worker_env(**TORCHRUN_ENV)  # as the operator and `lmjob run` set it
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

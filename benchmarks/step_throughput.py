@@ -1,6 +1,6 @@
 """Trainer step throughput vs a bare PyTorch DDP loop: same model, data, batch, same run.
 
-    python benchmarks/step_throughput.py [--rounds 3] [--steps 40]
+    python benchmarks/step_throughput.py [--rounds 20] [--steps 15]
 
 Two processes (CPU: gloo). In each round the bare loop and the trainer's `run_steps` each
 run `steps` optimiser steps; the first `warmup` of each are not timed. Rounds alternate
@@ -85,10 +85,14 @@ def worker(args: argparse.Namespace) -> None:
     session = build_session(config, env, root, TrainerMetrics("bench", env))
     rounds = []
     for r in range(args.rounds):
-        dist.barrier()
-        bare = bare_ddp(session, args.steps, args.warmup)
-        dist.barrier()
-        ours = trainer_steps(session, f"bench-{r}", args.steps, args.warmup)
+        # Alternate which goes first, so a drift in machine load favours neither.
+        order = ["bare", "trainer"] if r % 2 == 0 else ["trainer", "bare"]
+        for which in order:
+            dist.barrier()
+            if which == "bare":
+                bare = bare_ddp(session, args.steps, args.warmup)
+            else:
+                ours = trainer_steps(session, f"bench-{r}", args.steps, args.warmup)
         rounds.append(
             {"bare_step_s": bare, "trainer_step_s": ours, "ratio": bare / ours if ours else 0}
         )
@@ -102,9 +106,9 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
     if args.worker:
         worker(args)

@@ -28,6 +28,9 @@ class OperatorConfig:
     """A pod still Terminating this long after its grace period ended is force-deleted: its
     node is gone or unresponsive, and the pod's name is needed for its replacement."""
 
+    create_concurrency: int = 16
+    """Pods of one job created in parallel (LMJOB_CREATE_CONCURRENCY)."""
+
     @property
     def rendezvous_store_image(self) -> str:
         return self.rendezvous_image or self.trainer_image
@@ -55,4 +58,5 @@ def load_config(environ: dict[str, str] | None = None) -> OperatorConfig:
         resync_seconds=number("LMJOB_RESYNC_SECONDS", 15.0),
         scrape_timeout_seconds=number("LMJOB_SCRAPE_TIMEOUT_SECONDS", 2.0),
         force_delete_after_seconds=number("LMJOB_FORCE_DELETE_AFTER_SECONDS", 60.0),
+        create_concurrency=int(number("LMJOB_CREATE_CONCURRENCY", 16)),
     )

@@ -101,7 +101,6 @@ def judge_failures(
     disrupted = tuple(p.name for p in workers if is_disrupted(p))
 
     if failed:
-        first = failed[0]
         detail = "; ".join(describe(p) for p in failed)
         if policy.restart_policy == "Never":
             return Verdict(Action.FAIL, "WorkerFailed", f"restartPolicy is Never: {detail}")
@@ -114,7 +113,7 @@ def judge_failures(
                     f"{describe(permanent[0])}: exit codes 1-127 are permanent under "
                     "restartPolicy ExitCode",
                 )
-        return _restart(policy, restarts, "WorkerFailed", detail, disrupted, first)
+        return _restart(policy, restarts, "WorkerFailed", detail, disrupted)
 
     store_lost = (
         rendezvous is None
@@ -125,7 +124,7 @@ def judge_failures(
     if store_lost and any(p.phase == "Running" for p in workers):
         what = "is gone" if rendezvous is None else describe(rendezvous)
         return _restart(
-            policy, restarts, "RendezvousLost", f"the rendezvous store {what}", disrupted, None
+            policy, restarts, "RendezvousLost", f"the rendezvous store {what}", disrupted
         )
 
     if disrupted:
@@ -140,7 +139,6 @@ def _restart(
     reason: str,
     detail: str,
     disrupted: tuple[str, ...],
-    first: PodView | None,
 ) -> Verdict:
     if restarts >= policy.backoff_limit:
         return Verdict(

@@ -14,7 +14,8 @@ import kopf
 from lmjob_api import GROUP, PLURAL, VERSION
 from lmjob_operator.naming import JOB_LABEL
 from lmjob_operator.pod_view import PodView, view_pod
-from lmjob_operator.reconcile import build_context, run_job_daemon
+from lmjob_operator.reconcile import run_job_daemon
+from lmjob_operator.registry import build_context
 from lmjob_operator.settings import apply_settings
 
 JOBS = (GROUP, VERSION, PLURAL)
@@ -46,7 +47,7 @@ async def pods_by_job(
     return {(namespace, labels[JOB_LABEL]): view_pod(body)}
 
 
-@kopf.on.create(*JOBS)
+# No on.create: the daemon starts with the object and its first pass creates everything.
 @kopf.on.update(*JOBS, field="spec")
 async def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.ctx.registry.wake(namespace, name)
@@ -54,9 +55,13 @@ async def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> N
 
 @kopf.daemon(*JOBS, cancellation_timeout=5.0)
 async def job_loop(
-    body: kopf.Body, memo: kopf.Memo, pods_by_job: kopf.Index[Any, PodView], **_: Any
+    body: kopf.Body,
+    memo: kopf.Memo,
+    pods_by_job: kopf.Index[Any, PodView],
+    stopped: kopf.DaemonStopped,
+    **_: Any,
 ) -> None:
     def post(type_: str, reason: str, message: str) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
 
-    await run_job_daemon(memo.ctx, body, pods_by_job, post)
+    await run_job_daemon(memo.ctx, body, pods_by_job, post, stopped)

@@ -1,9 +1,9 @@
 """The one reconcile: observed pods + spec + previous status → status written, pods made to match.
 
 Each pass is: observe (kopf's pod index plus what this process just did), decide (pure:
-failures.judge_failures, status.build_status, plan_pods), then act in a fixed order —
-status first (so a restart is counted before any pod is deleted), then the job's other
-objects, deletions, and creations. Every object has exactly one possible name, creations
+failures.judge_failures, status.build_status, plan.plan_pods), then act in a fixed order —
+status before any deletion (so a restart is counted before a pod goes), the job's other
+objects, deletions, creations, then status with the new pods in. Every object has exactly one possible name, creations
 that find their object already there are fine, and deletions carry the uid of what they
 delete: a pass can be re-run at any point, in any process, without duplicating a pod.
 """
@@ -14,21 +14,29 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from lmjob_api import API_VERSION, GROUP, KIND, PLURAL, VERSION, JobPhase, LargeModelJob
+from lmjob_api import GROUP, PLURAL, VERSION, JobPhase, LargeModelJob
 from lmjob_api import LargeModelJobStatus as Status
 from lmjob_operator import metrics
-from lmjob_operator.config import OperatorConfig
 from lmjob_operator.config_map import build_config_map, needs_config_map
 from lmjob_operator.failures import Action, Verdict, judge_failures
-from lmjob_operator.kube import CONFIG_MAPS, PODS, SERVICES, ApiError, Kube, ResourcePath
-from lmjob_operator.naming import ROLE_RENDEZVOUS, bounds_value, rendezvous_name, worker_name
+from lmjob_operator.kube import CONFIG_MAPS, PODS, SERVICES, ApiError, ResourcePath
+from lmjob_operator.naming import ROLE_RENDEZVOUS
+from lmjob_operator.plan import (
+    IDLE_SECONDS,
+    PodPlan,
+    merge_patch,
+    next_wake,
+    observe,
+    parse_job,
+    parse_status,
+    plan_pods,
+)
 from lmjob_operator.pod_group import POD_GROUP_APIS, build_pod_group, gang_flavour
 from lmjob_operator.pod_monitor import (
     POD_MONITOR_GROUP,
@@ -36,8 +44,9 @@ from lmjob_operator.pod_monitor import (
     POD_MONITOR_VERSION,
     build_pod_monitor,
 )
-from lmjob_operator.pod_view import PodView, parse_time, view_pod
-from lmjob_operator.progress import Progress, scrape_progress
+from lmjob_operator.pod_view import PodView, view_pod
+from lmjob_operator.progress import scrape_progress
+from lmjob_operator.registry import Context, JobState
 from lmjob_operator.rendezvous import build_rendezvous_pod, build_rendezvous_service
 from lmjob_operator.service import build_service
 from lmjob_operator.spec_checks import check_runnable
@@ -47,275 +56,10 @@ from lmjob_operator.worker_pod import build_worker_pod
 log = logging.getLogger(__name__)
 
 JOBS = ResourcePath(GROUP, VERSION, PLURAL)
-# How long what this process just created/deleted overrides a pod index that has not
-# caught up yet; after that the index (fed by the watch) is trusted again.
-EXPECTATION_SECONDS = 30.0
 # Re-apply the ConfigMap/Services/PodGroup this often even without a spec change, so an
 # object deleted by hand comes back.
 ENSURE_EVERY_SECONDS = 600.0
-CREATE_CONCURRENCY = 16
-IDLE_SECONDS = 3600.0
-
-
-# --- memory of one job in this process ---------------------------------------------------
-
-
-@dataclass
-class JobState:
-    """What one operator process remembers about a job between passes (lost on restart,
-    which is fine: everything here is either re-observed or only an optimisation)."""
-
-    key: tuple[str, str]
-    uid: str = ""
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
-    deleted: dict[str, float] = field(default_factory=dict)
-    last_status: Status | None = None
-    progress: Progress | None = None
-    progress_pod: str = ""
-    scraped_at: float = 0.0
-    ensured: tuple[int, float] = (-1, 0.0)
-    rejected: str = ""
-    """The API server's message when it refused a worker pod (422): the job cannot run."""
-
-
-@dataclass
-class Registry:
-    """Every job this process handles: lets pod events wake the right job's daemon."""
-
-    jobs: dict[tuple[str, str], JobState] = field(default_factory=dict)
-
-    def state(self, namespace: str, name: str, uid: str) -> JobState:
-        """The state of this incarnation of the job (a recreated job starts afresh)."""
-        key = (namespace, name)
-        if key not in self.jobs or self.jobs[key].uid != uid:
-            self.jobs[key] = JobState(key, uid)
-        return self.jobs[key]
-
-    def wake(self, namespace: str, name: str) -> None:
-        state = self.jobs.get((namespace, name))
-        if state is not None:
-            state.wake.set()
-
-    def forget(self, namespace: str, name: str, uid: str) -> None:
-        if (state := self.jobs.get((namespace, name))) is not None and state.uid == uid:
-            del self.jobs[(namespace, name)]
-        self.publish_phases()
-
-    def publish_phases(self) -> None:
-        metrics.set_job_phases(
-            s.last_status.phase.value for s in self.jobs.values() if s.last_status is not None
-        )
-
-
-@dataclass
-class ApiCatalog:
-    """Which optional APIs (PodGroup flavours, PodMonitor) the cluster serves, cached."""
-
-    kube: Kube
-    ttl: float = 60.0
-    _seen: dict[tuple[str, str, str], tuple[bool, float]] = field(default_factory=dict)
-
-    async def has(self, group: str, version: str, plural: str) -> bool:
-        key = (group, version, plural)
-        known = self._seen.get(key)
-        if known and time.monotonic() - known[1] < self.ttl:
-            return known[0]
-        found = await self.kube.has_api(group, version, plural)
-        self._seen[key] = (found, time.monotonic())
-        return found
-
-
-@dataclass
-class Context:
-    """Operator-wide things every pass needs."""
-
-    kube: Kube
-    config: OperatorConfig
-    registry: Registry
-    catalog: ApiCatalog
-
-
-# --- pure parts ---------------------------------------------------------------------------
-
-
-def parse_job(body: dict[str, Any]) -> LargeModelJob:
-    """The API model of a job body (raises pydantic's ValidationError)."""
-    meta = body.get("metadata") or {}
-    return LargeModelJob.model_validate(
-        {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": {
-                k: meta[k]
-                for k in ("name", "namespace", "uid", "generation", "labels", "annotations")
-                if k in meta
-            },
-            "spec": body.get("spec") or {},
-        }
-    )
-
-
-def parse_status(raw: dict[str, Any] | None) -> Status:
-    """The previous status; tolerant of fields written by other versions."""
-    if not raw:
-        return Status()
-    try:
-        return Status.model_validate(raw)
-    except ValidationError:
-        known = {k: v for k, v in raw.items() if k in Status.model_fields or _alias(k)}
-        try:
-            return Status.model_validate(known)
-        except ValidationError:
-            return Status(restarts=int(raw.get("restarts") or 0))
-
-
-def _alias(key: str) -> bool:
-    return any(f.alias == key for f in Status.model_fields.values())
-
-
-def merge_patch(old: Any, new: Any) -> Any:
-    """RFC 7386 patch turning `old` into `new` (removed keys become null)."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return new
-    patch = {k: None for k in old if k not in new}
-    for key, value in new.items():
-        if key not in old:
-            patch[key] = value
-        elif old[key] != value:
-            patch[key] = merge_patch(old[key], value)
-    return patch
-
-
-@dataclass(frozen=True)
-class PodPlan:
-    """What one pass does to pods."""
-
-    create_workers: tuple[int, ...] = ()
-    create_rendezvous: bool = False
-    delete: tuple[tuple[str, str, str], ...] = ()
-    """(name, uid, why) deleted gracefully."""
-    force_delete: tuple[tuple[str, str], ...] = ()
-    """(name, uid) stuck Terminating past their grace period: their node is gone."""
-    delete_job: bool = False
-
-
-def plan_pods(
-    job: LargeModelJob,
-    status: Status,
-    pods: Sequence[PodView],
-    verdict: Verdict,
-    now: datetime,
-    config: OperatorConfig,
-) -> PodPlan:
-    """Pods to create and delete so the cluster matches `status` (pure)."""
-    round_ = status.restarts
-    force = tuple(
-        (p.name, p.uid)
-        for p in pods
-        if p.deleting
-        and p.deletion_timestamp is not None
-        and now - p.deletion_timestamp > timedelta(seconds=config.force_delete_after_seconds)
-    )
-    present = [p for p in pods if not p.deleting]
-    rendezvous = next((p for p in present if p.role == ROLE_RENDEZVOUS), None)
-    workers = [p for p in present if p.is_worker]
-    delete: list[tuple[str, str, str]] = []
-
-    if status.phase.finished:
-        policy = job.spec.run_policy.clean_pod_policy
-        for p in workers:
-            if policy == "All" or (policy == "Running" and not p.finished):
-                delete.append((p.name, p.uid, f"job {status.phase.value}, cleanPodPolicy {policy}"))
-        if rendezvous is not None:
-            delete.append((rendezvous.name, rendezvous.uid, f"job {status.phase.value}"))
-        ttl = job.spec.run_policy.ttl_seconds_after_finished
-        done = parse_time(status.completion_time)
-        expired = ttl is not None and done is not None and now >= done + timedelta(seconds=ttl)
-        return PodPlan(delete=tuple(delete), force_delete=force, delete_job=expired)
-
-    if status.phase == JobPhase.SUSPENDED:
-        delete = [(p.name, p.uid, "job suspended") for p in present]
-        return PodPlan(delete=tuple(delete), force_delete=force)
-
-    replicas = job.spec.workers.replicas
-    bounds = bounds_value(*job.spec.workers.bounds)
-    replace_names = set(verdict.replace)
-    finishing = any(p.phase == "Succeeded" and p.rendezvous_round == round_ for p in workers)
-    for p in workers:
-        if p.index is None or p.index >= replicas:
-            delete.append((p.name, p.uid, f"scaled to {replicas} workers"))
-        elif p.rendezvous_round != round_:
-            delete.append((p.name, p.uid, f"restart {round_}: joining a fresh rendezvous"))
-        elif p.bounds != bounds and not p.finished:
-            delete.append((p.name, p.uid, f"elastic bounds changed to {bounds}"))
-        elif p.name in replace_names or p.phase == "Unknown":
-            delete.append((p.name, p.uid, "replacing a disrupted worker"))
-    rendezvous_gone = rendezvous is not None and (
-        rendezvous.finished or rendezvous.phase == "Unknown"
-    )
-    if rendezvous_gone:
-        delete.append((rendezvous.name, rendezvous.uid, "rendezvous store ended"))
-
-    taken = {p.name for p in pods}
-    create = ()
-    if not finishing and verdict.action != Action.FAIL:
-        create = tuple(i for i in range(replicas) if worker_name(job.metadata.name, i) not in taken)
-    return PodPlan(
-        create_workers=create,
-        create_rendezvous=rendezvous_name(job.metadata.name) not in taken and not finishing,
-        delete=tuple(delete),
-        force_delete=force,
-    )
-
-
-def next_wake(
-    job: LargeModelJob,
-    status: Status,
-    pods: Sequence[PodView],
-    now: datetime,
-    config: OperatorConfig,
-) -> float:
-    """Seconds until this job needs a pass even if nothing happens (timers, scraping)."""
-    waits = [IDLE_SECONDS]
-    if status.phase.finished:
-        ttl = job.spec.run_policy.ttl_seconds_after_finished
-        done = parse_time(status.completion_time)
-        if ttl is not None and done is not None:
-            waits.append((done + timedelta(seconds=ttl) - now).total_seconds())
-    elif status.phase != JobPhase.SUSPENDED:
-        waits.append(config.resync_seconds)
-        limit = job.spec.run_policy.active_deadline_seconds
-        start = parse_time(status.start_time)
-        if limit is not None and start is not None:
-            waits.append((start + timedelta(seconds=limit) - now).total_seconds() + 0.5)
-    for p in pods:
-        if p.deleting and p.deletion_timestamp is not None:
-            due = p.deletion_timestamp + timedelta(seconds=config.force_delete_after_seconds)
-            waits.append((due - now).total_seconds() + 0.5)
-    return max(0.05, min(waits))
-
-
-# --- the pass -----------------------------------------------------------------------------
-
-
-def observe(state: JobState, indexed: Iterable[PodView], uid: str) -> list[PodView]:
-    """The job's pods: the index, corrected by what this process created or deleted since."""
-    now_mono = time.monotonic()
-    pods = {p.name: p for p in indexed if p.owner_uid == uid or not p.owner_uid}
-    for name, (view, at) in list(state.created.items()):
-        seen = pods.get(name)
-        if (seen is not None and seen.uid == view.uid) or now_mono - at > EXPECTATION_SECONDS:
-            del state.created[name]
-        elif seen is None:
-            pods[name] = view
-    for pod_uid, at in list(state.deleted.items()):
-        seen = next((p for p in pods.values() if p.uid == pod_uid), None)
-        if seen is None or seen.deleting or now_mono - at > EXPECTATION_SECONDS:
-            del state.deleted[pod_uid]
-        else:
-            pods[seen.name] = replace(seen, deletion_timestamp=datetime.now(UTC))
-    return sorted(pods.values(), key=lambda p: (p.role, p.index or 0, p.name))
+MIN_PASS_SECONDS = 0.5
 
 
 async def reconcile_job(
@@ -359,12 +103,19 @@ async def _reconcile(
     verdict = Verdict()
     if active and not any(p.type == "Failed" for p in problems):
         verdict = judge_failures(pods, rendezvous, job.spec.run_policy, previous.restarts)
-    if active and _scrape_due(ctx, state, previous):
+    if active and _scrape_due(ctx, state):
         await _scrape(ctx, state, job, pods)
     status = build_status(job, pods, state.progress, previous, verdict, now, problems)
-    await _write_status(ctx, state, job, body, previous, status, post_event)
-
     plan = plan_pods(job, status, pods, verdict, now, ctx.config)
+    # Deleting is what cannot be taken back: a restart being counted (or the job failing)
+    # is written before any pod goes. Creations are written after, with the new pods in.
+    status_first = bool(plan.delete or plan.force_delete or plan.delete_job)
+    if status_first or not (plan.create_workers or plan.create_rendezvous):
+        await _write_status(ctx, state, job, body, previous, status, post_event)
+        previous_written = True
+    else:
+        previous_written = False
+
     if plan.delete_job:
         _job_log(job).info("deleting job: ttlSecondsAfterFinished passed")
         try:
@@ -376,6 +127,10 @@ async def _reconcile(
     if not status.phase.finished and status.phase != JobPhase.SUSPENDED:
         await _ensure_objects(ctx, state, job)
     await _apply_plan(ctx, state, job, status, plan, verdict)
+    if not previous_written:
+        pods = observe(state, pods, uid)
+        status = build_status(job, pods, state.progress, previous, verdict, now, problems)
+        await _write_status(ctx, state, job, body, previous, status, post_event)
     return next_wake(job, status, pods, now, ctx.config)
 
 
@@ -386,6 +141,8 @@ async def _problems(ctx: Context, job: LargeModelJob, state: JobState) -> list[P
         problems.append(Problem("Failed", "True", "InvalidSpec", "; ".join(invalid)))
     if state.rejected:
         problems.append(Problem("Failed", "True", "PodRejected", state.rejected))
+    if state.forbidden:
+        problems.append(Problem("Created", "False", "PodCreationForbidden", state.forbidden))
     flavour = gang_flavour(job)
     if flavour is not None:
         api = POD_GROUP_APIS[flavour]
@@ -425,7 +182,7 @@ async def _problems(ctx: Context, job: LargeModelJob, state: JobState) -> list[P
     return problems
 
 
-def _scrape_due(ctx: Context, state: JobState, previous: Status) -> bool:
+def _scrape_due(ctx: Context, state: JobState) -> bool:
     return time.monotonic() - state.scraped_at >= ctx.config.resync_seconds * 0.9
 
 
@@ -456,8 +213,9 @@ async def _write_status(
     new_wire = status.to_wire()
     if old_wire == new_wire and state.last_status is not None:
         return
-    raw_old = body.get("status") or {}
-    patch = merge_patch(raw_old, new_wire)
+    # Against what this process last wrote: the body may not show that write yet.
+    base = old_wire if state.last_status is not None else (body.get("status") or {})
+    patch = merge_patch(base, new_wire)
     if patch:
         try:
             await ctx.kube.merge_patch(
@@ -568,10 +326,12 @@ async def _apply_plan(
     elif verdict.action == Action.REPLACE:
         metrics.POD_RESTARTS.labels(kind="disruption").inc(len(verdict.replace))
 
+    if plan.create_rendezvous or plan.create_workers:
+        state.forbidden = ""  # set again below if the API server still forbids a pod
     if plan.create_rendezvous:
         await _create_pod(ctx, state, job, build_rendezvous_pod(job, ctx.config), "rendezvous")
     if plan.create_workers:
-        gate = asyncio.Semaphore(CREATE_CONCURRENCY)
+        gate = asyncio.Semaphore(ctx.config.create_concurrency)
 
         async def create(index: int) -> None:
             async with gate:
@@ -590,10 +350,16 @@ async def _create_pod(
     except ApiError as err:
         if err.status == 409:
             return  # it exists: the index will show it
-        if err.status in (400, 422) and role == "worker":
-            state.rejected = f"the API server rejected worker pod {name}: {err.message}"[:1000]
+        if err.status == 403:
+            # Quota or admission policy: may pass later (quota freed), so retried each resync.
+            state.forbidden = f"creating {role} pod {name} is forbidden: {err.message}"[:1000]
+            _job_log(job).warning("%s pod forbidden: %s", role, err.message)
+            return
+        if err.status in (400, 422):
+            # Invalid as built from this spec (e.g. a bad template field): it never will be.
+            state.rejected = f"the API server rejected {role} pod {name}: {err.message}"[:1000]
             state.wake.set()
-            _job_log(job).warning("worker pod rejected: %s", err.message)
+            _job_log(job).warning("%s pod rejected: %s", role, err.message)
             return
         raise
     state.created[name] = (view_pod(created), time.monotonic())
@@ -623,11 +389,14 @@ async def run_job(
     snapshot: Callable[[], dict[str, Any]],
     pods: Callable[[], Iterable[PodView]],
     post_event: Callable[[str, str, str], None],
+    stopped: Any = None,
 ) -> None:
-    """The per-job loop run by the kopf daemon: a pass whenever woken or due, until cancelled."""
+    """The per-job loop run by the kopf daemon: a pass whenever woken or due, until `stopped`
+    (kopf's DaemonStopped: the job is being deleted or the operator exits) is set."""
     failures = 0
-    while True:
+    while not stopped:
         state.wake.clear()
+        began = time.monotonic()
         try:
             delay = await reconcile_job(ctx, state, copy.deepcopy(snapshot()), pods(), post_event)
             failures = 0
@@ -644,18 +413,26 @@ async def run_job(
                 err,
                 exc_info=not isinstance(err, ApiError),
             )
-        try:
-            await asyncio.wait_for(state.wake.wait(), timeout=delay)
-            # A burst of pod events (a large job's pods starting) becomes one pass.
-            await asyncio.sleep(0.1)
-        except TimeoutError:
-            pass
+        if await _sleep(state, delay, stopped):
+            # A burst of pod events (a large job's pods starting) becomes one pass, and a
+            # job is reconciled at most every MIN_PASS_SECONDS while its pods churn.
+            await _sleep(None, max(0.1, MIN_PASS_SECONDS - (time.monotonic() - began)), stopped)
 
 
-async def build_context(config: OperatorConfig) -> Context:
-    """Connect to the API server (inside the operator's event loop) and set up shared state."""
-    kube = await Kube.connect()
-    return Context(kube=kube, config=config, registry=Registry(), catalog=ApiCatalog(kube))
+async def _sleep(state: JobState | None, seconds: float, stopped: Any) -> bool:
+    """Wait `seconds`, or less if the job is woken or stopped; True when it was woken."""
+    waiters = [asyncio.ensure_future(state.wake.wait())] if state is not None else []
+    if stopped is not None:
+        waiters.append(asyncio.ensure_future(stopped.wait()))
+    if not waiters:
+        await asyncio.sleep(seconds)
+        return False
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return state is not None and state.wake.is_set()
 
 
 async def run_job_daemon(
@@ -663,8 +440,9 @@ async def run_job_daemon(
     body: Mapping[str, Any],
     index: Mapping[tuple[str, str], Iterable[PodView]],
     post_event: Callable[[str, str, str], None],
+    stopped: Any = None,
 ) -> None:
-    """Glue between kopf's daemon (a live body, the pod index) and run_job."""
+    """Glue between kopf's daemon (a live body, the pod index, its stop flag) and run_job."""
     meta = body["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
     state = ctx.registry.state(namespace, name, uid)
@@ -675,6 +453,7 @@ async def run_job_daemon(
             snapshot=lambda: {key: body[key] for key in body},
             pods=lambda: list(index.get((namespace, name), ())),
             post_event=post_event,
+            stopped=stopped,
         )
     finally:
         ctx.registry.forget(namespace, name, uid)

@@ -48,6 +48,7 @@ WARNING_REASONS = frozenset(
         "PodRejected",
         "PodGroupAPIMissing",
         "PodMonitorAPIMissing",
+        "PodCreationForbidden",
     }
 )
 
@@ -193,7 +194,12 @@ def build_status(
                 problem.message,
                 now,
             )
-    if workers and "Created" not in conditions:
+    created = conditions.get("Created")
+    if (
+        workers
+        and not any(p.type == "Created" for p in problems)
+        and (created is None or created.status != "True")
+    ):
         _set(conditions, previous, "Created", True, "WorkersCreated", "worker pods created", now)
 
     start_time = previous.start_time

@@ -25,6 +25,18 @@ from kubernetes.client.rest import ApiException
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = [str(REPO_ROOT / d) for d in ("api", "cli", "operator", "trainer")]
 GROUP, VERSION, PLURAL = "lmjob.dev", "v1alpha1", "largemodeljobs"
+RULES_FILE = REPO_ROOT / "charts" / "lmjob" / "files" / "operator-rules.yaml"
+OPERATOR_NAMESPACE = (
+    "lmjob-operator-tests"  # not the chart's namespace: no clash with a helm install
+)
+OPERATOR_ACCOUNT = "lmjob-operator"
+# Short timings so the tests see resyncs, scrapes and forced deletions in seconds.
+OPERATOR_ENV = {
+    "LMJOB_TRAINER_IMAGE": "registry.example/lmjob-trainer:test",
+    "LMJOB_RESYNC_SECONDS": "1",
+    "LMJOB_SCRAPE_TIMEOUT_SECONDS": "0.5",
+    "LMJOB_FORCE_DELETE_AFTER_SECONDS": "2",
+}
 
 T = TypeVar("T")
 
@@ -49,12 +61,75 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def provision_operator_account(control_plane: Any, kubeconfig_path: Path) -> Path:
+    """The operator's ServiceAccount, a ClusterRole holding exactly the chart's rules file, the
+    binding, and a kubeconfig with a minted token for it; returns the kubeconfig."""
+    import yaml
+
+    from tests.support.clients import build_kube_clients, mint_service_account_token
+
+    kube = build_kube_clients(control_plane.kubeconfig)
+    try:
+        role = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "lmjob-operator-test"},
+            "rules": yaml.safe_load(RULES_FILE.read_text()),
+        }
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "lmjob-operator-test"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "lmjob-operator-test",
+            },
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": OPERATOR_ACCOUNT,
+                    "namespace": OPERATOR_NAMESPACE,
+                }
+            ],
+        }
+        namespace = client.V1Namespace(metadata=client.V1ObjectMeta(name=OPERATOR_NAMESPACE))
+        for create in (
+            lambda: kube.core.create_namespace(namespace),
+            lambda: kube.rbac.create_cluster_role(role),
+            lambda: kube.rbac.create_cluster_role_binding(binding),
+        ):
+            try:
+                create()
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+        minted = mint_service_account_token(
+            kube.core,
+            namespace=OPERATOR_NAMESPACE,
+            service_account=OPERATOR_ACCOUNT,
+            server=control_plane.server,
+            ca_pem=control_plane.ca_file.read_bytes(),
+            kubeconfig_path=kubeconfig_path,
+            expiration_seconds=7200,
+        )
+    finally:
+        kube.close()
+    return minted.kubeconfig
+
+
 class OperatorProcess:
     """`python -m lmjob_operator --namespace NS` acting as its own ServiceAccount."""
 
     def __init__(
-        self, kubeconfig: Path, namespaces: list[str], log_path: Path, env: dict[str, str]
+        self,
+        kubeconfig: Path,
+        namespaces: list[str],
+        log_path: Path,
+        env: dict[str, str],
+        extra_args: list[str] | None = None,
     ) -> None:
+        self.extra_args = ["--standalone"] if extra_args is None else extra_args
         self.kubeconfig = kubeconfig
         self.namespaces = namespaces
         self.log_path = log_path
@@ -72,7 +147,7 @@ class OperatorProcess:
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
-        args = [sys.executable, "-m", "lmjob_operator", "--standalone", "--log-format", "plain"]
+        args = [sys.executable, "-m", "lmjob_operator", *self.extra_args, "--log-format", "plain"]
         for ns in self.namespaces:
             args += ["--namespace", ns]
         args += [

@@ -149,9 +149,16 @@ def test_create_makes_every_object(operator, kube, namespace, kubectl) -> None:
     assert job_status(kube.custom, namespace, "gpt")["phase"] == "Pending"
 
     run_pods(kube.core, namespace, "gpt")
-    status = wait_for(phase_is(kube.custom, namespace, "gpt", "Running"), what="Running")
+    # Running comes with minReplicas (2) running pods; wait for the third one too.
+    status = wait_for(
+        lambda: (
+            (s := phase_is(kube.custom, namespace, "gpt", "Running")())
+            and s["workers"]["ready"] == 3
+            and s
+        ),
+        what="Running with 3 ready",
+    )
     assert condition(status, "Running")["reason"] == "WorkersRunning"
-    assert status["workers"]["ready"] == 3
     assert status["worldSize"] == 6
     assert status["observedGeneration"] == 1
     assert status["startTime"]

@@ -218,7 +218,7 @@ class ControlPlane:
         return self.state_dir / "state.json"
 
     # -- lifecycle -------------------------------------------------------------
-    def start(self, *, timeout: float = 60.0, bind_to_parent: bool = True) -> None:
+    def start(self, *, timeout: float = 120.0, bind_to_parent: bool = True) -> None:
         """Start everything and wait until it serves; on failure stop what started.
 
         `bind_to_parent` kills the components when this process dies (tests);
@@ -344,14 +344,27 @@ class ControlPlane:
                 continue
             names += [d["metadata"]["name"] for d in crds]
             self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-        if names:
-            remaining = max(1, int(deadline - time.monotonic()))
-            self.kubectl(
-                "wait",
-                "--for=condition=Established",
-                f"--timeout={remaining}s",
-                *[f"crd/{n}" for n in names],
-            )
+        # Polled rather than one `kubectl wait`: under load that can exit early (seen
+        # as exit 1 right after the apply) and fail a whole test session.
+        pending = set(names)
+        last_error = ""
+        while pending:
+            for name in sorted(pending):
+                out = self.kubectl(
+                    "get", f"crd/{name}", "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                    check=False,
+                )  # fmt: skip
+                if out.returncode == 0 and out.stdout.strip() == "True":
+                    pending.discard(name)
+                else:
+                    last_error = out.stderr.strip() or f"{name} not Established yet"
+            if pending and time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"CRDs not Established in time: {sorted(pending)}: {last_error}"
+                )
+            if pending:
+                time.sleep(0.2)
         self.crds += names
         return names
 

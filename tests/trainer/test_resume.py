@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmjob_trainer import storage
+from lmjob_trainer.local_run import TORCHRUN_ENV
 
 from .conftest import (
     copy_checkpoint,
@@ -90,7 +91,7 @@ def test_kill_9_worker_resumes_under_elastic_launch(
     # steps, the resumed run would start from a state ahead of step 4 and drift.
     training = tiny_training(text_file, data_cache, checkpoint={"async": True})
     config = write_config(tmp_path / "c.yaml", training)
-    env = subprocess_env()
+    env = subprocess_env(**TORCHRUN_ENV)  # as the operator and `lmjob run` set it
     port = _free_port()
     store = subprocess.Popen(
         [sys.executable, "-m", "lmjob_trainer.rendezvous_store", "--port", str(port)],

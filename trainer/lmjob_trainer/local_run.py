@@ -41,6 +41,13 @@ LOGS_DIR = "logs"
 # step in flight and write a checkpoint.
 SHUTDOWN_GRACE = 120
 
+# torchrun's c10d rendezvous by default shares one TCPStore, kept across restarts, with the
+# workers' process groups, whose keys carry no attempt number: after a restart a worker can
+# read a dead peer's address and hang or fail in init_process_group (pytorch#135712, seen
+# here with torch 2.15). Opting out gives every attempt a fresh store on a fresh port.
+# Worker pods need the same variable (set by the operator).
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
 
 @dataclass
 class LocalRunPlan:
@@ -191,6 +198,7 @@ def launch(plan: LocalRunPlan, *, tee: bool = False) -> dict[int, Any]:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     write_config(plan)
+    os.environ.update(TORCHRUN_ENV)
     os.environ.update(plan.env)
     logs = DefaultLogsSpecs(
         log_dir=str(plan.run_dir / LOGS_DIR),

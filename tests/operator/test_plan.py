@@ -1,4 +1,4 @@
-"""plan_pods and the reconcile's other pure helpers, as tables."""
+"""plan.py: plan_pods and the reconcile's other pure helpers, as tables."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from lmjob_api import JobPhase
 from lmjob_api.status import LargeModelJobStatus
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.failures import Action, Verdict
+from lmjob_operator.plan import merge_patch, observe, parse_status, plan_pods
 from lmjob_operator.pod_view import PodView
-from lmjob_operator.reconcile import JobState, merge_patch, observe, parse_status, plan_pods
+from lmjob_operator.registry import JobState
 from lmjob_operator.status import stamp
 from tests.operator.factories import NOW, UID, make_job, rendezvous, worker
 

@@ -1,0 +1,103 @@
+"""What one operator process remembers between passes: per-job state, the jobs it handles,
+the optional APIs the cluster serves, and the shared context of every pass.
+
+All of it may be lost (an operator restart): everything here is re-observed or only an
+optimisation, which is what lets a pass be re-run by any process at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from lmjob_api import LargeModelJobStatus as Status
+from lmjob_operator import metrics
+from lmjob_operator.config import OperatorConfig
+from lmjob_operator.kube import Kube
+from lmjob_operator.pod_view import PodView
+from lmjob_operator.progress import Progress
+
+
+@dataclass
+class JobState:
+    """What one operator process remembers about a job between passes (lost on restart,
+    which is fine: everything here is either re-observed or only an optimisation)."""
+
+    key: tuple[str, str]
+    uid: str = ""
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
+    deleted: dict[str, float] = field(default_factory=dict)
+    last_status: Status | None = None
+    progress: Progress | None = None
+    progress_pod: str = ""
+    scraped_at: float = 0.0
+    ensured: tuple[int, float] = (-1, 0.0)
+    rejected: str = ""
+    """The API server's message when it refused a pod (400/422): the job cannot run."""
+    forbidden: str = ""
+    """The API server's message when it forbade a pod (403: quota, policy); retried."""
+
+
+@dataclass
+class Registry:
+    """Every job this process handles: lets pod events wake the right job's daemon."""
+
+    jobs: dict[tuple[str, str], JobState] = field(default_factory=dict)
+
+    def state(self, namespace: str, name: str, uid: str) -> JobState:
+        """The state of this incarnation of the job (a recreated job starts afresh)."""
+        key = (namespace, name)
+        if key not in self.jobs or self.jobs[key].uid != uid:
+            self.jobs[key] = JobState(key, uid)
+        return self.jobs[key]
+
+    def wake(self, namespace: str, name: str) -> None:
+        state = self.jobs.get((namespace, name))
+        if state is not None:
+            state.wake.set()
+
+    def forget(self, namespace: str, name: str, uid: str) -> None:
+        if (state := self.jobs.get((namespace, name))) is not None and state.uid == uid:
+            del self.jobs[(namespace, name)]
+        self.publish_phases()
+
+    def publish_phases(self) -> None:
+        metrics.set_job_phases(
+            s.last_status.phase.value for s in self.jobs.values() if s.last_status is not None
+        )
+
+
+@dataclass
+class ApiCatalog:
+    """Which optional APIs (PodGroup flavours, PodMonitor) the cluster serves, cached."""
+
+    kube: Kube
+    ttl: float = 60.0
+    _seen: dict[tuple[str, str, str], tuple[bool, float]] = field(default_factory=dict)
+
+    async def has(self, group: str, version: str, plural: str) -> bool:
+        key = (group, version, plural)
+        known = self._seen.get(key)
+        if known and time.monotonic() - known[1] < self.ttl:
+            return known[0]
+        found = await self.kube.has_api(group, version, plural)
+        self._seen[key] = (found, time.monotonic())
+        return found
+
+
+@dataclass
+class Context:
+    """Operator-wide things every pass needs."""
+
+    kube: Kube
+    config: OperatorConfig
+    registry: Registry
+    catalog: ApiCatalog
+
+
+async def build_context(config: OperatorConfig) -> Context:
+    """Connect to the API server (inside the operator's event loop) and set up shared state."""
+    kube = await Kube.connect()
+    return Context(kube=kube, config=config, registry=Registry(), catalog=ApiCatalog(kube))
