@@ -100,10 +100,10 @@ def main() -> None:
     samples = []
     try:
         for kill in range(args.kills):
-            done = len(_history(root))
-            # Kill just after a checkpoint completed, a few steps into the new incarnation.
+            done = max((r["step"] for r in _history(root)), default=0)
+            # Kill a few steps after the next checkpoint (every 20 steps).
             target = (done // 20 + 1) * 20 + 3
-            _wait(lambda t=target: len(_history(root)) >= t)
+            _wait(lambda t=target: max((r["step"] for r in _history(root)), default=0) >= t)
             workers = _children(launcher.pid)
             killed_at = time.time()
             os.kill(workers[-1], signal.SIGKILL)

@@ -134,9 +134,12 @@ def main() -> None:
         print(
             f"{i:>5} {tokens / r['bare_step_s']:>11.0f} {tokens / r['trainer_step_s']:>14.0f} {r['ratio']:>6.3f}"
         )
-    print(
-        f"median ratio trainer/bare: {statistics.median(r['ratio'] for r in result['rounds']):.3f} (goal >= 0.97)"
-    )
+    ratios = [r["ratio"] for r in result["rounds"]]
+    q1, median, q3 = statistics.quantiles(ratios, n=4)
+    bare = statistics.median(tokens / r["bare_step_s"] for r in result["rounds"])
+    ours = statistics.median(tokens / r["trainer_step_s"] for r in result["rounds"])
+    print(f"ratio trainer/bare: median {median:.3f} (quartiles {q1:.3f}-{q3:.3f}); goal >= 0.97")
+    print(f"median throughput: bare {bare:.0f} tok/s, trainer {ours:.0f} tok/s ({ours / bare:.3f})")
 
 
 if __name__ == "__main__":
