@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         "lowrank": example_stages["lowrank"],
         "lowrank-svd": {**example_stages["lowrank"], "name": "lowrank-svd", "method": "svd"},
         "student": example_stages["student"],
+        # The same student start (teacher blocks) with α = 0: CE only, no soft targets. With
+        # `student` it separates what distillation's loss adds from what its start gives.
+        "student-ce": {**example_stages["student"], "name": "student-ce", "alpha": 0.0},
         # Control: a rank ratio of 1 factorises nothing (no layer would shrink), so this is
         # the uncompressed model given the same recovery fine-tune: what the extra training
         # alone does, to tell it apart from what the compression costs.
@@ -284,6 +287,7 @@ def _markdown(results: dict[str, Any]) -> str:
             what = details["method"]
         elif kind == "distill":
             what = f"distill {details['student']['layers']} layers, init {details['studentInit']}"
+            what += f", α {details['alpha']}"
         if r.get("steps") and kind != "train":
             what += f", {r['steps']} steps"
         linear = r.get("linearBytes")

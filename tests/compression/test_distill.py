@@ -7,8 +7,11 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 
-from lmjob_api.compression import DistillStage, StudentSpec
+from lmjob_api.compression import DistillStage, LowRankStage, PruneStage, StudentSpec
 from lmjob_trainer.compression.distill import apply_teacher_init, distillation_loss
+from lmjob_trainer.compression.lowrank import apply_lowrank
+from lmjob_trainer.compression.prune import apply_pruning
+from lmjob_trainer.compression.quantize import apply_quantization
 from lmjob_trainer.compression.validate import build_student_spec, check_student
 from lmjob_trainer.model import GPT
 
@@ -65,3 +68,20 @@ def test_student_starts_from_evenly_spaced_teacher_blocks(trained) -> None:
     assert student.head.weight is student.tok_emb.weight  # the tie survives
     narrow = GPT(build_student_spec(TINY, _stage(hidden=32)), 256)
     assert not apply_teacher_init(narrow, trained)
+
+
+def test_student_starts_from_a_compressed_teacher_s_dense_equivalent(trained) -> None:
+    apply_lowrank(
+        trained, LowRankStage(name="l", type="lowrank", rank_ratio=0.5, method="svd"), None
+    )
+    apply_quantization(trained, "int8-weight-only")
+    student = GPT(build_student_spec(TINY, _stage(layers=1)), 256)
+    assert apply_teacher_init(student, trained)
+    fc = trained.blocks[1].mlp.fc  # low-rank, int8: the student gets up · down, dequantized
+    expected = fc.up.weight.dequantize() @ fc.down.weight.dequantize()
+    assert torch.allclose(student.blocks[0].mlp.fc.weight, expected)
+    assert torch.equal(student.blocks[0].mlp.fc.bias, fc.up.bias)
+    # Removed heads cannot come back: a head-pruned teacher leaves the student random.
+    pruned = GPT(TINY, 256)
+    apply_pruning(pruned, PruneStage(name="p", type="prune", sparsity=0.5, structure="head"))
+    assert not apply_teacher_init(GPT(build_student_spec(TINY, _stage(layers=1)), 256), pruned)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmjob_trainer.compression.lowrank import LowRankLinear
+
 log = logging.getLogger(__name__)
 
 
@@ -38,13 +40,31 @@ def distillation_loss(
     return (1.0 - alpha) * ce + alpha * temperature**2 * kl
 
 
+def dense_state(teacher: nn.Module) -> dict[str, torch.Tensor]:
+    """The teacher's weights as a plain GPT of its shape would hold them: low-rank pairs
+    multiplied back out (up · down) and quantized weights dequantized. Structurally pruned
+    layers keep their smaller shapes (and so will not fit a student of the original width)."""
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in teacher.state_dict().items():
+        plain = tensor if type(tensor) is torch.Tensor else tensor.dequantize()
+        state[name] = plain.detach().float()
+    for name, module in teacher.named_modules():
+        if isinstance(module, LowRankLinear):
+            up, down = state.pop(f"{name}.up.weight"), state.pop(f"{name}.down.weight")
+            state[f"{name}.weight"] = up @ down
+            if f"{name}.up.bias" in state:
+                state[f"{name}.bias"] = state.pop(f"{name}.up.bias")
+    return state
+
+
 def apply_teacher_init(student: nn.Module, teacher: nn.Module) -> bool:
     """Start the student from the teacher's weights where shapes allow (DistilBERT's recipe):
-    embeddings, final norm, head and evenly spaced blocks. Only when the widths match and the
-    teacher's blocks are plain dense ones; returns whether it did."""
+    embeddings, final norm, head and evenly spaced blocks, from the teacher's dense-equivalent
+    weights (`dense_state`). Only when every shape and head count matches; returns whether it
+    did."""
     if len(student.blocks) > len(teacher.blocks):
         return False
-    s_state, t_state = student.state_dict(), teacher.state_dict()
+    s_state, t_state = student.state_dict(), dense_state(teacher)
     picks = _spaced(len(teacher.blocks), len(student.blocks))
     mapping = {}
     for key in s_state:
@@ -54,10 +74,7 @@ def apply_teacher_init(student: nn.Module, teacher: nn.Module) -> bool:
             source = f"blocks.{picks[int(idx)]}.{rest}"
         mapping[key] = source
     compatible = all(
-        src in t_state
-        and type(t_state[src]) is torch.Tensor
-        and t_state[src].shape == s_state[dst].shape
-        for dst, src in mapping.items()
+        src in t_state and t_state[src].shape == s_state[dst].shape for dst, src in mapping.items()
     )
     heads_match = all(
         getattr(sb.attn, "n_heads", None) == getattr(teacher.blocks[picks[i]].attn, "n_heads", None)

@@ -268,8 +268,7 @@ def _distill(
     teacher = given.model.to(session.device)
     student_spec = build_student_spec(ModelSpec.model_validate(given.arch.model), stage)
     student = session.build_model(student_spec)
-    plain_teacher = not (given.arch.structure or given.arch.ranks or given.arch.quantization)
-    from_teacher = plain_teacher and apply_teacher_init(student, teacher)
+    from_teacher = apply_teacher_init(student, teacher)
     training = _stage_training(session.training, stage.steps, index).model_copy(
         update={"model": student_spec}
     )
