@@ -87,9 +87,9 @@ def test_kill_9_worker_resumes_under_elastic_launch(
     complete checkpoint and ends where an uninterrupted (synchronously saving) run ends. The
     rendezvous is served by lmjob's standalone store, as the operator deploys it."""
     root = tmp_path / "run"
-    # Synchronous checkpoints. With `async: true` the restarted group hangs or fails after
-    # the SIGKILL (seen with torch 2.15, gloo): a known open bug, see docs/trainer.md.
-    training = tiny_training(text_file, data_cache, checkpoint={"async": False})
+    # Async checkpoints: if staging did not isolate the saved state from later optimiser
+    # steps, the resumed run would start from a state ahead of step 4 and drift.
+    training = tiny_training(text_file, data_cache, checkpoint={"async": True})
     config = write_config(tmp_path / "c.yaml", training)
     env = subprocess_env(**TORCHRUN_ENV)  # as the operator and `lmjob run` set it
     port = _free_port()
