@@ -14,25 +14,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
-from harness import SHAKESPEARE, launch, machine, scratch_dir, write_result
+from harness import SHAKESPEARE, launch, machine, scratch_dir, worker_session, write_result
+from harness import parser as harness_parser
 
 
 def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from lmjob_api.trainer_config import TrainerConfig
     from lmjob_trainer.checkpoint import CheckpointManager, ModelState, OptimizerState
-    from lmjob_trainer.distributed import close_distributed, init_distributed
-    from lmjob_trainer.metrics import TrainerMetrics
+    from lmjob_trainer.distributed import close_distributed
     from lmjob_trainer.model import count_params
     from lmjob_trainer.optim import build_optimizer
     from lmjob_trainer.parallelize import parallelize
-    from lmjob_trainer.session import build_session
 
-    env = init_distributed()
     training = {
         "model": {"layers": args.layers, "heads": 10, "hidden": args.hidden, "seqLen": 64},
         "data": {"source": str(SHAKESPEARE)},
@@ -40,10 +36,8 @@ def worker(args: argparse.Namespace) -> None:
         "schedule": {"warmupSteps": 0},
         "batch": {"microBatchSize": 2, "globalBatchSize": 4},
     }
-    config = TrainerConfig.model_validate({"jobName": "bench", "training": training})
-    root = Path(args.root)
-    metrics = TrainerMetrics("bench", env)
-    session = build_session(config, env, root, metrics)
+    session = worker_session(training, args.root)
+    env, metrics, root = session.env, session.metrics, session.root
     model = session.build_model()
     params = count_params(model)
     model = parallelize(model, mesh=session.mesh(), config=session.training, device=env.device)
@@ -101,10 +95,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser = harness_parser(__doc__)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=3)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import SHAKESPEARE, launch, machine, scratch_dir, write_result
+from harness import SHAKESPEARE, launch, machine, scratch_dir, worker_session, write_result
+from harness import parser as harness_parser
 
 # See the module docstring: make CPU RSS track live tensor memory.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -37,14 +38,10 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from lmjob_api.trainer_config import TrainerConfig
-    from lmjob_trainer.distributed import close_distributed, init_distributed
+    from lmjob_trainer.distributed import close_distributed
     from lmjob_trainer.loop import run_steps
-    from lmjob_trainer.metrics import TrainerMetrics
     from lmjob_trainer.model import count_params
-    from lmjob_trainer.session import build_session
 
-    env = init_distributed()
     training = {
         "model": {"layers": args.layers, "heads": 10, "hidden": args.hidden, "seqLen": 64},
         "data": {"source": str(SHAKESPEARE)},
@@ -55,8 +52,8 @@ def worker(args: argparse.Namespace) -> None:
         "evaluation": {"everySteps": 1_000_000, "steps": 1},
         "checkpoint": {"everySteps": 1_000_000, "keep": 1},
     }
-    config = TrainerConfig.model_validate({"jobName": "bench", "training": training})
-    session = build_session(config, env, Path(args.root), TrainerMetrics("bench", env))
+    session = worker_session(training, args.root)
+    env = session.env
     session.mesh()  # communicators first: their buffers are no part of the model's memory
     dist.barrier()
     # Reset the high-water mark to the current RSS: what follows is the training's memory.
@@ -73,10 +70,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser = harness_parser(__doc__)
     parser.add_argument("--strategy", default="ddp", help=argparse.SUPPRESS)
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--hidden", type=int, default=640)

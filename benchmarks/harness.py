@@ -3,6 +3,7 @@ the JSON that rank 0 writes, and describe the machine. Not part of the product."
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -80,3 +81,26 @@ def machine() -> str:
 
 def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"lmjob-bench-{prefix}-"))
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's parser, with the hidden arguments of its worker mode."""
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    return p
+
+
+def worker_session(training: dict[str, Any], root: str) -> Any:
+    """In a worker: join the launch's process group and set up a trainer session."""
+    from lmjob_api.trainer_config import TrainerConfig
+    from lmjob_trainer.distributed import init_distributed
+    from lmjob_trainer.metrics import TrainerMetrics
+    from lmjob_trainer.session import build_session
+
+    env = init_distributed()
+    config = TrainerConfig.model_validate({"jobName": "bench", "training": training})
+    return build_session(config, env, Path(root), TrainerMetrics("bench", env))

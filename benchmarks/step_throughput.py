@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-from harness import SHAKESPEARE, launch, machine, scratch_dir, write_result
+from harness import SHAKESPEARE, launch, machine, scratch_dir, worker_session, write_result
+from harness import parser as harness_parser
 
 # The example job's model and batch (examples/shakespeare-cpu.yaml).
 TRAINING = {
@@ -72,17 +72,10 @@ def trainer_steps(session: Any, stage: str, steps: int, warmup: int) -> float:
 def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
-    from lmjob_api.trainer_config import TrainerConfig
-    from lmjob_trainer.distributed import close_distributed, init_distributed
-    from lmjob_trainer.metrics import TrainerMetrics
-    from lmjob_trainer.session import build_session
+    from lmjob_trainer.distributed import close_distributed
 
-    env = init_distributed()
-    config = TrainerConfig.model_validate(
-        {"jobName": "bench", "training": {**TRAINING, "steps": args.steps}}
-    )
-    root = Path(args.root)
-    session = build_session(config, env, root, TrainerMetrics("bench", env))
+    session = worker_session({**TRAINING, "steps": args.steps}, args.root)
+    env = session.env
     rounds = []
     for r in range(args.rounds):
         # Alternate which goes first, so a drift in machine load favours neither.
@@ -102,10 +95,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser = harness_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)

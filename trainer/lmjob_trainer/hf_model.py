@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lmjob_trainer.model import generate
+from lmjob_trainer.model import generate, lm_loss
 
 
 class HFCausalLM(nn.Module):
@@ -55,10 +54,7 @@ class HFCausalLM(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = self.model(input_ids=idx, use_cache=False).logits
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        return logits, loss
+        return logits, None if targets is None else lm_loss(logits, targets)
 
     @torch.no_grad()
     def generate(

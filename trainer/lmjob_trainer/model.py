@@ -126,11 +126,7 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            # float(): the loss of bf16/fp16 logits is computed in fp32 for a stable softmax.
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        return logits, loss
+        return logits, None if targets is None else lm_loss(logits, targets)
 
     @torch.no_grad()
     def generate(
@@ -142,6 +138,11 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Sample `max_new_tokens` continuations of `idx` (batch, time); returns the grown batch."""
         return generate(self, idx, max_new_tokens, temperature, top_k, self.seq_len)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy; in fp32 whatever the logits' dtype (stable softmax)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 @torch.no_grad()
