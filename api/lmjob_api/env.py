@@ -17,6 +17,7 @@ WORKER_ENV: dict[str, str] = {
     "group needs a fresh one; a pod replaced alone rejoins the current one).",
     "PET_RDZV_CONF": "Extra rendezvous settings: `is_host=false` (no worker hosts the store) and "
     "`read_timeout=300` (wait up to 5 min for the store pod to come up).",
+    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "Always `1`: restarted workers must not reuse a dead peer's store (pytorch#135712).",
     "PET_MAX_RESTARTS": "How many times torchrun restarts its local workers before giving up.",
     "LMJOB_CONFIG": "Path of the rendered trainer config (training + compression), mounted read-only.",
     "LMJOB_CHECKPOINT_DIR": "Directory shared by all workers for checkpoints and stage outputs.",

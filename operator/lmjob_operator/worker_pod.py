@@ -89,6 +89,9 @@ def build_worker_env(job: LargeModelJob, rendezvous_round: int) -> list[dict[str
         "PET_RDZV_ID": f"{job_uid(job)}-{rendezvous_round}",
         "PET_RDZV_CONF": "is_host=false,read_timeout=300",
         "PET_MAX_RESTARTS": str(TORCHRUN_MAX_RESTARTS),
+        # Restarted workers otherwise may read a dead peer's store address and hang
+        # (pytorch/pytorch#135712); `lmjob run` sets the same.
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
     }
     if needs_config_map(job):
         env["LMJOB_CONFIG"] = f"{CONFIG_DIR}/{CONFIG_FILE_NAME}"
