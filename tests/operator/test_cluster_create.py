@@ -111,6 +111,7 @@ def test_create_makes_every_object(operator, kube, namespace, kubectl) -> None:
             "PET_RDZV_ID": f"{uid}-0",
             "PET_RDZV_CONF": "is_host=false,read_timeout=300",
             "PET_MAX_RESTARTS": "10",
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             "LMJOB_CONFIG": "/etc/lmjob/trainer.yaml",
             "LMJOB_CHECKPOINT_DIR": "/ckpt",
             "LMJOB_JOB_NAME": "gpt",
