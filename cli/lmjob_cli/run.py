@@ -154,11 +154,29 @@ def _print_interrupted(plan: Any, out: TextIO) -> None:
     print("  run the same command again to resume.", file=out)
 
 
+def _count(n: float) -> str:
+    """Parameter counts as people say them: 834.3k, 1.2M, 7.0B."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def _size(n: float) -> str:
+    """Bytes on disk in binary units: 1.8 MiB."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
 def _print_summary(plan: Any, out: TextIO) -> None:
     from lmjob_trainer.local_run import summarize
 
     rows, sample = summarize(plan)
-    table = [("stage", "phase", "steps", "eval loss", "output")]
+    table = [
+        ("stage", "phase", "steps", "eval loss", "params", "size", "sparsity", "latency", "output")
+    ]
     for r in rows:
         table.append(
             (
@@ -166,6 +184,10 @@ def _print_summary(plan: Any, out: TextIO) -> None:
                 r.phase,
                 "-" if r.steps is None else str(r.steps),
                 "-" if r.eval_loss is None else f"{r.eval_loss:.4f}",
+                "-" if r.params is None else _count(r.params),
+                "-" if r.size_bytes is None else _size(r.size_bytes),
+                "-" if not r.sparsity else f"{r.sparsity:.0%}",
+                "-" if r.latency_ms is None else f"{r.latency_ms:.1f} ms",
                 "-" if r.output is None else _short(Path(r.output)),
             )
         )

@@ -12,13 +12,12 @@ from typing import Any
 from lmjob_api import LargeModelJob
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.naming import (
-    JOB_LABEL,
     RENDEZVOUS_PORT,
-    ROLE_LABEL,
     ROLE_RENDEZVOUS,
     owned_metadata,
     rendezvous_name,
 )
+from lmjob_operator.service import headless_service
 
 # Placement fields of the user's pod template the store pod shares, so it can run
 # wherever the workers may (tainted pools, private registries, required node pools).
@@ -70,16 +69,7 @@ def build_rendezvous_pod(job: LargeModelJob, config: OperatorConfig) -> dict[str
 
 
 def build_rendezvous_service(job: LargeModelJob) -> dict[str, Any]:
-    """Headless, so the endpoint resolves to the store pod's IP without kube-proxy."""
-    name = job.metadata.name
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": owned_metadata(job, rendezvous_name(name), ROLE_RENDEZVOUS),
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": True,
-            "selector": {JOB_LABEL: name, ROLE_LABEL: ROLE_RENDEZVOUS},
-            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "protocol": "TCP"}],
-        },
-    }
+    """The store's stable name: `<job>-rendezvous:<port>` is every worker's endpoint."""
+    return headless_service(
+        job, rendezvous_name(job.metadata.name), ROLE_RENDEZVOUS, {"rendezvous": RENDEZVOUS_PORT}
+    )

@@ -14,19 +14,29 @@ from lmjob_operator.naming import (
 )
 
 
-def build_service(job: LargeModelJob) -> dict[str, Any]:
-    """Headless, and publishing not-ready pods: workers must resolve each other while starting."""
-    name = job.metadata.name
+def headless_service(
+    job: LargeModelJob, name: str, role: str, ports: dict[str, int]
+) -> dict[str, Any]:
+    """A headless Service over the job's pods of `role`: names resolve to pod IPs without
+    kube-proxy, and not-ready pods are published, because peers must find each other while
+    they are still starting."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": owned_metadata(job, service_name(name), ROLE_WORKER),
+        "metadata": owned_metadata(job, name, role),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {JOB_LABEL: name, ROLE_LABEL: ROLE_WORKER},
+            "selector": {JOB_LABEL: job.metadata.name, ROLE_LABEL: role},
             "ports": [
-                {"name": "metrics", "port": job.spec.metrics.port, "protocol": "TCP"},
+                {"name": port_name, "port": port, "protocol": "TCP"}
+                for port_name, port in ports.items()
             ],
         },
     }
+
+
+def build_service(job: LargeModelJob) -> dict[str, Any]:
+    return headless_service(
+        job, service_name(job.metadata.name), ROLE_WORKER, {"metrics": job.spec.metrics.port}
+    )

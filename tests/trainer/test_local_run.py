@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,7 +82,22 @@ def test_lmjob_run_interrupt_and_resume(tmp_path: Path, text_file: Path) -> None
     assert report["evalLoss"] < 3.5
     lines = out.splitlines()
     assert any(line.split()[:3] == ["train", "Succeeded", "150"] for line in lines), out
-    assert any(line.startswith("int8") for line in lines), out
+    # The table: one row per stage, with what each report measured.
+    table = {
+        cells[0]: cells
+        for cells in (re.split(r"\s{2,}", line.strip()) for line in lines)
+        if cells[0] in ("stage", "train", "int8")
+    }
+    assert table["stage"][4:8] == ["params", "size", "sparsity", "latency"], out
+    int8 = storage.read_report(run_dir, "int8")["metrics"]
+    _, phase, steps, eval_loss, params, size, _, latency, output = table["int8"]
+    assert (phase, steps) == ("Succeeded", "0"), out
+    assert float(eval_loss) == pytest.approx(int8["evalLoss"], abs=1e-4)
+    assert params == f"{int8['params'] / 1000:.1f}k", out
+    assert size == f"{int8['bytes'] / 1024:.1f} KiB", out
+    assert latency == f"{int8['latencyMs']:.1f} ms", out
+    assert output == "runs/tiny/int8/final", out
+    assert table["train"][4] == f"{report['params'] / 1000:.1f}k", out
     assert "sample from the trained model" in out
     assert "finished in" in err
 

@@ -284,6 +284,11 @@ class StageSummary:
     steps: int | None
     eval_loss: float | None
     output: str | None
+    # From the stage's report where it measured them (the train stage reports params only).
+    params: float | None = None
+    size_bytes: float | None = None
+    sparsity: float | None = None
+    latency_ms: float | None = None
 
 
 def summarize(plan: LocalRunPlan) -> tuple[list[StageSummary], str | None]:
@@ -308,6 +313,7 @@ def summarize(plan: LocalRunPlan) -> tuple[list[StageSummary], str | None]:
             continue
         if stage == storage.TRAIN_STAGE:
             sample = report.get("sample")
+        numbers = {**report, **(report.get("metrics") or {})}
         rows.append(
             StageSummary(
                 stage,
@@ -315,6 +321,10 @@ def summarize(plan: LocalRunPlan) -> tuple[list[StageSummary], str | None]:
                 report.get("steps"),
                 report.get("evalLoss"),
                 report.get("checkpoint") or report.get("output"),
+                params=numbers.get("params"),
+                size_bytes=numbers.get("bytes"),
+                sparsity=numbers.get("sparsity"),
+                latency_ms=numbers.get("latencyMs"),
             )
         )
     return rows, sample
