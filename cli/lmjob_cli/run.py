@@ -9,11 +9,15 @@ from the rank-0 metrics endpoint, and a summary table at the end.
 Relative paths inside the manifest resolve against the manifest's folder. A manifest with
 `spec.command` runs that command under the same launcher (with the LMJOB_* environment).
 Ctrl-C makes the workers save a checkpoint; running the same command again resumes.
+`runPolicy.activeDeadlineSeconds` stops the run the same way once that long has passed
+since this command started, and it then exits 1, as the job fails on a cluster.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import threading
 import time
@@ -93,6 +97,7 @@ def _run(plan: Any, *, tee: bool) -> int:
     bar = None if tee else ProgressBar(plan.metrics_port, out)
     if bar:
         bar.start()
+    deadline = _Deadline(plan.deadline_seconds)
     started = time.monotonic()
     try:
         launch(plan, tee=tee)
@@ -104,9 +109,19 @@ def _run(plan: Any, *, tee: bool) -> int:
     except (SignalException, KeyboardInterrupt):
         if bar:
             bar.stop()
-        _print_interrupted(plan, out)
+        if deadline.passed.is_set():
+            print(
+                f"\nlmjob run: {plan.job_name} failed: runPolicy.activeDeadlineSeconds "
+                f"({plan.deadline_seconds} s) passed; the workers checkpointed and stopped.",
+                file=out,
+            )
+            _print_checkpoints(plan, out)
+            return EXIT_FAILED
+        print(f"\nlmjob run: {plan.job_name} interrupted.", file=out)
+        _print_checkpoints(plan, out)
         return EXIT_INTERRUPTED
     finally:
+        deadline.cancel()
         if bar:
             bar.stop()
     print(f"finished in {_duration(time.monotonic() - started)}", file=out)
@@ -143,10 +158,29 @@ def _print_failure(plan: Any, err: Any, out: TextIO) -> None:
             print(f"  log: {_short(mine[-1])}", file=out)
 
 
-def _print_interrupted(plan: Any, out: TextIO) -> None:
+class _Deadline:
+    """Stops the launch once `seconds` have passed, the way Ctrl-C does: SIGINT to this
+    process, whose elastic agent then asks the workers (SIGTERM) to checkpoint and stop."""
+
+    def __init__(self, seconds: int | None) -> None:
+        self.passed = threading.Event()
+        self._timer = threading.Timer(seconds, self._expire) if seconds else None
+        if self._timer:
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        self.passed.set()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def cancel(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+
+
+def _print_checkpoints(plan: Any, out: TextIO) -> None:
     from lmjob_trainer import storage
 
-    print(f"\nlmjob run: {plan.job_name} interrupted.", file=out)
     for stage in plan.stages:
         latest = storage.latest_complete(plan.run_dir, stage)
         if latest:

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,29 @@ def test_progress_is_read_from_rank0_metrics() -> None:
     assert (
         parse_progress('lmjob_trainer_memory_bytes{job="j",stage="train",kind="rss"} 1e9') is None
     )
+
+
+@pytest.mark.slow
+def test_lmjob_run_stops_at_the_active_deadline(tmp_path: Path, text_file: Path) -> None:
+    """runPolicy.activeDeadlineSeconds holds locally as on a cluster: the run stops, the
+    workers checkpoint, the command fails; running it again would resume."""
+    manifest = _write_job(
+        tmp_path, text_file, "late", steps=1_000_000, checkpoint={"everySteps": 1_000_000}
+    )
+    job = yaml.safe_load(manifest.read_text())
+    job["spec"]["runPolicy"] = {"activeDeadlineSeconds": 20}
+    manifest.write_text(yaml.safe_dump(job))
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    started = time.monotonic()
+    proc = _lmjob_run(manifest, cwd)
+    _, err = proc.communicate(timeout=180)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 1, err[-4000:]
+    assert "runPolicy.activeDeadlineSeconds (20 s) passed" in err, err[-4000:]
+    assert 20 <= elapsed < 120, elapsed
+    # The only checkpoint is the one written on the way out.
+    latest = storage.latest_complete(cwd / "runs" / "late", "train")
+    assert latest is not None and latest[0] > 0, err[-4000:]
+    assert f"train: checkpoint at step {latest[0]}" in err
+    assert storage.read_report(cwd / "runs" / "late", "train") is None

@@ -61,6 +61,8 @@ class LocalRunPlan:
     args: list[str]
     env: dict[str, str]
     metrics_port: int
+    # runPolicy.activeDeadlineSeconds, counted from this invocation's start.
+    deadline_seconds: int | None = None
     config: TrainerConfig | None = None
     config_path: Path | None = None
     stages: list[str] = field(default_factory=list)
@@ -146,6 +148,7 @@ def plan_local_run(
         "max_restarts": restarts,
         "metrics_port": port,
         "env": env,
+        "deadline_seconds": spec.run_policy.active_deadline_seconds,
     }
     if spec.command is not None:
         entry = shutil.which(spec.command[0]) or spec.command[0]
