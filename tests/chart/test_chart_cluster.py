@@ -420,3 +420,57 @@ def test_operator_runs_under_the_chart(
         helm_cluster("uninstall", release, "--namespace", namespace)
     text = log_path.read_text()
     assert "Traceback" not in text and "Forbidden" not in text and " 403" not in text, text[-3000:]
+
+
+@pytest.fixture
+def own_control_plane(tmp_path: Path) -> Iterator[Any]:
+    """An API server of this test's own (no controllers needed: the CRD finalizer runs in
+    kube-apiserver), for a test that deletes the CRD every other test relies on."""
+    from tests.support.controlplane import ControlPlane, Options
+
+    plane = ControlPlane(
+        tmp_path / "plane", Options(controller_manager=False, scheduler=False, crd_dir=None)
+    )
+    plane.start()
+    yield plane
+    plane.stop()
+
+
+def test_uninstall_keeps_the_crd_and_jobs_unless_told(
+    own_control_plane: Any, helm_binary: Path, helm_home: Path
+) -> None:
+    """`crds.keep` (default true) keeps the CRD, and with it every job, on uninstall;
+    `crds.keep=false` removes the CRD."""
+    from tests.support.clients import build_kube_clients
+
+    kubeconfig = own_control_plane.kubeconfig
+
+    def helm(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_helm(helm_binary, *args, kubeconfig=kubeconfig, home=helm_home)
+
+    def kubectl(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return own_control_plane.kubectl(*args, **kwargs)
+
+    kube = build_kube_clients(kubeconfig)
+    try:
+        install = ("install", "lmjk", str(CHART), "-n", "lmjob-system", "--create-namespace")
+        helm(*install, "--set", "peering.name=lmjk")
+        kubectl("create", "namespace", "team")
+        create_job(kubectl, "team")
+        helm("uninstall", "lmjk", "-n", "lmjob-system", "--wait")
+        kube.apiext.read_custom_resource_definition(CRD_NAME)
+        jobs = kube.custom.list_namespaced_custom_object(
+            "lmjob.dev", "v1alpha1", "team", "largemodeljobs"
+        )["items"]
+        assert [j["metadata"]["name"] for j in jobs] == ["rbac-probe"]
+
+        helm(*install, "--take-ownership", "--set", "peering.name=lmjk", "--set", "crds.keep=false")
+        helm("uninstall", "lmjk", "-n", "lmjob-system", "--wait")
+
+        def crd_gone() -> bool:
+            names = [c.metadata.name for c in kube.apiext.list_custom_resource_definition().items]
+            return CRD_NAME not in names
+
+        wait_until(crd_gone, 60, "the CRD to be deleted")
+    finally:
+        kube.close()
