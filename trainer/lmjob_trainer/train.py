@@ -68,6 +68,8 @@ def train_stage(session: TrainerSession) -> StageResult | None:
     # run continues from its last checkpoint.
     if report and report.get("totalSteps") == session.training.steps:
         log.info("training already finished", extra={"checkpoint": report.get("checkpoint")})
+        # Exported again, so a restarted pod's endpoint still carries the stage's numbers.
+        session.metrics.set_stage_result(storage.TRAIN_STAGE, _train_metrics(report))
         session.metrics.set_stage_phase(storage.TRAIN_STAGE, "Succeeded")
         return None
     model = session.build_model()
@@ -98,16 +100,18 @@ def finish_train_stage(session: TrainerSession, result: StageResult) -> dict[str
         report["sample"] = generate_sample(session, plain.to(session.device))
         storage.write_report(session.root, storage.TRAIN_STAGE, report)
         log.info("sample", extra={"text": report["sample"][:200]})
-    session.metrics.set_stage_result(
-        storage.TRAIN_STAGE,
-        {
-            "evalLoss": result.eval_loss,
-            "params": report["params"],
-            "wallSeconds": result.wall_seconds,
-        },
-    )
+    session.metrics.set_stage_result(storage.TRAIN_STAGE, _train_metrics(report))
     session.metrics.set_stage_phase(storage.TRAIN_STAGE, "Succeeded")
     return report
+
+
+def _train_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The train stage's `lmjob_trainer_stage_result` numbers, from its report."""
+    return {
+        key: report[key]
+        for key in ("evalLoss", "params", "wallSeconds")
+        if report.get(key) is not None
+    }
 
 
 def run_compression(session: TrainerSession) -> None:
