@@ -2,11 +2,13 @@
 
     python benchmarks/fsdp_memory.py [--layers 24 --hidden 640]
 
-Each strategy runs in its own launch: the trainer builds the model, parallelises it and
+Each strategy runs in its own launch of the trainer's train stage: it builds the model
+(under FSDP on the meta device, with one full copy on rank 0 only), parallelises it and
 runs a few AdamW steps with a tiny batch (so activations are negligible next to params,
 gradients and the two Adam moments). Peak = the process's resident-memory high-water mark
 (VmHWM) minus its resident memory once the process group and device mesh exist and before
-the model is built (torch's libraries and communicators are left out); the max over ranks.
+the model is built (torch's libraries and communicators are left out); the max over ranks,
+and each rank's.
 
 CPU tensors come from glibc malloc, which keeps freed memory and fragments, so RSS would
 overstate live memory (FSDP frees and re-allocates every block's parameters each step).
@@ -39,8 +41,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from lmjob_trainer.distributed import close_distributed
-    from lmjob_trainer.loop import run_steps
-    from lmjob_trainer.model import count_params
+    from lmjob_trainer.train import train_stage
 
     training = {
         "model": {"layers": args.layers, "heads": 10, "hidden": args.hidden, "seqLen": 64},
@@ -59,13 +60,17 @@ def worker(args: argparse.Namespace) -> None:
     # Reset the high-water mark to the current RSS: what follows is the training's memory.
     Path("/proc/self/clear_refs").write_text("5")
     baseline = _status_kib("VmRSS")
-    model = session.build_model()
-    params = count_params(model)
-    run_steps(session, model, stage="train", steps=args.steps)
+    result = train_stage(session)
+    assert result is not None
     peak = torch.tensor([(_status_kib("VmHWM") - baseline) * 1024.0])
-    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    peaks = [torch.zeros(1) for _ in range(env.world_size)]
+    dist.all_gather(peaks, peak)
     if env.is_main:
-        write_result(args.out, {"peak_bytes": peak.item(), "params": params})
+        per_rank = [p.item() for p in peaks]
+        write_result(
+            args.out,
+            {"peak_bytes": max(per_rank), "per_rank": per_rank, "params": result.extra["params"]},
+        )
     close_distributed()
 
 
@@ -99,8 +104,10 @@ def main() -> None:
         f"model: {params / 1e6:.0f}M parameters = {params * 4 / 2**20:.0f} MiB in fp32; AdamW state 2x that"
     )
     for strategy, r in results.items():
+        ranks = ", ".join(f"{b / 2**20:.0f}" for b in r["per_rank"])
         print(
             f"{strategy:>5}: peak per rank {r['peak_bytes'] / 2**20:8.0f} MiB = {r['peak_bytes'] / (params * 4):.2f} x params"
+            f"  (ranks: {ranks} MiB)"
         )
     ratio = results["fsdp"]["peak_bytes"] / results["ddp"]["peak_bytes"]
     print(f"FSDP / DDP peak per rank: {ratio:.3f} (goal <= 0.55)")

@@ -114,8 +114,12 @@ def run_steps(
     training: TrainingSpec | None = None,
     loss_fn: LossFn | None = None,
     strategy: Strategy | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> StageResult:
     """Train `model` (a plain CPU module) for `steps` optimiser steps as stage `stage`.
+
+    `model` may instead be on the meta device under an FSDP strategy: then it starts from
+    `init_state`, the full state dict held by global rank 0 (see `parallelize`).
 
     `training` overrides the session's settings (optimizer, schedule, batch, evaluation,
     checkpoint, earlyStopping, precision); `strategy` the parallelism (fsdp+tp needs the
@@ -136,7 +140,11 @@ def run_steps(
     par = t.parallelism.model_copy(update={"strategy": strategy})
     flops_token = flops_per_token(model, t.model)
     model = parallelize(
-        model, mesh=mesh, config=t.model_copy(update={"parallelism": par}), device=env.device
+        model,
+        mesh=mesh,
+        config=t.model_copy(update={"parallelism": par}),
+        device=env.device,
+        init_state=init_state,
     )
     optimizer = build_optimizer(model, t.optimizer, env.device)
     scheduler = build_scheduler(optimizer, t.schedule, steps)

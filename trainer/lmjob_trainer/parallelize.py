@@ -7,6 +7,11 @@ Order (as torchtitan, for the same reasons):
 3. compile — traces blocks with TP and checkpointing already inside the graph;
 4. data parallel (FSDP2 `fully_shard` over "dp", or DDP) — last, because FSDP shards
    whatever parameters exist at that point (including TP's DTensors, which makes 2-D).
+
+A model built on the meta device (no memory) is sharded first and materialised after:
+each rank allocates only its shards, and the initial weights come from rank 0's one full
+copy (`init_state`), broadcast shard by shard. That is what lets a model larger than one
+process's memory start at all; rank 0 alone needs the full copy.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from functools import partial
 import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate, distribute_module
@@ -167,19 +173,34 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, precision: Precision) -> N
     shard(model)
 
 
+def on_meta(model: nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
 def parallelize(
-    model: nn.Module, *, mesh: DeviceMesh, config: TrainingSpec, device: torch.device
+    model: nn.Module,
+    *,
+    mesh: DeviceMesh,
+    config: TrainingSpec,
+    device: torch.device,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Apply the configured parallelism to a freshly built CPU model; returns what to train.
 
     DDP returns a wrapper (`.module` is the model); FSDP and TP change the model in place.
+    A model on the meta device (FSDP strategies only) is materialised after sharding with
+    the weights of `init_state`: the full state dict on global rank 0, ignored elsewhere.
     """
     par = config.parallelism
     strategy = par.strategy
+    meta = on_meta(model)
+    if meta and strategy == "ddp":
+        raise ValueError("a meta-device model needs an FSDP strategy (DDP replicates it whole)")
     # 1. tensor parallel
     if strategy == "fsdp+tp" and mesh["tp"].size() > 1:
         assert isinstance(model, GPT)
-        model.to(device)
+        if not meta:
+            model.to(device)
         apply_tensor_parallel(model, mesh["tp"])
     # 2. activation checkpointing
     if par.activation_checkpointing:
@@ -200,8 +221,28 @@ def parallelize(
             gradient_as_bucket_view=True,
         )
     apply_fsdp(model, mesh["dp"], config.precision)
-    model.to(device)
+    if meta:
+        materialize(model, device, init_state)
+    else:
+        model.to(device)
     return model
+
+
+def materialize(
+    model: nn.Module, device: torch.device, init_state: dict[str, torch.Tensor] | None
+) -> None:
+    """Allocate a sharded meta model's local shards on `device` and fill them from rank 0's
+    full state dict (a collective). Every rank calls it. `init_state` is consumed (emptied),
+    so rank 0's full copy is freed as soon as the shards hold it."""
+    model.to_empty(device=device)
+    log.info("sharded model materialised from the meta device", extra={"device": str(device)})
+    set_model_state_dict(
+        model,
+        init_state or {},
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+    )
+    if init_state is not None:
+        init_state.clear()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -72,9 +72,25 @@ def train_stage(session: TrainerSession) -> StageResult | None:
         session.metrics.set_stage_result(storage.TRAIN_STAGE, _train_metrics(report))
         session.metrics.set_stage_phase(storage.TRAIN_STAGE, "Succeeded")
         return None
-    model = session.build_model()
+    init_state = None
+    if (
+        session.training.parallelism.strategy != "ddp"
+        and session.training.model.architecture == "gpt"
+    ):
+        # Sharded from the meta device: only rank 0 ever holds the whole model.
+        with torch.device("meta"):
+            model = session.build_model()
+        init_state = session.build_model().state_dict() if session.env.is_main else None
+    else:
+        model = session.build_model()
     params = count_params(model)
-    result = run_steps(session, model, stage=storage.TRAIN_STAGE, steps=session.training.steps)
+    result = run_steps(
+        session,
+        model,
+        stage=storage.TRAIN_STAGE,
+        steps=session.training.steps,
+        init_state=init_state,
+    )
     result.extra["params"] = params
     return result
 
