@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 
 def wait_for(
-    probe: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = ""
+    probe: Callable[[], T], timeout: float = 60.0, interval: float = 0.05, what: str = ""
 ) -> T:
     """Poll `probe` until it returns something truthy; fail with its last value."""
     deadline = time.monotonic() + timeout

@@ -124,7 +124,7 @@ def test_active_deadline(operator, kube, namespace) -> None:
     create_job(kube.custom, namespace, "dl", {**ELASTIC, "runPolicy": {"activeDeadlineSeconds": 3}})
     wait_for(lambda: len(workers(kube, namespace, "dl")) == 2)
     run_pods(kube.core, namespace, "dl")
-    status = wait_for(phase_is(kube.custom, namespace, "dl", "Failed"), timeout=15)
+    status = wait_for(phase_is(kube.custom, namespace, "dl", "Failed"), timeout=45)
     assert condition(status, "Failed")["reason"] == "DeadlineExceeded"
     assert status["completionTime"]
     # cleanPodPolicy Running (the default): running workers and the store are deleted.

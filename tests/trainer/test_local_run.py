@@ -142,7 +142,7 @@ def test_lmjob_run_stops_at_the_active_deadline(tmp_path: Path, text_file: Path)
         tmp_path, text_file, "late", steps=1_000_000, checkpoint={"everySteps": 1_000_000}
     )
     job = yaml.safe_load(manifest.read_text())
-    job["spec"]["runPolicy"] = {"activeDeadlineSeconds": 20}
+    job["spec"]["runPolicy"] = {"activeDeadlineSeconds": 30}
     manifest.write_text(yaml.safe_dump(job))
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
@@ -151,8 +151,8 @@ def test_lmjob_run_stops_at_the_active_deadline(tmp_path: Path, text_file: Path)
     _, err = proc.communicate(timeout=180)
     elapsed = time.monotonic() - started
     assert proc.returncode == 1, err[-4000:]
-    assert "runPolicy.activeDeadlineSeconds (20 s) passed" in err, err[-4000:]
-    assert 20 <= elapsed < 120, elapsed
+    assert "runPolicy.activeDeadlineSeconds (30 s) passed" in err, err[-4000:]
+    assert 30 <= elapsed < 150, elapsed
     # The only checkpoint is the one written on the way out.
     latest = storage.latest_complete(cwd / "runs" / "late", "train")
     assert latest is not None and latest[0] > 0, err[-4000:]
