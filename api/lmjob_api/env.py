@@ -24,6 +24,8 @@ WORKER_ENV: dict[str, str] = {
     "LMJOB_JOB_NAME": "The LargeModelJob's name, used as the `job` metric label.",
     "LMJOB_NAMESPACE": "The LargeModelJob's namespace.",
     "LMJOB_METRICS_PORT": "Port of the trainer's Prometheus endpoint (rank 0 of each pod serves it).",
+    "LMJOB_TERMINATION_LOG": "The container's terminationMessagePath: global rank 0 writes every "
+    "stage's final phase and results there (lmjob_api.termination), for the operator.",
 }
 
 # Set by torchrun itself for each worker process: a user value would be overwritten

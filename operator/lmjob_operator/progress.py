@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from lmjob_api.termination import decode_stages
 from lmjob_operator.pod_view import PodView
 
 log = logging.getLogger(__name__)
@@ -156,3 +157,29 @@ async def scrape_progress(
         if progress is not None:
             return progress, pod.name
     return None, ""
+
+
+def final_stages(
+    pods: Sequence[PodView], stage_order: Sequence[str]
+) -> tuple[StageReport, ...] | None:
+    """Every stage's final results from the termination message of the finished worker
+    that ran global rank 0 (newest rendezvous round first); None when no pod left one."""
+    finished = sorted(
+        (p for p in pods if p.is_worker and p.finished and p.message),
+        key=lambda p: (-(p.rendezvous_round or 0), p.index or 0),
+    )
+    for pod in finished:
+        stages = decode_stages(pod.message)
+        if stages is None:
+            continue
+        by_name = {s["name"]: s for s in stages}
+        return tuple(
+            StageReport(
+                name=name,
+                phase=by_name[name]["phase"] if name in by_name else "Pending",
+                checkpoint=by_name[name]["checkpoint"] if name in by_name else None,
+                metrics=by_name[name]["metrics"] if name in by_name else {},
+            )
+            for name in stage_order
+        )
+    return None

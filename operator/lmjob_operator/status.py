@@ -31,7 +31,7 @@ from lmjob_api.status import (
 from lmjob_operator.failures import Action, Verdict
 from lmjob_operator.naming import worker_selector
 from lmjob_operator.pod_view import PodView, parse_time
-from lmjob_operator.progress import Progress
+from lmjob_operator.progress import Progress, StageReport, final_stages
 from lmjob_operator.worker_pod import procs_per_worker
 
 # Conditions whose transitions are the job's phase changes; they get one event per phase.
@@ -228,7 +228,7 @@ def build_status(
             if progress and progress.checkpoint_path
             else previous.checkpoint
         ),
-        stages=_stages(job, progress, previous),
+        stages=_stages(job, progress, previous, final_stages(pods, stage_order(job))),
         start_time=start_time,
         completion_time=completion_time,
         observed_generation=(job.metadata.model_extra or {}).get("generation"),
@@ -302,12 +302,22 @@ def _progress(
 
 
 def _stages(
-    job: LargeModelJob, progress: Progress | None, previous: LargeModelJobStatus
+    job: LargeModelJob,
+    progress: Progress | None,
+    previous: LargeModelJobStatus,
+    final: tuple[StageReport, ...] | None,
 ) -> list[StageStatus]:
-    if progress is not None and progress.stages:
+    """A finished rank 0's termination message beats the last scrape, which may predate the
+    end; once the job has finished, its stages stand (its pods may be cleaned up)."""
+    reports = final
+    if reports is None and previous.phase.finished and previous.stages:
+        return previous.stages
+    if reports is None and progress is not None and progress.stages:
+        reports = progress.stages
+    if reports:
         return [
             StageStatus(name=s.name, phase=s.phase, checkpoint=s.checkpoint, metrics=s.metrics)
-            for s in progress.stages
+            for s in reports
         ]
     if previous.stages:
         return previous.stages

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from lmjob_api import LargeModelJob
+from lmjob_api import LargeModelJob, termination
 from lmjob_api.trainer_config import CONFIG_FILE_NAME
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.config_map import needs_config_map
@@ -77,7 +77,9 @@ def build_worker_command(job: LargeModelJob) -> list[str]:
     return [*TORCHRUN, "-m", "lmjob_trainer"]
 
 
-def build_worker_env(job: LargeModelJob, rendezvous_round: int) -> list[dict[str, str]]:
+def build_worker_env(
+    job: LargeModelJob, rendezvous_round: int, termination_path: str = termination.DEFAULT_PATH
+) -> list[dict[str, str]]:
     """The env contract (lmjob_api.env.WORKER_ENV), then the user's workers.env."""
     name, namespace = job.metadata.name, job_namespace(job)
     low, high = job.spec.workers.bounds
@@ -100,6 +102,7 @@ def build_worker_env(job: LargeModelJob, rendezvous_round: int) -> list[dict[str
         "LMJOB_JOB_NAME": name,
         "LMJOB_NAMESPACE": namespace,
         "LMJOB_METRICS_PORT": str(job.spec.metrics.port),
+        termination.PATH_ENV: termination_path,
     }
     out = [{"name": k, "value": v} for k, v in env.items()]
     out += [{"name": e.name, "value": e.value} for e in job.spec.workers.env]
@@ -126,11 +129,16 @@ def _worker_container(
     if needs_config_map(job):
         mounts.insert(0, {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True})
     container = {k: copy.deepcopy(v) for k, v in template.items() if k != "name"}
+    # The trainer writes its stages' final results there; the kubelet copies them into
+    # the pod's status, where the operator reads them (lmjob_api.termination).
+    termination_path = template.get("terminationMessagePath") or termination.DEFAULT_PATH
     container |= {
         "name": WORKER_CONTAINER,
         "image": job.spec.image or config.trainer_image,
         "command": build_worker_command(job),
-        "env": build_worker_env(job, rendezvous_round) + list(template.get("env") or []),
+        "terminationMessagePath": termination_path,
+        "env": build_worker_env(job, rendezvous_round, termination_path)
+        + list(template.get("env") or []),
         "volumeMounts": mounts + list(template.get("volumeMounts") or []),
         "ports": [
             {"name": "metrics", "containerPort": job.spec.metrics.port, "protocol": "TCP"},

@@ -117,10 +117,12 @@ def test_create_makes_every_object(operator, kube, namespace, kubectl) -> None:
             "LMJOB_JOB_NAME": "gpt",
             "LMJOB_NAMESPACE": namespace,
             "LMJOB_METRICS_PORT": "9444",
+            "LMJOB_TERMINATION_LOG": "/dev/termination-log",
             "HF_HOME": "/cache",
             "EXTRA": "1",
         }
         assert worker.ports[0].container_port == 9444
+        assert worker.termination_message_path == "/dev/termination-log"
         mounts = {m.mount_path: (m.name, bool(m.read_only)) for m in worker.volume_mounts}
         assert mounts == {
             "/etc/lmjob": ("lmjob-config", True),

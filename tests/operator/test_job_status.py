@@ -9,6 +9,7 @@ import pytest
 
 from lmjob_api import JobPhase
 from lmjob_api.status import Condition, LargeModelJobStatus, ProgressStatus
+from lmjob_api.termination import encode_stages
 from lmjob_operator.failures import Action, Verdict
 from lmjob_operator.pod_view import PodView
 from lmjob_operator.progress import Progress, StageReport
@@ -368,3 +369,49 @@ def test_events_for_every_transition() -> None:
     ]
     assert transition_events(running, running) == []
     assert "Running → Restarting" in transition_events(running, restarting)[0].message
+
+
+def _finished(index: int, stages: list[dict], **fields: Any) -> PodView:
+    return worker(index, "Succeeded", exit_code=0, message=encode_stages(stages), **fields)
+
+
+COMPRESSED = {
+    "compression": {"stages": [{"name": "q", "type": "quantize", "method": "int8-weight-only"}]}
+}
+FINAL = [
+    {
+        "name": "train",
+        "phase": "Succeeded",
+        "checkpoint": "/c/train/step-2",
+        "metrics": {"evalLoss": 1.8},
+    },
+    {"name": "q", "phase": "Succeeded", "checkpoint": "/c/q/step-0", "metrics": {"bytes": 2e6}},
+]
+
+
+def test_final_stages_come_from_rank0s_termination_message() -> None:
+    # The last scrape saw q still running; the job then ended before the next one.
+    stale = Progress(
+        stage="q", stages=(StageReport("train", "Succeeded"), StageReport("q", "Running"))
+    )
+    job = make_job(COMPRESSED)
+    pods = [worker(0, "Succeeded", exit_code=0), _finished(1, FINAL)]
+    status = build_status(job, pods, stale, prev(JobPhase.COMPRESSING), Verdict(), NOW)
+    assert status.phase == JobPhase.SUCCEEDED
+    assert [(s.name, s.phase, s.checkpoint, s.metrics) for s in status.stages] == [
+        ("train", "Succeeded", "/c/train/step-2", {"evalLoss": 1.8}),
+        ("q", "Succeeded", "/c/q/step-0", {"bytes": 2e6}),
+    ]
+    # Pods cleaned up afterwards: the finished job's stages stand, the stale scrape is ignored.
+    later = build_status(job, [], stale, status, Verdict(), NOW)
+    assert later.stages == status.stages
+
+
+def test_a_message_that_is_not_ours_is_ignored() -> None:
+    job = make_job(COMPRESSED)
+    pods = [
+        worker(0, "Succeeded", exit_code=0, message="done"),
+        worker(1, "Succeeded", exit_code=0),
+    ]
+    status = build_status(job, pods, None, prev(JobPhase.RUNNING), Verdict(), NOW)
+    assert [(s.name, s.phase) for s in status.stages] == [("train", "Pending"), ("q", "Pending")]

@@ -236,6 +236,34 @@ CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any], Any]] = 
         ([{"key": "gpu", "operator": "Exists"}], {"pool": "a100"}, "Never"),
     ),
     (
+        "termination message: the trainer writes where the kubelet reads",
+        {},
+        lambda p: (
+            main_container(p)["terminationMessagePath"],
+            env_of(p)["LMJOB_TERMINATION_LOG"],
+        ),
+        ("/dev/termination-log", "/dev/termination-log"),
+    ),
+    (
+        "termination message path from the template",
+        {
+            "workers": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {"name": "worker", "terminationMessagePath": "/tmp/last-words"}
+                        ]
+                    }
+                }
+            }
+        },
+        lambda p: (
+            main_container(p)["terminationMessagePath"],
+            env_of(p)["LMJOB_TERMINATION_LOG"],
+        ),
+        ("/tmp/last-words", "/tmp/last-words"),
+    ),
+    (
         "template may re-enable the token",
         {"workers": {"template": {"spec": {"automountServiceAccountToken": True}}}},
         lambda p: p["spec"]["automountServiceAccountToken"],

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lmjob_api import termination
 from lmjob_trainer import storage
 from lmjob_trainer.local_run import parse_progress
 
@@ -41,11 +42,13 @@ def _write_job(tmp: Path, text: Path, name: str, **training: object) -> Path:
     return path
 
 
-def _lmjob_run(manifest: Path, cwd: Path, **kwargs: object) -> subprocess.Popen:
+def _lmjob_run(
+    manifest: Path, cwd: Path, env: dict[str, str] | None = None, **kwargs: object
+) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "lmjob_cli.main", "run", str(manifest)],
         cwd=cwd,
-        env=subprocess_env(),
+        env=subprocess_env(**(env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -73,9 +76,19 @@ def test_lmjob_run_interrupt_and_resume(tmp_path: Path, text_file: Path) -> None
     assert latest is not None and 5 <= latest[0] < 150, latest
     assert (run_dir / "trainer.yaml").is_file()
 
-    again = _lmjob_run(manifest, cwd)
+    # As in a pod, where the operator sets it: rank 0 leaves the stages' final results there.
+    message = tmp_path / "termination-log"
+    again = _lmjob_run(manifest, cwd, env={termination.PATH_ENV: str(message)})
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-4000:]
+    final = {s["name"]: s for s in termination.decode_stages(message.read_text()) or []}
+    assert final["train"]["phase"] == final["int8"]["phase"] == "Succeeded", final
+    int8_report = storage.read_report(run_dir, "int8")
+    for metric, value in int8_report["metrics"].items():
+        assert final["int8"]["metrics"][metric] == pytest.approx(value, rel=1e-5), metric
+    assert final["train"]["metrics"]["evalLoss"] == pytest.approx(
+        storage.read_report(run_dir, "train")["evalLoss"], rel=1e-5
+    )
     resumed_log = "\n".join(p.read_text() for p in (run_dir / "logs").rglob("stderr.log"))
     assert f'msg="resumed from checkpoint" path={latest[1]}' in resumed_log
     report = storage.read_report(run_dir, "train")

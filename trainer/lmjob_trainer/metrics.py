@@ -40,6 +40,7 @@ class TrainerMetrics:
         self._server: Any = None
         self._latest_path: dict[str, str] = {}
         self._phase: dict[str, str] = {}
+        self._results: dict[str, dict[str, float]] = {}
         r = self.registry
         js = ("job", "stage")
         self.step = Gauge(PREFIX + "step", "Optimiser steps done in the stage", js, registry=r)
@@ -192,6 +193,20 @@ class TrainerMetrics:
         for metric, value in results.items():
             if value is not None:
                 self.stage_result.labels(self.job, stage, metric).set(float(value))
+                self._results.setdefault(stage, {})[metric] = float(value)
+
+    def stage_summary(self) -> list[dict[str, Any]]:
+        """Every stage's phase, newest checkpoint and results, as the stage series say them
+        (empty where this process does not export job-level series)."""
+        return [
+            {
+                "name": stage,
+                "phase": phase,
+                "checkpoint": self._latest_path.get(stage),
+                "metrics": self._results.get(stage, {}),
+            }
+            for stage, phase in self._phase.items()
+        ]
 
     # --- memory (per pod) ---
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lmjob_api import termination
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import ManifestError
 from lmjob_trainer import storage
@@ -197,5 +199,19 @@ def main(config: TrainerConfig, *, checkpoint_dir: Path, metrics_port: int | Non
         log.error("cannot run this config: %s", err)
         return EXIT_CONFIG_ERROR
     finally:
+        write_termination_message(metrics)
         metrics.close()
         close_distributed()
+
+
+def write_termination_message(metrics: TrainerMetrics) -> None:
+    """Rank 0 leaves every stage's final results where Kubernetes makes them the pod's
+    termination message (set by the operator; local runs have no such file)."""
+    path = os.environ.get(termination.PATH_ENV)
+    summary = metrics.stage_summary()
+    if not path or not summary:
+        return
+    try:
+        Path(path).write_text(termination.encode_stages(summary))
+    except (OSError, ValueError) as err:
+        log.warning("no termination message: %s", err)

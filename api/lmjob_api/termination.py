@@ -1,0 +1,94 @@
+"""The trainer's last word: every stage's final phase, checkpoint and numbers, as one
+termination message, written by the trainer and read by the operator (one codec for both).
+
+Kubernetes copies what a container wrote to its `terminationMessagePath` into the pod's
+status (`state.terminated.message`, at most 4096 bytes). The operator thereby learns the
+final results even when a job ends between two scrapes of the metrics endpoint, and the
+trainer still needs no Kubernetes credentials to report them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+FORMAT = "lmjob.dev/stages/v1"
+# Env var naming the file; the operator sets it to the container's terminationMessagePath.
+PATH_ENV = "LMJOB_TERMINATION_LOG"
+DEFAULT_PATH = "/dev/termination-log"
+# Kubernetes truncates a container's termination message beyond this.
+MAX_BYTES = 4096
+# What survives when everything does not fit: the numbers `lmjob run` shows.
+ESSENTIAL_METRICS = ("evalLoss", "params", "bytes", "sparsity", "latencyMs", "wallSeconds")
+
+
+def _number(value: float) -> float | None:
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    return float(f"{value:.6g}")
+
+
+def _stage(stage: Mapping[str, Any], metrics: Sequence[str] | None, checkpoint: bool) -> dict:
+    out: dict[str, Any] = {"name": str(stage["name"]), "phase": str(stage.get("phase", "Pending"))}
+    if checkpoint and stage.get("checkpoint"):
+        out["checkpoint"] = str(stage["checkpoint"])
+    numbers = {
+        k: n
+        for k, v in (stage.get("metrics") or {}).items()
+        if (metrics is None or k in metrics) and v is not None and (n := _number(v)) is not None
+    }
+    if numbers:
+        out["metrics"] = numbers
+    return out
+
+
+def encode_stages(stages: Sequence[Mapping[str, Any]]) -> str:
+    """Compact JSON of `stages` ({name, phase, checkpoint?, metrics?} each) within
+    MAX_BYTES: numbers rounded to 6 significant digits, and past the limit only the
+    essential metrics, then no checkpoints, then phases alone."""
+    for metrics, checkpoint in (
+        (None, True),
+        (ESSENTIAL_METRICS, True),
+        (ESSENTIAL_METRICS, False),
+        ((), False),
+    ):
+        doc = {"format": FORMAT, "stages": [_stage(s, metrics, checkpoint) for s in stages]}
+        text = json.dumps(doc, separators=(",", ":"))
+        if len(text.encode()) <= MAX_BYTES:
+            return text
+    raise ValueError(f"{len(stages)} stages do not fit a termination message")
+
+
+def decode_stages(text: str) -> list[dict[str, Any]] | None:
+    """The stages of a message `encode_stages` wrote; None for anything else (a job's own
+    command may write its own message, and Kubernetes may have cut it short)."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return None
+    stages = doc.get("stages")
+    if not isinstance(stages, list):
+        return None
+    out = []
+    for s in stages:
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str):
+            return None
+        metrics = s.get("metrics") or {}
+        out.append(
+            {
+                "name": s["name"],
+                "phase": str(s.get("phase", "Pending")),
+                "checkpoint": s.get("checkpoint"),
+                "metrics": {
+                    str(k): float(v)
+                    for k, v in metrics.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                },
+            }
+        )
+    return out

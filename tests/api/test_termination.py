@@ -1,0 +1,74 @@
+"""The termination-message codec shared by the trainer (writes) and the operator (reads)."""
+
+from __future__ import annotations
+
+import json
+
+from lmjob_api.termination import (
+    ESSENTIAL_METRICS,
+    FORMAT,
+    MAX_BYTES,
+    decode_stages,
+    encode_stages,
+)
+
+FULL = {
+    "evalLoss": 1.7955404911190271,
+    "perplexity": 6.0253146850183175,
+    "params": 834304.0,
+    "bytes": 1880573.0,
+    "latencyMs": 2.643965499373735,
+    "wallSeconds": 9.08003373000065,
+    "inputEvalLoss": 1.7955404911190271,
+    "evalLossBeforeFinetune": 1.8763913251459599,
+    "sparsity": 0.5,
+    "weightSparsity": 0.5,
+    "linearBytes": 3145728.0,
+    "evalLossChange": 0.00023904600004343024,
+    "linearCompression": 1.0,
+}
+
+
+def stage(name: str, phase: str = "Succeeded", metrics: dict | None = None) -> dict:
+    return {
+        "name": name,
+        "phase": phase,
+        "checkpoint": f"/checkpoints/{name}/final",
+        "metrics": FULL if metrics is None else metrics,
+    }
+
+
+def test_round_trip_keeps_six_significant_digits() -> None:
+    stages = [stage("train", metrics={"evalLoss": 1.7955404911, "params": 834304}), stage("q")]
+    decoded = decode_stages(encode_stages(stages))
+    assert decoded is not None
+    assert [(s["name"], s["phase"], s["checkpoint"]) for s in decoded] == [
+        ("train", "Succeeded", "/checkpoints/train/final"),
+        ("q", "Succeeded", "/checkpoints/q/final"),
+    ]
+    assert decoded[0]["metrics"] == {"evalLoss": 1.79554, "params": 834304.0}
+    assert set(decoded[1]["metrics"]) == set(FULL)
+
+
+def test_non_finite_numbers_and_empty_parts_are_left_out() -> None:
+    text = encode_stages(
+        [{"name": "p", "phase": "Running", "checkpoint": None, "metrics": {"a": float("nan")}}]
+    )
+    assert json.loads(text)["stages"] == [{"name": "p", "phase": "Running"}]
+
+
+def test_too_many_stages_keep_the_essentials_within_the_limit() -> None:
+    many = [stage(f"stage-{i:02d}-with-a-long-name") for i in range(12)]
+    text = encode_stages(many)
+    assert len(text.encode()) <= MAX_BYTES
+    decoded = decode_stages(text)
+    assert decoded is not None and len(decoded) == 12
+    assert all(set(s["metrics"]) <= set(ESSENTIAL_METRICS) for s in decoded)
+    assert all(s["metrics"]["evalLoss"] == 1.79554 for s in decoded)
+
+
+def test_not_ours_is_none() -> None:
+    assert decode_stages("Error: CUDA out of memory") is None
+    assert decode_stages(json.dumps({"stages": []})) is None  # no format marker
+    assert decode_stages(encode_stages([stage("train")])[:-20]) is None  # cut short
+    assert decode_stages(json.dumps({"format": FORMAT, "stages": [{"phase": "x"}]})) is None
