@@ -1,0 +1,133 @@
+"""End to end on the real control plane: a LargeModelJob is created, the operator (under
+its own ServiceAccount) makes the pods, and a process kubelet runs them — the real
+rendezvous store and a real torchrun with the built-in trainer. The job trains, compresses
+and succeeds; its progress comes from the running trainer's metrics endpoint and its final
+stage numbers from rank 0's termination message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmjob_api.termination import decode_stages
+from tests.operator.harness import create_job, free_port, job_status, phase_is, wait_for
+from tests.support.process_kubelet import ProcessKubelet
+
+REPO = Path(__file__).resolve().parents[2]
+SHAKESPEARE = REPO / "examples" / "data" / "tinyshakespeare.txt"
+
+pytestmark = pytest.mark.slow
+
+
+def job_spec(text: Path, steps: int) -> dict:
+    """A tiny GPT on one worker pod of two processes, checkpointing to a claim `ckpt`."""
+    return {
+        "workers": {"replicas": 1, "procsPerWorker": 2},
+        "training": {
+            "model": {"layers": 2, "heads": 2, "hidden": 32, "seqLen": 32},
+            "data": {"source": str(text)},
+            "optimizer": {"lr": 3.0e-3},
+            "schedule": {"warmupSteps": 0, "decay": "constant"},
+            "steps": steps,
+            "batch": {"microBatchSize": 4, "globalBatchSize": 8},
+            "evaluation": {"everySteps": 100, "steps": 2},
+            "checkpoint": {"everySteps": 100},
+        },
+        "compression": {"stages": [{"name": "int8", "type": "quantize", "method": "int8-dynamic"}]},
+        "metrics": {"port": free_port()},
+        "storage": {"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}},
+    }
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(SHAKESPEARE.read_bytes()[:100_000])
+    return text
+
+
+def test_job_trains_compresses_and_succeeds(
+    operator, kube, namespace, tmp_path: Path, corpus: Path
+) -> None:
+    kubelet = ProcessKubelet(
+        kube.core, namespace, tmp_path / "node", label_selector="lmjob.dev/job-name=e2e"
+    ).start()
+    try:
+        create_job(kube.custom, namespace, "e2e", job_spec(corpus, steps=300))
+
+        def training_seen() -> dict | None:
+            status = job_status(kube.custom, namespace, "e2e")
+            progress = status.get("progress") or {}
+            return status if progress.get("stage") == "train" and progress.get("step") else None
+
+        running = wait_for(training_seen, timeout=180, what="progress from the trainer")
+        final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=240)
+    finally:
+        kubelet.stop()
+    worker_log = kubelet.log_of("e2e-worker-0")
+    assert kubelet.errors == [], kubelet.errors
+    assert kubelet.exit_codes.get("e2e-worker-0") == [0], worker_log[-3000:]
+
+    assert running["phase"] in ("Running", "Compressing"), running
+    assert running["progress"]["totalSteps"] == 300
+    assert running["worldSize"] == 2
+
+    storage = kubelet.claim_dir("ckpt")
+    train = json.loads((storage / "train" / "report.json").read_text())
+    int8 = json.loads((storage / "int8" / "report.json").read_text())
+    assert train["steps"] == 300 and train["worldSize"] == 2
+    stages = {s["name"]: s for s in final["stages"]}
+    assert [s["name"] for s in final["stages"]] == ["train", "int8"]
+    assert stages["train"]["phase"] == stages["int8"]["phase"] == "Succeeded", stages
+    assert stages["train"]["metrics"]["evalLoss"] == pytest.approx(train["evalLoss"], rel=1e-5)
+    for metric, value in int8["metrics"].items():
+        assert stages["int8"]["metrics"][metric] == pytest.approx(value, rel=1e-5), metric
+    # The kubelet's copy of rank 0's last word, which status.stages was read from.
+    pod = kube.core.read_namespaced_pod("e2e-worker-0", namespace)
+    message = pod.status.container_statuses[0].state.terminated.message
+    assert {s["name"]: s["phase"] for s in decode_stages(message) or []} == {
+        "train": "Succeeded",
+        "int8": "Succeeded",
+    }
+    assert final["workers"]["summary"] == "0/1"
+    assert final["restarts"] == 0
+
+
+def test_killed_worker_pod_restarts_the_group_and_resumes(
+    operator, kube, namespace, tmp_path: Path, corpus: Path
+) -> None:
+    """SIGKILL of the worker pod's processes (an OOM kill, a crash) mid-training: the pod
+    fails with 137, the operator starts a new rendezvous round, and the new workers resume
+    from the latest complete checkpoint and finish."""
+    kubelet = ProcessKubelet(
+        kube.core, namespace, tmp_path / "node", label_selector="lmjob.dev/job-name=e2e"
+    ).start()
+    try:
+        create_job(kube.custom, namespace, "e2e", job_spec(corpus, steps=600))
+
+        def checkpointed() -> dict | None:
+            status = job_status(kube.custom, namespace, "e2e")
+            return status if (status.get("checkpoint") or {}).get("step") else None
+
+        at_kill = wait_for(checkpointed, timeout=180, what="a first checkpoint")
+        kubelet.kill("e2e-worker-0")
+        final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=300)
+    finally:
+        kubelet.stop()
+    worker_log = kubelet.log_of("e2e-worker-0")
+    assert kubelet.errors == [], kubelet.errors
+    assert kubelet.exit_codes.get("e2e-worker-0") == [137, 0], worker_log[-3000:]
+    assert final["restarts"] == 1
+    restarted = [c for c in final["conditions"] if c["type"] == "Restarting"]
+    assert restarted and restarted[0]["status"] == "False", final["conditions"]
+    # The second incarnation resumed from a checkpoint at or after the one seen before the kill.
+    resumed = [
+        int(line.split("step-")[1][:9])
+        for line in worker_log.splitlines()
+        if "resumed from checkpoint" in line
+    ]
+    assert resumed and resumed[0] >= at_kill["checkpoint"]["step"], worker_log[-3000:]
+    train = json.loads((kubelet.claim_dir("ckpt") / "train" / "report.json").read_text())
+    assert train["steps"] == 600 and train["phase"] == "Succeeded"
