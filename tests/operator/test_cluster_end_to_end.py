@@ -131,3 +131,41 @@ def test_killed_worker_pod_restarts_the_group_and_resumes(
     assert resumed and resumed[0] >= at_kill["checkpoint"]["step"], worker_log[-3000:]
     train = json.loads((kubelet.claim_dir("ckpt") / "train" / "report.json").read_text())
     assert train["steps"] == 600 and train["phase"] == "Succeeded"
+
+
+def test_scale_up_mid_training_grows_the_world(
+    operator, kube, namespace, kubectl, tmp_path: Path, corpus: Path
+) -> None:
+    """`kubectl scale` 1 → 2 while training: the operator adds a pod to the same rendezvous,
+    torchrun re-forms the group at the larger size, and training carries on from its
+    checkpoint with two processes."""
+    spec = job_spec(corpus, steps=900)
+    spec["workers"] = {"replicas": 1, "minReplicas": 1, "maxReplicas": 2, "procsPerWorker": 1}
+    kubelet = ProcessKubelet(
+        kube.core, namespace, tmp_path / "node", label_selector="lmjob.dev/job-name=e2e"
+    ).start()
+    try:
+        create_job(kube.custom, namespace, "e2e", spec)
+
+        def checkpointed() -> dict | None:
+            status = job_status(kube.custom, namespace, "e2e")
+            return status if (status.get("checkpoint") or {}).get("step") else None
+
+        wait_for(checkpointed, timeout=180, what="a first checkpoint")
+        kubectl("scale", "lmj/e2e", "--replicas=2", "-n", namespace)
+        final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=300)
+    finally:
+        kubelet.stop()
+    logs = kubelet.log_of("e2e-worker-0") + kubelet.log_of("e2e-worker-1")
+    assert kubelet.errors == [], kubelet.errors
+    assert kubelet.exit_codes.get("e2e-worker-0") == [0], logs[-3000:]
+    assert kubelet.exit_codes.get("e2e-worker-1") == [0], logs[-3000:]
+    assert final["restarts"] == 0  # a resize is not a failure
+    history = [
+        json.loads(line)
+        for line in (kubelet.claim_dir("ckpt") / "train" / "history.jsonl").read_text().splitlines()
+    ]
+    sizes = [h["world_size"] for h in history if "world_size" in h]
+    assert sizes[0] == 1 and sizes[-1] == 2, sorted(set(sizes))
+    steps = [h["step"] for h in history if "loss" in h]
+    assert steps[-1] == 900
