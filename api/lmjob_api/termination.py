@@ -22,6 +22,8 @@ DEFAULT_PATH = "/dev/termination-log"
 MAX_BYTES = 4096
 # What survives when everything does not fit: the numbers `lmjob run` shows.
 ESSENTIAL_METRICS = ("evalLoss", "params", "bytes", "sparsity", "latencyMs", "wallSeconds")
+# Room kept for the error that ended a failed run.
+MAX_ERROR = 600
 
 
 def _number(value: float) -> float | None:
@@ -45,31 +47,49 @@ def _stage(stage: Mapping[str, Any], metrics: Sequence[str] | None, checkpoint: 
     return out
 
 
-def encode_stages(stages: Sequence[Mapping[str, Any]]) -> str:
-    """Compact JSON of `stages` ({name, phase, checkpoint?, metrics?} each) within
-    MAX_BYTES: numbers rounded to 6 significant digits, and past the limit only the
-    essential metrics, then no checkpoints, then phases alone."""
+def encode_stages(stages: Sequence[Mapping[str, Any]], error: str | None = None) -> str:
+    """Compact JSON of `stages` ({name, phase, checkpoint?, metrics?} each), and of the
+    `error` that ended a failed run, within MAX_BYTES: numbers rounded to 6 significant
+    digits, and past the limit only the essential metrics, then no checkpoints, then
+    phases alone."""
     for metrics, checkpoint in (
         (None, True),
         (ESSENTIAL_METRICS, True),
         (ESSENTIAL_METRICS, False),
         ((), False),
     ):
-        doc = {"format": FORMAT, "stages": [_stage(s, metrics, checkpoint) for s in stages]}
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "stages": [_stage(s, metrics, checkpoint) for s in stages],
+        }
+        if error:
+            doc["error"] = error if len(error) <= MAX_ERROR else error[: MAX_ERROR - 1] + "…"
         text = json.dumps(doc, separators=(",", ":"))
         if len(text.encode()) <= MAX_BYTES:
             return text
     raise ValueError(f"{len(stages)} stages do not fit a termination message")
 
 
-def decode_stages(text: str) -> list[dict[str, Any]] | None:
-    """The stages of a message `encode_stages` wrote; None for anything else (a job's own
-    command may write its own message, and Kubernetes may have cut it short)."""
+def _ours(text: str) -> dict[str, Any] | None:
     try:
         doc = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+
+
+def decode_error(text: str) -> str | None:
+    """The error in a message `encode_stages` wrote, if the run failed with one."""
+    doc = _ours(text)
+    error = doc.get("error") if doc else None
+    return error if isinstance(error, str) and error else None
+
+
+def decode_stages(text: str) -> list[dict[str, Any]] | None:
+    """The stages of a message `encode_stages` wrote; None for anything else (a job's own
+    command may write its own message, and Kubernetes may have cut it short)."""
+    doc = _ours(text)
+    if doc is None:
         return None
     stages = doc.get("stages")
     if not isinstance(stages, list):

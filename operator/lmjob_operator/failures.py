@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from lmjob_api.job import RunPolicy
+from lmjob_api.termination import decode_error, decode_stages
 from lmjob_operator.pod_view import PodView
 
 
@@ -59,11 +60,27 @@ def exit_code_retryable(code: int) -> bool:
     return not 1 <= code <= 127
 
 
+def exit_detail(message: str) -> str:
+    """What a worker said about its end: the trainer's error from its termination message,
+    or the last log line Kubernetes put there instead (FallbackToLogsOnError)."""
+    if not message:
+        return ""
+    error = decode_error(message)
+    if error:
+        return error
+    if decode_stages(message) is not None:
+        return ""  # the trainer's own message, without an error
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
 def describe(pod: PodView) -> str:
     """One human line about how a pod ended."""
     if pod.exit_code is not None and not pod.disrupted:
         text = f"{pod.name} exited with code {pod.exit_code}"
-        return text + (f" ({pod.reason})" if pod.reason else "")
+        text += f" ({pod.reason})" if pod.reason else ""
+        detail = exit_detail(pod.message)
+        return text + (f": {detail}" if detail else "")
     if pod.phase == "Unknown":
         return f"{pod.name} was lost with its node"
     return f"{pod.name} was {pod.reason or 'disrupted'}" + (

@@ -137,6 +137,9 @@ def _worker_container(
         "image": job.spec.image or config.trainer_image,
         "command": build_worker_command(job),
         "terminationMessagePath": termination_path,
+        # A worker that dies before writing one leaves its last log lines instead.
+        "terminationMessagePolicy": template.get("terminationMessagePolicy")
+        or "FallbackToLogsOnError",
         "env": build_worker_env(job, rendezvous_round, termination_path)
         + list(template.get("env") or []),
         "volumeMounts": mounts + list(template.get("volumeMounts") or []),

@@ -8,6 +8,8 @@ from lmjob_api.termination import (
     ESSENTIAL_METRICS,
     FORMAT,
     MAX_BYTES,
+    MAX_ERROR,
+    decode_error,
     decode_stages,
     encode_stages,
 )
@@ -72,3 +74,12 @@ def test_not_ours_is_none() -> None:
     assert decode_stages(json.dumps({"stages": []})) is None  # no format marker
     assert decode_stages(encode_stages([stage("train")])[:-20]) is None  # cut short
     assert decode_stages(json.dumps({"format": FORMAT, "stages": [{"phase": "x"}]})) is None
+
+
+def test_the_error_travels_cut_to_its_room() -> None:
+    text = encode_stages([stage("train", "Failed")], "ValueError: " + "x" * 2000)
+    error = decode_error(text)
+    assert error is not None and error.startswith("ValueError: x") and len(error) == MAX_ERROR
+    assert decode_stages(text)[0]["phase"] == "Failed"
+    assert decode_error(encode_stages([stage("train")])) is None
+    assert decode_error("RuntimeError: plain text") is None

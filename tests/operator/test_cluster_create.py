@@ -123,6 +123,7 @@ def test_create_makes_every_object(operator, kube, namespace, kubectl) -> None:
         }
         assert worker.ports[0].container_port == 9444
         assert worker.termination_message_path == "/dev/termination-log"
+        assert worker.termination_message_policy == "FallbackToLogsOnError"
         mounts = {m.mount_path: (m.name, bool(m.read_only)) for m in worker.volume_mounts}
         assert mounts == {
             "/etc/lmjob": ("lmjob-config", True),

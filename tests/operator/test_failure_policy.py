@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmjob_api.job import RunPolicy
+from lmjob_api.termination import encode_stages
 from lmjob_operator.failures import Action, exit_code_retryable, judge_failures
 from lmjob_operator.pod_view import PodView
 from tests.operator.factories import NOW, rendezvous, worker
@@ -210,6 +211,31 @@ def test_failure_message_names_pod_and_code() -> None:
     verdict = judge_failures([worker(0), failed(1, 3)], rendezvous(), RunPolicy(), 0)
     assert "demo-worker-1 exited with code 3" in verdict.message
     assert "restart 1 of 3" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("message", "detail"),
+    [
+        # The trainer's own termination message, with the error that ended it.
+        (
+            encode_stages([], "cannot run this config: training.parallelism.tensorParallel: 2"),
+            ": cannot run this config: training.parallelism.tensorParallel: 2",
+        ),
+        # Its message after a run that failed without one: nothing to add.
+        (encode_stages([{"name": "train", "phase": "Failed"}]), ""),
+        # FallbackToLogsOnError: the log's tail, of which the last line says the most.
+        (
+            "step 10 loss 2.3\nTraceback ...\nRuntimeError: CUDA out of memory\n",
+            ": RuntimeError: CUDA out of memory",
+        ),
+        ("", ""),
+    ],
+    ids=["trainer error", "trainer stages only", "log tail", "none"],
+)
+def test_failure_message_carries_what_the_worker_said(message: str, detail: str) -> None:
+    pod = worker(1, "Failed", exit_code=3, reason="Error", message=message)
+    verdict = judge_failures([worker(0), pod], rendezvous(), RunPolicy(), 0)
+    assert f"demo-worker-1 exited with code 3 (Error){detail} " in verdict.message + " "
 
 
 def test_disrupted_pods_are_listed_for_replacement() -> None:

@@ -241,8 +241,9 @@ CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any], Any]] = 
         lambda p: (
             main_container(p)["terminationMessagePath"],
             env_of(p)["LMJOB_TERMINATION_LOG"],
+            main_container(p)["terminationMessagePolicy"],
         ),
-        ("/dev/termination-log", "/dev/termination-log"),
+        ("/dev/termination-log", "/dev/termination-log", "FallbackToLogsOnError"),
     ),
     (
         "termination message path from the template",
@@ -251,7 +252,11 @@ CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any], Any]] = 
                 "template": {
                     "spec": {
                         "containers": [
-                            {"name": "worker", "terminationMessagePath": "/tmp/last-words"}
+                            {
+                                "name": "worker",
+                                "terminationMessagePath": "/tmp/last-words",
+                                "terminationMessagePolicy": "File",
+                            }
                         ]
                     }
                 }
@@ -260,8 +265,9 @@ CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any], Any]] = 
         lambda p: (
             main_container(p)["terminationMessagePath"],
             env_of(p)["LMJOB_TERMINATION_LOG"],
+            main_container(p)["terminationMessagePolicy"],
         ),
-        ("/tmp/last-words", "/tmp/last-words"),
+        ("/tmp/last-words", "/tmp/last-words", "File"),
     ),
     (
         "template may re-enable the token",

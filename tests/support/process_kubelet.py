@@ -60,6 +60,7 @@ class _Running:
     container: str
     termination_file: Path
     started: str
+    fallback_to_logs: bool
     stopping_since: float | None = None
 
 
@@ -201,7 +202,14 @@ class ProcessKubelet:
             start_new_session=True,
         )
         log_file.close()
-        running = _Running(proc, name, container.name, termination_file, _now())
+        running = _Running(
+            proc,
+            name,
+            container.name,
+            termination_file,
+            _now(),
+            fallback_to_logs=container.termination_message_policy == "FallbackToLogsOnError",
+        )
         self.pods[pod.metadata.uid] = running
         self._patch_status(
             name,
@@ -236,6 +244,10 @@ class ProcessKubelet:
         message = ""
         if running.termination_file.exists():
             message = running.termination_file.read_bytes()[:MAX_MESSAGE].decode(errors="replace")
+        if not message and exit_code != 0 and running.fallback_to_logs:
+            # The kubelet's FallbackToLogsOnError: the log's last 80 lines, at most 2 KiB.
+            tail = self.log_of(running.name).splitlines()[-80:]
+            message = "\n".join(tail)[-2048:]
         terminated = {
             "exitCode": exit_code,
             "reason": "Completed" if exit_code == 0 else "Error",

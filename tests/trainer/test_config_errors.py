@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from lmjob_api import termination
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import load_job
 from lmjob_cli.main import main as lmjob
@@ -162,3 +163,25 @@ def test_example_manifest_is_valid() -> None:
         "quantize",
         "distill",
     }
+
+
+def test_runtime_refusal_is_the_pods_termination_message(tmp_path: Path, text_file: Path) -> None:
+    """What only the running trainer can tell (here: TP 2 in a world of 1) ends the process
+    with exit 2 and says why in the termination message, which the operator shows."""
+    training = tiny_training(text_file, tmp_path / "cache")
+    training["parallelism"] = {"strategy": "fsdp+tp", "tensorParallel": 2}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"jobName": "t", "training": training}))
+    message = tmp_path / "termination-log"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmjob_trainer", "--config", str(path)],
+        env=subprocess_env(**{termination.PATH_ENV: str(message)}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    error = termination.decode_error(message.read_text())
+    assert error is not None and "training.parallelism.tensorParallel" in error, error
+    assert error.startswith("cannot run this config:")

@@ -187,6 +187,7 @@ def main(config: TrainerConfig, *, checkpoint_dir: Path, metrics_port: int | Non
     configure_logging(job=config.job_name, rank=env.rank)
     metrics = TrainerMetrics(config.job_name, env, metrics_port)
     started = time.perf_counter()
+    error = None
     try:
         code = run(config, env, checkpoint_dir, metrics)
         log.info(
@@ -196,22 +197,32 @@ def main(config: TrainerConfig, *, checkpoint_dir: Path, metrics_port: int | Non
         return code
     except ValueError as err:
         # Bad user input (ManifestError is a ValueError): one clear line, no traceback.
-        log.error("cannot run this config: %s", err)
+        error = f"cannot run this config: {err}"
+        log.error(error)
         return EXIT_CONFIG_ERROR
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+        raise
     finally:
-        write_termination_message(metrics)
+        write_termination_message(metrics, error)
         metrics.close()
         close_distributed()
 
 
-def write_termination_message(metrics: TrainerMetrics) -> None:
-    """Rank 0 leaves every stage's final results where Kubernetes makes them the pod's
-    termination message (set by the operator; local runs have no such file)."""
+def write_termination_message(metrics: TrainerMetrics, error: str | None = None) -> None:
+    """Leave, where Kubernetes makes it the pod's termination message (the operator sets
+    the path; local runs have none), rank 0's stage results and any process's error.
+
+    The processes of a pod share the file: a run that ends without an error keeps an
+    error another process of the pod wrote first."""
     path = os.environ.get(termination.PATH_ENV)
     summary = metrics.stage_summary()
-    if not path or not summary:
+    if not path or not (summary or error):
         return
+    target = Path(path)
     try:
-        Path(path).write_text(termination.encode_stages(summary))
+        if error is None and target.exists():
+            error = termination.decode_error(target.read_text(errors="replace"))
+        target.write_text(termination.encode_stages(summary, error))
     except (OSError, ValueError) as err:
         log.warning("no termination message: %s", err)
