@@ -7,6 +7,7 @@ stage numbers from rank 0's termination message."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,24 +49,40 @@ def corpus(tmp_path: Path) -> Path:
     return text
 
 
+@pytest.fixture
+def kubelet(operator, kube, namespace, tmp_path: Path) -> Iterator[ProcessKubelet]:
+    """Runs job `e2e`'s pods; stopped (every process killed) after the test."""
+    node = ProcessKubelet(kube.core, namespace, tmp_path / "node", "lmjob.dev/job-name=e2e")
+    node.start()
+    yield node
+    node.stop()
+
+
+def wait_for_status(kube, namespace: str, ready: Callable[[dict], bool], what: str) -> dict:
+    """Job e2e's status once `ready` holds for it."""
+
+    def probe() -> dict | None:
+        status = job_status(kube.custom, namespace, "e2e")
+        return status if ready(status) else None
+
+    return wait_for(probe, timeout=180, what=what)
+
+
+def checkpointed(status: dict) -> bool:
+    return bool((status.get("checkpoint") or {}).get("step"))
+
+
 def test_job_trains_compresses_and_succeeds(
-    operator, kube, namespace, tmp_path: Path, corpus: Path
+    kubelet: ProcessKubelet, kube, namespace, corpus: Path
 ) -> None:
-    kubelet = ProcessKubelet(
-        kube.core, namespace, tmp_path / "node", label_selector="lmjob.dev/job-name=e2e"
-    ).start()
-    try:
-        create_job(kube.custom, namespace, "e2e", job_spec(corpus, steps=300))
-
-        def training_seen() -> dict | None:
-            status = job_status(kube.custom, namespace, "e2e")
-            progress = status.get("progress") or {}
-            return status if progress.get("stage") == "train" and progress.get("step") else None
-
-        running = wait_for(training_seen, timeout=180, what="progress from the trainer")
-        final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=240)
-    finally:
-        kubelet.stop()
+    create_job(kube.custom, namespace, "e2e", job_spec(corpus, steps=300))
+    running = wait_for_status(
+        kube,
+        namespace,
+        lambda s: (s.get("progress") or {}).get("stage") == "train" and s["progress"].get("step"),
+        "progress from the trainer",
+    )
+    final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=240)
     worker_log = kubelet.log_of("e2e-worker-0")
     assert kubelet.errors == [], kubelet.errors
     assert kubelet.exit_codes.get("e2e-worker-0") == [0], worker_log[-3000:]
@@ -96,26 +113,15 @@ def test_job_trains_compresses_and_succeeds(
 
 
 def test_killed_worker_pod_restarts_the_group_and_resumes(
-    operator, kube, namespace, tmp_path: Path, corpus: Path
+    kubelet: ProcessKubelet, kube, namespace, corpus: Path
 ) -> None:
     """SIGKILL of the worker pod's processes (an OOM kill, a crash) mid-training: the pod
     fails with 137, the operator starts a new rendezvous round, and the new workers resume
     from the latest complete checkpoint and finish."""
-    kubelet = ProcessKubelet(
-        kube.core, namespace, tmp_path / "node", label_selector="lmjob.dev/job-name=e2e"
-    ).start()
-    try:
-        create_job(kube.custom, namespace, "e2e", job_spec(corpus, steps=600))
-
-        def checkpointed() -> dict | None:
-            status = job_status(kube.custom, namespace, "e2e")
-            return status if (status.get("checkpoint") or {}).get("step") else None
-
-        at_kill = wait_for(checkpointed, timeout=180, what="a first checkpoint")
-        kubelet.kill("e2e-worker-0")
-        final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=300)
-    finally:
-        kubelet.stop()
+    create_job(kube.custom, namespace, "e2e", job_spec(corpus, steps=600))
+    at_kill = wait_for_status(kube, namespace, checkpointed, "a first checkpoint")
+    kubelet.kill("e2e-worker-0")
+    final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=300)
     worker_log = kubelet.log_of("e2e-worker-0")
     assert kubelet.errors == [], kubelet.errors
     assert kubelet.exit_codes.get("e2e-worker-0") == [137, 0], worker_log[-3000:]
@@ -134,28 +140,17 @@ def test_killed_worker_pod_restarts_the_group_and_resumes(
 
 
 def test_scale_up_mid_training_grows_the_world(
-    operator, kube, namespace, kubectl, tmp_path: Path, corpus: Path
+    kubelet: ProcessKubelet, kube, namespace, kubectl, corpus: Path
 ) -> None:
     """`kubectl scale` 1 → 2 while training: the operator adds a pod to the same rendezvous,
     torchrun re-forms the group at the larger size, and training carries on from its
     checkpoint with two processes."""
     spec = job_spec(corpus, steps=900)
     spec["workers"] = {"replicas": 1, "minReplicas": 1, "maxReplicas": 2, "procsPerWorker": 1}
-    kubelet = ProcessKubelet(
-        kube.core, namespace, tmp_path / "node", label_selector="lmjob.dev/job-name=e2e"
-    ).start()
-    try:
-        create_job(kube.custom, namespace, "e2e", spec)
-
-        def checkpointed() -> dict | None:
-            status = job_status(kube.custom, namespace, "e2e")
-            return status if (status.get("checkpoint") or {}).get("step") else None
-
-        wait_for(checkpointed, timeout=180, what="a first checkpoint")
-        kubectl("scale", "lmj/e2e", "--replicas=2", "-n", namespace)
-        final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=300)
-    finally:
-        kubelet.stop()
+    create_job(kube.custom, namespace, "e2e", spec)
+    wait_for_status(kube, namespace, checkpointed, "a first checkpoint")
+    kubectl("scale", "lmj/e2e", "--replicas=2", "-n", namespace)
+    final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=300)
     logs = kubelet.log_of("e2e-worker-0") + kubelet.log_of("e2e-worker-1")
     assert kubelet.errors == [], kubelet.errors
     assert kubelet.exit_codes.get("e2e-worker-0") == [0], logs[-3000:]
