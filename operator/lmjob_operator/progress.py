@@ -174,12 +174,9 @@ def final_stages(
             continue
         by_name = {s["name"]: s for s in stages}
         return tuple(
-            StageReport(
-                name=name,
-                phase=by_name[name]["phase"] if name in by_name else "Pending",
-                checkpoint=by_name[name]["checkpoint"] if name in by_name else None,
-                metrics=by_name[name]["metrics"] if name in by_name else {},
-            )
+            StageReport(name, s["phase"], s["checkpoint"], s["metrics"])
+            if (s := by_name.get(name))
+            else StageReport(name)
             for name in stage_order
         )
     return None

@@ -309,19 +309,20 @@ def _stages(
 ) -> list[StageStatus]:
     """A finished rank 0's termination message beats the last scrape, which may predate the
     end; once the job has finished, its stages stand (its pods may be cleaned up)."""
-    reports = final
-    if reports is None and previous.phase.finished and previous.stages:
+    if final is not None:
+        reports = final
+    elif previous.phase.finished and previous.stages:
         return previous.stages
-    if reports is None and progress is not None and progress.stages:
+    elif progress is not None and progress.stages:
         reports = progress.stages
-    if reports:
-        return [
-            StageStatus(name=s.name, phase=s.phase, checkpoint=s.checkpoint, metrics=s.metrics)
-            for s in reports
-        ]
-    if previous.stages:
+    elif previous.stages:
         return previous.stages
-    return [StageStatus(name=name) for name in stage_order(job)]
+    else:
+        return [StageStatus(name=name) for name in stage_order(job)]
+    return [
+        StageStatus(name=s.name, phase=s.phase, checkpoint=s.checkpoint, metrics=s.metrics)
+        for s in reports
+    ]
 
 
 def transition_events(previous: LargeModelJobStatus, new: LargeModelJobStatus) -> list[Event]:
