@@ -54,6 +54,11 @@ class ApiModel(BaseModel):
     )
     rules: ClassVar[tuple[Rule, ...]] = ()
 
+    def rule_children(self) -> list[tuple[ApiModel, str]]:
+        """Models whose rules apply below this one besides its fields (e.g. a free-form
+        field checked through a typed view), with the field name they sit under."""
+        return []
+
     def to_wire(self) -> dict[str, Any]:
         """The object as it appears in a manifest (camelCase, nothing unset)."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")

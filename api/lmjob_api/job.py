@@ -14,8 +14,10 @@ from pydantic import ConfigDict, Field
 from lmjob_api.base import ApiModel, Rule
 from lmjob_api.compression import CompressionSpec
 from lmjob_api.env import is_reserved_env, reserved_env_cel
+from lmjob_api.pod_template import PodTemplate, storage_mount_clear, storage_mount_clear_cel
+from lmjob_api.stage_fit import STAGE_FIT_RULES
 from lmjob_api.status import LargeModelJobStatus
-from lmjob_api.training import TrainingSpec
+from lmjob_api.training import TrainingSpec, tp_cel
 
 GROUP = "lmjob.dev"
 VERSION = "v1alpha1"
@@ -48,29 +50,45 @@ class EnvVar(ApiModel):
     )
 
 
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_COUNT_PATTERN = "^[0-9]{1,4}$"
+# CEL over WorkersSpec / LargeModelJobSpec: the GPU limit as a number (0 when unset); the
+# resources rule above guarantees it is digits by the time these are evaluated.
+_LIMITS = "self.resources.limits"
+GPUS_CEL = (
+    f"(has({_LIMITS}) && '{GPU_RESOURCE}' in {_LIMITS} "
+    f"? int(string({_LIMITS}['{GPU_RESOURCE}'])) : 0)"
+)
+_SPEC_GPUS = GPUS_CEL.replace("self.resources", "self.workers.resources")
+PROCS_CEL = (
+    "(has(self.workers.procsPerWorker) ? self.workers.procsPerWorker : "
+    f"({_SPEC_GPUS} > 0 ? {_SPEC_GPUS} : 1))"
+)
+
+
 class ResourceRequirements(ApiModel):
     """Compute resources of each worker container, as in a Pod (e.g. `nvidia.com/gpu: 8`)."""
 
     limits: dict[str, int | str] = Field(default_factory=dict, description="Resource limits.")
     requests: dict[str, int | str] = Field(default_factory=dict, description="Resource requests.")
 
-
-class PodTemplateMeta(ApiModel):
-    """Labels and annotations added to every worker pod."""
-
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
-
-
-class PodTemplate(ApiModel):
-    """A PodTemplateSpec merged into each worker pod: tolerations, nodeSelector, volumes, and a
-    container named `worker` whose fields merge into the generated one."""
-
-    metadata: PodTemplateMeta = Field(default_factory=PodTemplateMeta, description="Pod metadata.")
-    spec: dict[str, Any] = Field(
-        default_factory=dict,
-        description="A core/v1 PodSpec fragment (validated by the API server).",
+    rules = (
+        Rule(
+            cel=f"!has(self.limits) || !('{GPU_RESOURCE}' in self.limits) "
+            f"|| string(self.limits['{GPU_RESOURCE}']).matches('{GPU_COUNT_PATTERN}')",
+            message=f"resources.limits[{GPU_RESOURCE}] must be a whole number of GPUs",
+            check=lambda r: (
+                re.fullmatch(r"[0-9]+", str(r.limits.get(GPU_RESOURCE, "0"))) is not None
+            ),
+            field="limits",
+        ),
     )
+
+    @property
+    def num_gpus(self) -> int:
+        """GPUs per pod: the nvidia.com/gpu limit (0 when unset)."""
+        value = str(self.limits.get(GPU_RESOURCE, 0))
+        return int(value) if re.fullmatch(GPU_COUNT_PATTERN, value) else 0
 
 
 class WorkersSpec(ApiModel):
@@ -105,6 +123,17 @@ class WorkersSpec(ApiModel):
 
     rules = (
         Rule(
+            cel=f"!has(self.procsPerWorker) || {GPUS_CEL} == 0 || self.procsPerWorker <= {GPUS_CEL}",
+            message="workers.procsPerWorker must not exceed the pod's nvidia.com/gpu limit: "
+            "each process drives one GPU (leave procsPerWorker out to run one per GPU)",
+            check=lambda w: (
+                w.procs_per_worker is None
+                or w.resources.num_gpus == 0
+                or w.procs_per_worker <= w.resources.num_gpus
+            ),
+            field="procsPerWorker",
+        ),
+        Rule(
             cel="!has(self.minReplicas) || self.minReplicas <= self.replicas",
             message="workers.minReplicas must not exceed workers.replicas: lower minReplicas or raise replicas",
             check=lambda w: w.min_replicas is None or w.min_replicas <= w.replicas,
@@ -117,6 +146,11 @@ class WorkersSpec(ApiModel):
             field="replicas",
         ),
     )
+
+    @property
+    def num_procs(self) -> int:
+        """Training processes per pod: procsPerWorker, else the GPU limit, else 1."""
+        return self.procs_per_worker or max(1, self.resources.num_gpus)
 
     @property
     def bounds(self) -> tuple[int, int]:
@@ -237,76 +271,23 @@ class LargeModelJobSpec(ApiModel):
             field="compression",
         ),
         Rule(
-            cel="!has(self.training) || !has(self.workers.procsPerWorker) "
-            "|| self.workers.procsPerWorker % self.training.parallelism.tensorParallel == 0",
-            message="training.parallelism.tensorParallel must divide workers.procsPerWorker: "
-            "a tensor-parallel group stays inside one pod",
+            cel=f"!has(self.training) || {PROCS_CEL} % {tp_cel('self.training')} == 0",
+            message="training.parallelism.tensorParallel must divide the processes per pod "
+            "(workers.procsPerWorker, default: the nvidia.com/gpu limit, else 1): a "
+            "tensor-parallel group stays inside one pod",
             check=lambda s: (
-                s.training is None
-                or s.workers.procs_per_worker is None
-                or s.workers.procs_per_worker % s.training.parallelism.tensor_parallel == 0
+                s.training is None or s.workers.num_procs % s.training.tensor_parallel == 0
             ),
             field="workers.procsPerWorker",
         ),
         Rule(
-            # Only for fixed-size jobs: an elastic job's world size changes without any
-            # admission (a lost pod), so the trainer rounds accumulation at each size instead.
-            cel="!has(self.training) || !has(self.training.batch.globalBatchSize) "
-            "|| !has(self.workers.procsPerWorker) "
-            "|| (has(self.workers.minReplicas) && self.workers.minReplicas != self.workers.replicas) "
-            "|| (has(self.workers.maxReplicas) && self.workers.maxReplicas != self.workers.replicas) "
-            # Fewer processes than the tensor-parallel size: no data-parallel size to divide
-            # by; the procsPerWorker rule above reports that case.
-            "|| self.workers.replicas * self.workers.procsPerWorker < self.training.parallelism.tensorParallel "
-            "|| self.training.batch.globalBatchSize % (self.training.batch.microBatchSize "
-            "* (self.workers.replicas * self.workers.procsPerWorker / self.training.parallelism.tensorParallel)) == 0",
-            message="training.batch.globalBatchSize must be a multiple of microBatchSize × data-parallel "
-            "size (replicas × procsPerWorker / tensorParallel) in a fixed-size job",
-            check=lambda s: (
-                s.training is None
-                or s.training.batch.global_batch_size is None
-                or s.workers.procs_per_worker is None
-                or s.workers.bounds != (s.workers.replicas, s.workers.replicas)
-                or s.workers.replicas * s.workers.procs_per_worker
-                < s.training.parallelism.tensor_parallel
-                or s.training.batch.global_batch_size
-                % (
-                    s.training.batch.micro_batch_size
-                    * (
-                        s.workers.replicas
-                        * s.workers.procs_per_worker
-                        // s.training.parallelism.tensor_parallel
-                    )
-                )
-                == 0
-            ),
-            field="training.batch.globalBatchSize",
+            cel=storage_mount_clear_cel("self.workers.template", "self.storage.path"),
+            message="workers.template: the worker container mounts over storage.path, where "
+            "lmjob mounts the job's storage: pick another mountPath",
+            check=lambda s: storage_mount_clear(s.workers.template, s.storage.path),
+            field="workers.template.spec.containers",
         ),
-        Rule(
-            cel="!has(self.compression) || !has(self.training) || self.compression.stages.all(s, "
-            "s.type != 'distill' || ((!has(s.student.layers) || s.student.layers <= self.training.model.layers) "
-            "&& (!has(s.student.hidden) || s.student.hidden <= self.training.model.hidden) "
-            "&& (!has(s.student.heads) || s.student.heads <= self.training.model.heads)))",
-            message="a distill stage's student must not be larger than the trained model "
-            "(student layers, hidden and heads ≤ training.model's)",
-            check=lambda s: (
-                s.compression is None
-                or s.training is None
-                or all(_student_fits(st, s.training) for st in s.compression.stages)
-            ),
-            field="compression.stages",
-        ),
-    )
-
-
-def _student_fits(stage: Any, training: TrainingSpec) -> bool:
-    if getattr(stage, "type", None) != "distill":
-        return True
-    st, m = stage.student, training.model
-    return (
-        (st.layers is None or st.layers <= m.layers)
-        and (st.hidden is None or st.hidden <= m.hidden)
-        and (st.heads is None or st.heads <= m.heads)
+        *STAGE_FIT_RULES,
     )
 
 

@@ -15,6 +15,7 @@ from pydantic import Field
 from lmjob_api.base import ApiModel
 from lmjob_api.compression import CompressionSpec
 from lmjob_api.job import LargeModelJob
+from lmjob_api.stage_fit import STAGE_FIT_RULES
 from lmjob_api.training import TrainingSpec
 from lmjob_api.validation import ManifestError, check_rules, problems_from_pydantic
 
@@ -29,6 +30,8 @@ class TrainerConfig(ApiModel):
     compression: CompressionSpec = Field(
         default_factory=CompressionSpec, description="spec.compression of the job."
     )
+
+    rules = STAGE_FIT_RULES
 
 
 def build_trainer_config(job: LargeModelJob) -> TrainerConfig:

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, model_validator
 
 from lmjob_api.base import ApiModel, Rule
+from lmjob_api.defaults import (
+    DEFAULT_HIDDEN,
+    HEAD_DIM,
+    cel_derived_heads,
+    cel_heads_exist,
+    cel_or_default,
+    derive_heads,
+    derive_micro_batch,
+    derive_warmup,
+)
 
 Strategy = Literal["ddp", "fsdp", "fsdp+tp"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -26,10 +36,21 @@ class ModelSpec(ApiModel):
         "`hf`: AutoModelForCausalLM loaded from `path` (no hub downloads).",
     )
     layers: int = Field(6, ge=1, le=256, description="Transformer blocks.")
-    heads: int = Field(
-        6, ge=1, le=256, description="Attention heads per block; must divide `hidden`."
+    heads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Attention heads per block; must divide `hidden`. Default: derived from "
+        "`hidden` with heads of 64 dimensions where it divides (384 -> 6, 768 -> 12), else the "
+        "nearest head size that does, and a multiple of parallelism.tensorParallel.",
     )
-    hidden: int = Field(384, ge=8, le=65536, description="Width of the residual stream.")
+    hidden: int | None = Field(
+        None,
+        ge=8,
+        le=65536,
+        description=f"Width of the residual stream. Default: {HEAD_DIM} × heads when heads is set, "
+        f"else {DEFAULT_HIDDEN}.",
+    )
     seq_len: int = Field(256, ge=8, le=131072, description="Context length in tokens.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability during training.")
     path: str | None = Field(
@@ -38,9 +59,13 @@ class ModelSpec(ApiModel):
         description="Local directory of a Hugging Face model (architecture `hf`).",
     )
 
+    _explicit: frozenset[str] = PrivateAttr(default=frozenset())
+
     rules = (
         Rule(
-            cel="self.architecture != 'gpt' || self.hidden % self.heads == 0",
+            # Only when both are written: a derived one always fits the other.
+            cel="self.architecture != 'gpt' || !has(self.heads) || !has(self.hidden) "
+            "|| self.hidden % self.heads == 0",
             message="model.hidden must be a multiple of model.heads: pick heads that divide hidden",
             check=lambda m: m.architecture != "gpt" or m.hidden % m.heads == 0,
             field="hidden",
@@ -52,6 +77,19 @@ class ModelSpec(ApiModel):
             field="architecture",
         ),
     )
+
+    @model_validator(mode="after")
+    def _derive_shape(self) -> ModelSpec:
+        self._explicit = frozenset(self.model_fields_set)
+        self.apply_derived_shape(tensor_parallel=1)
+        return self
+
+    def apply_derived_shape(self, *, tensor_parallel: int) -> None:
+        """Fill the hidden and heads the user left out, so that they fit what was written."""
+        if "hidden" not in self._explicit:
+            self.hidden = HEAD_DIM * self.heads if "heads" in self._explicit else DEFAULT_HIDDEN
+        if "heads" not in self._explicit:
+            self.heads = derive_heads(self.hidden, tensor_parallel)
 
 
 class DataSpec(ApiModel):
@@ -130,8 +168,11 @@ class OptimizerSpec(ApiModel):
 class ScheduleSpec(ApiModel):
     """Learning-rate schedule: linear warmup, then a decay."""
 
-    warmup_steps: int = Field(
-        100, ge=0, description="Steps of linear warmup from 0 to optimizer.lr."
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Steps of linear warmup from 0 to optimizer.lr. Default: a tenth of "
+        "training.steps, at most 100 (so it never exceeds a short run).",
     )
     decay: Decay = Field("cosine", description="Shape of the decay after warmup.")
     min_lr_ratio: float = Field(
@@ -151,26 +192,44 @@ class ScheduleSpec(ApiModel):
 class BatchSpec(ApiModel):
     """Batch sizes in sequences; gradient accumulation is derived, never set."""
 
-    micro_batch_size: int = Field(
-        16, ge=1, le=65536, description="Sequences per process per forward pass."
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="Sequences per process per forward pass. Default: 16, or with globalBatchSize "
+        "set, the fewest forward passes of at most 16 sequences that hold it, split evenly "
+        "(globalBatchSize 24 -> 12).",
     )
     global_batch_size: int | None = Field(
         None,
         ge=1,
-        description="Sequences per optimiser step over all processes. Accumulation steps = global / "
-        "(micro × data-parallel size) at the current world size. Default: micro × data-parallel size.",
+        description="Sequences per optimiser step over all processes, the same at every world "
+        "size: each data-parallel rank runs ceil(global / (micro × data-parallel size)) "
+        "micro-batches, the last ones padded, and the loss is normalised by the global token "
+        "count, so an elastic resize does not change the optimisation. Default: micro × "
+        "data-parallel size (then it follows the world size).",
     )
 
     rules = (
         Rule(
-            cel="!has(self.globalBatchSize) || self.globalBatchSize % self.microBatchSize == 0",
-            message="batch.globalBatchSize must be a multiple of batch.microBatchSize",
+            # Any pair is exact at every world size (the trainer pads the last micro-batches);
+            # a micro-batch larger than the whole step is only ever a mistake.
+            cel="!has(self.globalBatchSize) || !has(self.microBatchSize) "
+            "|| self.microBatchSize <= self.globalBatchSize",
+            message="batch.microBatchSize must not exceed batch.globalBatchSize: lower "
+            "microBatchSize (or leave it out to derive it)",
             check=lambda b: (
-                b.global_batch_size is None or b.global_batch_size % b.micro_batch_size == 0
+                b.global_batch_size is None or b.micro_batch_size <= b.global_batch_size
             ),
-            field="globalBatchSize",
+            field="microBatchSize",
         ),
     )
+
+    @model_validator(mode="after")
+    def _derive_micro(self) -> BatchSpec:
+        if self.micro_batch_size is None:
+            self.micro_batch_size = derive_micro_batch(self.global_batch_size)
+        return self
 
 
 class EvaluationSpec(ApiModel):
@@ -205,6 +264,28 @@ class CheckpointSpec(ApiModel):
     )
 
 
+BYTE_VOCAB = 256
+"""Vocabulary of the `bytes` tokenizer."""
+
+
+def tp_cel(t: str) -> str:
+    """CEL: the tensor-parallel size in effect of the TrainingSpec at CEL path `t`."""
+    return f"({t}.parallelism.strategy == 'fsdp+tp' ? {t}.parallelism.tensorParallel : 1)"
+
+
+def model_hidden_cel(t: str) -> str:
+    """CEL: model.hidden, with its derived default, of the TrainingSpec at `t`."""
+    heads_times = cel_or_default(
+        f"{t}.model.heads", str(DEFAULT_HIDDEN), template=f"{{}} * {HEAD_DIM}"
+    )
+    return cel_or_default(f"{t}.model.hidden", heads_times)
+
+
+def model_heads_cel(t: str) -> str:
+    """CEL: model.heads, with its derived default, of the TrainingSpec at `t`."""
+    return cel_or_default(f"{t}.model.heads", cel_derived_heads(model_hidden_cel(t), tp_cel(t)))
+
+
 class TrainingSpec(ApiModel):
     """The built-in trainer's job: model, data, parallelism, precision and the optimisation loop."""
 
@@ -236,8 +317,12 @@ class TrainingSpec(ApiModel):
     rules = (
         Rule(
             cel="self.parallelism.strategy != 'fsdp+tp' || self.model.architecture != 'gpt' "
-            "|| self.model.heads % self.parallelism.tensorParallel == 0",
-            message="training.parallelism.tensorParallel must divide training.model.heads",
+            "|| self.parallelism.tensorParallel == 1 || (has(self.model.heads) "
+            "? self.model.heads % self.parallelism.tensorParallel == 0 : "
+            + cel_heads_exist(model_hidden_cel("self"), "self.parallelism.tensorParallel")
+            + ")",
+            message="training.parallelism.tensorParallel must divide training.model.heads "
+            "(when heads is not set: divide training.model.hidden)",
             check=lambda t: (
                 t.parallelism.strategy != "fsdp+tp"
                 or t.model.architecture != "gpt"
@@ -246,9 +331,42 @@ class TrainingSpec(ApiModel):
             field="parallelism.tensorParallel",
         ),
         Rule(
-            cel="self.schedule.warmupSteps <= self.steps",
+            cel="self.parallelism.strategy != 'fsdp+tp' || self.model.architecture == 'gpt'",
+            message="parallelism.strategy fsdp+tp supports model.architecture gpt only: use fsdp "
+            "for a Hugging Face model",
+            check=lambda t: t.parallelism.strategy != "fsdp+tp" or t.model.architecture == "gpt",
+            field="parallelism.strategy",
+        ),
+        Rule(
+            cel=f"self.parallelism.strategy != 'fsdp+tp' || self.data.tokenizer != 'bytes' "
+            f"|| {BYTE_VOCAB} % self.parallelism.tensorParallel == 0",
+            message=f"training.parallelism.tensorParallel must divide the byte tokenizer's "
+            f"vocabulary ({BYTE_VOCAB}): use a power of two",
+            check=lambda t: (
+                t.parallelism.strategy != "fsdp+tp"
+                or t.data.tokenizer != "bytes"
+                or BYTE_VOCAB % t.parallelism.tensor_parallel == 0
+            ),
+            field="parallelism.tensorParallel",
+        ),
+        Rule(
+            # Only a written warmup can exceed the run: the default is derived from steps.
+            cel="!has(self.schedule.warmupSteps) || self.schedule.warmupSteps <= self.steps",
             message="training.schedule.warmupSteps must not exceed training.steps",
             check=lambda t: t.schedule.warmup_steps <= t.steps,
             field="schedule.warmupSteps",
         ),
     )
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> TrainingSpec:
+        self.model.apply_derived_shape(tensor_parallel=self.tensor_parallel)
+        if self.schedule.warmup_steps is None:
+            self.schedule.warmup_steps = derive_warmup(self.steps)
+        return self
+
+    @property
+    def tensor_parallel(self) -> int:
+        """The tensor-parallel size in effect (1 unless the strategy is fsdp+tp)."""
+        par = self.parallelism
+        return par.tensor_parallel if par.strategy == "fsdp+tp" else 1

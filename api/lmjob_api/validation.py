@@ -15,7 +15,6 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lmjob_api.base import ApiModel
-from lmjob_api.env import is_reserved_env
 
 
 @dataclass(frozen=True)
@@ -108,23 +107,9 @@ def check_rules(model: BaseModel, path: tuple[str | int, ...] = ()) -> list[Prob
         alias = field.alias or name
         for child, child_path in _children(getattr(model, name), (*path, alias)):
             problems.extend(check_rules(child, child_path))
-    return problems
-
-
-def check_template_env(job: Any) -> list[Problem]:
-    """Reserved env names set through the pod template (the API server cannot see into it)."""
-    problems = []
-    containers = job.spec.workers.template.spec.get("containers") or []
-    for i, container in enumerate(containers if isinstance(containers, list) else []):
-        for j, env in enumerate((container or {}).get("env") or []):
-            name = (env or {}).get("name", "")
-            if is_reserved_env(name):
-                problems.append(
-                    Problem(
-                        f"spec.workers.template.spec.containers[{i}].env[{j}].name",
-                        f"{name} is set by lmjob or torchrun: rename your variable",
-                    )
-                )
+    if isinstance(model, ApiModel):
+        for child, alias in model.rule_children():
+            problems.extend(check_rules(child, (*path, alias)))
     return problems
 
 
@@ -147,7 +132,7 @@ def validate_job(data: Any) -> tuple[Any, list[Problem]]:
         job = LargeModelJob.model_validate(data)
     except ValidationError as err:
         return None, problems_from_pydantic(err)
-    problems = check_rules(job) + check_template_env(job)
+    problems = check_rules(job)
     return (None if problems else job), problems
 
 

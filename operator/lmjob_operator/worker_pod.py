@@ -8,7 +8,8 @@ How the user's `workers.template` merges into the generated pod:
   fields lmjob owns: restartPolicy (always Never: torchrun restarts processes, the operator
   restarts pods), hostname and subdomain, and schedulerName/priorityClassName when
   spec.scheduling sets them.
-- a template container named `worker` merges into the generated container: its env,
+- the template's worker container (its only container, or the one named `worker` when it has
+  several: lmjob_api.pod_template) merges into the generated container, named `worker`: its env,
   envFrom, volumeMounts and ports are appended to lmjob's, its resources are the base that
   workers.resources overrides key by key, and its other fields (probes, securityContext,
   imagePullPolicy, ...) are kept. image, command and args are lmjob's (spec.image, spec.command).
@@ -178,9 +179,10 @@ def build_worker_pod(
     name = job.metadata.name
     template = job.spec.workers.template
     template_spec = copy.deepcopy(template.spec)
-    containers = list(template_spec.pop("containers", None) or [])
-    ours = next((c for c in containers if c.get("name") == WORKER_CONTAINER), {})
-    sidecars = [c for c in containers if c.get("name") != WORKER_CONTAINER]
+    template_spec.pop("containers", None)
+    # The rule of lmjob_api.pod_template: the only container, or the one named `worker`.
+    ours = copy.deepcopy(template.worker_container())
+    sidecars = copy.deepcopy(template.sidecars())
 
     meta = owned_metadata(job, worker_name(name, index), ROLE_WORKER)
     gang_labels, gang_annotations = build_scheduling_metadata(job)

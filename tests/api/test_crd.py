@@ -50,9 +50,14 @@ def test_schema_is_structural_and_strict() -> None:
             )
     preserved = [p for p, n in _walk(schema) if n.get("x-kubernetes-preserve-unknown-fields")]
     # Only foreign objects (core/v1 fragments) and kopf's bookkeeping may keep unknown fields.
+    # The pod template is typed only where lmjob's merge looks (lmjob_api.pod_template).
     assert sorted(preserved) == [
         ".spec.storage.volume",
         ".spec.workers.template.spec",
+        ".spec.workers.template.spec.containers[]",
+        ".spec.workers.template.spec.containers[].env[]",
+        ".spec.workers.template.spec.containers[].volumeMounts[]",
+        ".spec.workers.template.spec.volumes[]",
         ".status.kopf",
     ]
 

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from lmjob_api.env import WORKER_ENV
-from lmjob_api.validation import check_template_env
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.spec_checks import check_runnable
 from lmjob_operator.worker_pod import build_worker_pod, procs_per_worker
@@ -380,55 +379,6 @@ def test_procs_per_worker_default(limits: dict[str, Any], expected: int) -> None
     assert procs_per_worker(make_job({"workers": {"resources": {"limits": limits}}})) == expected
 
 
-TEMPLATE_PROBLEMS = [
-    (
-        "reserved env in template",
-        {"containers": [{"name": "worker", "env": [{"name": "PET_NNODES", "value": "9"}]}]},
-        "spec.workers.template.spec.containers[0].env[0].name",
-    ),
-    (
-        "reserved env in a sidecar",
-        {"containers": [{"name": "side", "env": [{"name": "RANK", "value": "0"}]}]},
-        "spec.workers.template.spec.containers[0].env[0].name",
-    ),
-    (
-        "reserved volume name",
-        {"volumes": [{"name": "lmjob-dshm", "emptyDir": {}}]},
-        "volumes[0].name",
-    ),
-    (
-        "worker image in template",
-        {"containers": [{"name": "worker", "image": "x"}]},
-        "set spec.image",
-    ),
-    (
-        "worker command in template",
-        {"containers": [{"name": "worker", "command": ["x"]}]},
-        "spec.command",
-    ),
-    (
-        "mount over the checkpoints",
-        {
-            "containers": [
-                {"name": "worker", "volumeMounts": [{"name": "d", "mountPath": "/checkpoints"}]}
-            ]
-        },
-        "volumeMounts[0].mountPath",
-    ),
-    ("restartPolicy Always", {"restartPolicy": "Always"}, "restartPolicy"),
-]
-
-
-@pytest.mark.parametrize(
-    ("template_spec", "fragment"),
-    [c[1:] for c in TEMPLATE_PROBLEMS],
-    ids=[c[0] for c in TEMPLATE_PROBLEMS],
-)
-def test_unrunnable_templates_are_named(template_spec: dict[str, Any], fragment: str) -> None:
-    problems = check_runnable(make_job({"workers": {"template": {"spec": template_spec}}}))
-    assert any(fragment in p for p in problems), problems
-
-
 def test_runnable_template_has_no_problems() -> None:
     job = make_job(
         {
@@ -441,4 +391,31 @@ def test_runnable_template_has_no_problems() -> None:
             }
         }
     )
-    assert check_runnable(job) == [] and check_template_env(job) == []
+    assert check_runnable(job) == []
+
+
+@pytest.mark.parametrize(
+    ("containers", "sidecars"),
+    [
+        # A Kubeflow-style template: its only container is the worker, whatever its name.
+        ([{"name": "pytorch", "env": [{"name": "A", "value": "1"}]}], []),
+        (
+            [
+                {"name": "log-shipper", "image": "fluent/fluent-bit:3"},
+                {"name": "worker", "env": [{"name": "A", "value": "1"}]},
+            ],
+            ["log-shipper"],
+        ),
+    ],
+)
+def test_template_worker_container_merges(
+    containers: list[dict[str, Any]], sidecars: list[str]
+) -> None:
+    job = make_job({"workers": {"template": {"spec": {"containers": containers}}}})
+    pod = build_worker_pod(job, 0, 0, OperatorConfig())
+    names = [c["name"] for c in pod["spec"]["containers"]]
+    assert names == ["worker", *sidecars]
+    worker = pod["spec"]["containers"][0]
+    assert worker["image"] == OperatorConfig().trainer_image
+    assert {"name": "A", "value": "1"} in worker["env"]
+    assert all(c.get("image") for c in pod["spec"]["containers"])

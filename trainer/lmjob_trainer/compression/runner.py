@@ -266,7 +266,11 @@ def _distill(
     session: TrainerSession, index: int, stage: DistillStage, given: StageInput
 ) -> StageOutput:
     teacher = given.model.to(session.device)
-    student_spec = build_student_spec(ModelSpec.model_validate(given.arch.model), stage)
+    student_spec = build_student_spec(
+        ModelSpec.model_validate(given.arch.model),
+        stage,
+        tensor_parallel=session.training.tensor_parallel,
+    )
     student = session.build_model(student_spec)
     from_teacher = apply_teacher_init(student, teacher)
     training = _stage_training(session.training, stage.steps, index).model_copy(

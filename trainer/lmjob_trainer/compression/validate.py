@@ -1,6 +1,7 @@
-"""Checks of `compression.stages` that need more than the API models know: the hardware, the
-data on disk and the order of the chain. Run before training starts, so a bad stage fails in
-seconds instead of after hours of training.
+"""Checks of `compression.stages` that depend on the machine, not the manifest: the hardware
+(int4 needs CUDA) and the data on disk (stages that train need text). Every rule about the
+chain itself (order, fields, student shapes) is a rule of the API models (lmjob_api.compression,
+lmjob_api.stage_fit), enforced at admission and by `lmjob validate` alike.
 
 Call `check_compression(config, cuda_devices=N)` (returns the problems, beside
 `preflight.check_runnable`) or `validate_compression` (raises) before launching workers.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmjob_api.compression import DistillStage, LowRankStage, PruneStage, QuantizeStage
+from lmjob_api.compression import DistillStage, LowRankStage, QuantizeStage
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.training import ModelSpec
 from lmjob_api.validation import ManifestError, Problem
@@ -27,144 +28,36 @@ def quantize_problem(method: str, cuda: bool) -> str | None:
     return None
 
 
-def build_student_spec(teacher: ModelSpec, stage: DistillStage) -> ModelSpec:
-    """The student's ModelSpec: the teacher's, with the stage's `student` fields applied."""
-    overrides = {k: v for k, v in stage.student.model_dump().items() if v is not None}
-    return teacher.model_copy(update=overrides)
-
-
-def check_student(teacher: ModelSpec, stage: DistillStage, where: str) -> list[Problem]:
-    """Problems with a stage's student against its teacher (the previous stage's model)."""
-    if teacher.architecture != "gpt":
-        return [Problem(where, f"distill needs a gpt teacher (got {teacher.architecture})")]
-    problems = []
-    student = build_student_spec(teacher, stage)
-    for name in ("layers", "heads", "hidden"):
-        s, t = getattr(student, name), getattr(teacher, name)
-        if s > t:
-            problems.append(
-                Problem(
-                    f"{where}.student.{name}",
-                    f"{s} is larger than the teacher's {t}: a student must not be larger than "
-                    "its teacher",
-                )
-            )
-    if student.hidden % student.heads:
-        problems.append(
-            Problem(
-                f"{where}.student.hidden",
-                f"{student.hidden} is not a multiple of the student's heads ({student.heads}): "
-                "set student.heads to a divisor of it",
-            )
-        )
-    if (student.layers, student.heads, student.hidden) == (
-        teacher.layers,
-        teacher.heads,
-        teacher.hidden,
-    ):
-        problems.append(
-            Problem(
-                f"{where}.student", "same shape as the teacher: make at least one field smaller"
-            )
-        )
-    return problems
+def build_student_spec(
+    teacher: ModelSpec, stage: DistillStage, *, tensor_parallel: int = 1
+) -> ModelSpec:
+    """The student's ModelSpec (the API's one derivation of it)."""
+    return stage.build_student(teacher, tensor_parallel=tensor_parallel)
 
 
 def check_compression(
     config: TrainerConfig, *, cuda_devices: int, prefix: str = ""
 ) -> list[Problem]:
-    """Every problem with the compression chain, each with its field path and what to do.
+    """Problems with the compression chain on this machine, each with its field path.
 
     `cuda_devices`: GPUs the workers will have (0 on CPU); `prefix`: prepended to field
     paths (`spec.` when checking a whole manifest).
     """
-    problems = _check_chain(config, cuda_devices > 0)
-    return [Problem(prefix + p.path, p.message) for p in problems]
-
-
-def _check_chain(config: TrainerConfig, cuda: bool) -> list[Problem]:
     problems: list[Problem] = []
-    model = config.training.model
-    stages = config.compression.stages
-    if stages and model.architecture != "gpt":
-        problems.append(
-            Problem(
-                "compression.stages",
-                f"compression stages need training.model.architecture gpt (got {model.architecture})",
-            )
-        )
-        return problems
-    teacher = model
-    quantized_by: str | None = None
-    factorised_by: str | None = None
     needs_data = False
-    for i, stage in enumerate(stages):
-        where = f"compression.stages[{i}]"
-        if quantized_by is not None and not isinstance(stage, DistillStage):
-            problems.append(
-                Problem(
-                    f"{where}.type",
-                    f"{stage.type} cannot follow quantize stage {quantized_by!r}: quantized weights "
-                    "are not pruned, factorised or fine-tuned; move the quantize stage last",
-                )
-            )
-        if isinstance(stage, QuantizeStage):
-            if problem := quantize_problem(stage.method, cuda):
-                problems.append(Problem(f"{where}.method", problem))
-            if stage.finetune_steps:
-                problems.append(
-                    Problem(
-                        f"{where}.finetuneSteps",
-                        "a quantize stage does not fine-tune (no quantization-aware training): "
-                        "set it to 0 or fine-tune in an earlier stage",
-                    )
-                )
-            quantized_by = stage.name
-        elif isinstance(stage, PruneStage):
-            if stage.structure != "unstructured" and factorised_by is not None:
-                problems.append(
-                    Problem(
-                        f"{where}.structure",
-                        f"{stage.structure} pruning needs dense layers but lowrank stage "
-                        f"{factorised_by!r} comes first: put the prune stage before it",
-                    )
-                )
-            if stage.structure == "head" and teacher.heads == 1:
-                problems.append(
-                    Problem(f"{where}.structure", "head pruning needs more than one head per block")
-                )
-        elif isinstance(stage, LowRankStage):
-            factorised_by = stage.name
-            needs_data = needs_data or stage.method == "activation-aware"
-        elif isinstance(stage, DistillStage):
-            if stage.finetune_steps:
-                problems.append(
-                    Problem(
-                        f"{where}.finetuneSteps",
-                        "a distill stage trains its student for `steps`; finetuneSteps is not "
-                        "used there: set it to 0",
-                    )
-                )
-            problems += check_student(teacher, stage, where)
-            teacher = build_student_spec(teacher, stage)
-            tp = config.training.parallelism
-            if tp.strategy == "fsdp+tp" and teacher.heads % tp.tensor_parallel:
-                problems.append(
-                    Problem(
-                        f"{where}.student.heads",
-                        f"{teacher.heads} is not divisible by training.parallelism.tensorParallel "
-                        f"({tp.tensor_parallel}): the student trains with the same parallelism",
-                    )
-                )
-            # A fresh dense student: later stages see plain layers again.
-            quantized_by = factorised_by = None
-            needs_data = True
-        needs_data = needs_data or stage.finetune_steps > 0
-    if needs_data:
-        problem = _check_data(config)
-        if problem:
-            problems.append(problem)
-    return problems
+    for i, stage in enumerate(config.compression.stages):
+        if isinstance(stage, QuantizeStage) and (
+            problem := quantize_problem(stage.method, cuda_devices > 0)
+        ):
+            problems.append(Problem(f"compression.stages[{i}].method", problem))
+        needs_data = needs_data or (
+            stage.finetune_steps > 0
+            or isinstance(stage, DistillStage)
+            or (isinstance(stage, LowRankStage) and stage.method == "activation-aware")
+        )
+    if needs_data and (problem := _check_data(config)):
+        problems.append(problem)
+    return [Problem(prefix + p.path, p.message) for p in problems]
 
 
 def _check_data(config: TrainerConfig) -> Problem | None:
