@@ -12,7 +12,7 @@ import torch
 from prometheus_client import generate_latest
 
 from lmjob_api.training import ModelSpec, ScheduleSpec
-from lmjob_trainer.data import TokenStream, TrainLoader, eval_batches, load_splits, prepare_data
+from lmjob_trainer.data import TokenStream, eval_batches, load_splits, prepare_data
 from lmjob_trainer.distributed import DistEnv
 from lmjob_trainer.logs import LogfmtFormatter, set_log_context
 from lmjob_trainer.metrics import TrainerMetrics
@@ -92,25 +92,6 @@ def test_token_cache_round_trip(stream: TokenStream) -> None:
     expected = bytes(range(32, 127)) * 20 + b"\n\n" + b"hello world\n" * 100
     assert len(stream) == len(expected)
     assert bytes(stream.read(0, len(expected)).tolist()) == expected
-
-
-@pytest.mark.parametrize("dp_size", [2, 4])
-def test_loader_is_world_size_invariant(stream: TokenStream, dp_size: int) -> None:
-    """The ranks' slices of a step, put together, are the single-process batch: what lets
-    a checkpoint resume at another world size on the same samples."""
-    train, _ = load_splits(stream, seq_len=16, validation_split=0.1)
-    single = TrainLoader(train, global_batch=8, micro_batch=2, dp_rank=0, dp_size=1, seed=3)
-    ranks = [
-        TrainLoader(train, global_batch=8, micro_batch=2, dp_rank=r, dp_size=dp_size, seed=3)
-        for r in range(dp_size)
-    ]
-    for _ in range(30):  # several epochs of this tiny split
-        whole = torch.cat([x for x, _ in single.next_step()])
-        parts = torch.cat([x for loader in ranks for x, _ in loader.next_step()])
-        assert torch.equal(whole, parts)
-    resumed = TrainLoader(train, global_batch=8, micro_batch=2, dp_rank=0, dp_size=1, seed=3)
-    resumed.load_state_dict(single.state_dict())
-    assert torch.equal(resumed.next_step()[0][0], single.next_step()[0][0])
 
 
 def test_eval_set_is_equal_per_rank(stream: TokenStream) -> None:

@@ -14,7 +14,7 @@ from lmjob_api import termination
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import load_job
 from lmjob_cli.main import main as lmjob
-from lmjob_trainer.preflight import batch_plan, check_runnable
+from lmjob_trainer.preflight import check_runnable
 
 from .conftest import subprocess_env, tiny_training
 
@@ -52,11 +52,6 @@ CASES = [
         "world size not a multiple of tp",
         {"procs": 3, "training": {"parallelism": {"strategy": "fsdp+tp", "tensorParallel": 2}}},
         "spec.workers.procsPerWorker",
-    ),
-    (
-        "global batch not divisible at this world size",
-        {"procs": 3, "training": {"batch": {"microBatchSize": 4, "globalBatchSize": 8}}},
-        "spec.training.batch.globalBatchSize",
     ),
     (
         "int4 quantize without CUDA",
@@ -112,7 +107,7 @@ def test_lmjob_run_refuses_before_starting(
 def test_trainer_refuses_bad_config_file(tmp_path: Path, text_file: Path) -> None:
     """`python -m lmjob_trainer` on an invalid config: exit 2, the field named, no traceback."""
     training = tiny_training(text_file, tmp_path / "cache")
-    training["batch"] = {"microBatchSize": 4, "globalBatchSize": 6}
+    training["batch"] = {"microBatchSize": 8, "globalBatchSize": 6}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"jobName": "t", "training": training}))
     proc = subprocess.run(
@@ -123,7 +118,7 @@ def test_trainer_refuses_bad_config_file(tmp_path: Path, text_file: Path) -> Non
         timeout=60,
     )
     assert proc.returncode == 2
-    assert "training.batch.globalBatchSize" in proc.stderr
+    assert "training.batch.microBatchSize" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -141,18 +136,6 @@ def test_runtime_checks_name_fields(text_file: Path, tmp_path: Path) -> None:
     fields = {p.path for p in check_runnable(config, world_size=6, cuda_devices=0)}
     assert fields == {"training.parallelism.tensorParallel"}
     assert check_runnable(config, world_size=8, cuda_devices=0) == []
-
-
-@pytest.mark.parametrize(
-    ("micro", "global_", "dp", "expected"),
-    [(4, 8, 2, (8, 1)), (4, 16, 2, (16, 2)), (4, 16, 1, (16, 4)), (4, None, 3, (12, 1))],
-)
-def test_accumulation_follows_world_size(
-    micro: int, global_: int | None, dp: int, expected: tuple[int, int]
-) -> None:
-    from lmjob_api.training import BatchSpec
-
-    assert batch_plan(BatchSpec(micro_batch_size=micro, global_batch_size=global_), dp) == expected
 
 
 def test_example_manifest_is_valid() -> None:

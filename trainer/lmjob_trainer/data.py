@@ -6,7 +6,8 @@ memory-maps them. The last `validationSplit` of the tokens is held out.
 
 The training stream is defined over *global* sample indices: sample i of the run is window
 `perm(epoch)[i mod W]` with a permutation seeded by (seed, epoch). Each optimiser step takes
-the next `globalBatchSize` samples and each data-parallel rank its contiguous slice. So the
+the next `globalBatchSize` samples and each data-parallel rank a contiguous slice of them
+(`BatchPlan`: slices differ by at most one sample, so any world size works). So the
 loader's whole state is one cursor, and a checkpoint resumes at any world size on exactly
 the samples an uninterrupted run would have seen.
 """
@@ -21,10 +22,11 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from lmjob_api.training import BatchSpec
 from lmjob_trainer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -182,25 +184,75 @@ def load_splits(stream: TokenStream, seq_len: int, validation_split: float) -> t
     return train, val
 
 
-class TrainLoader:
-    """Batches of one optimiser step for this data-parallel rank; a Stateful for DCP."""
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimiser step's `global_batch` samples are split over `dp_size` ranks.
 
-    def __init__(
-        self,
-        split: Split,
-        *,
-        global_batch: int,
-        micro_batch: int,
-        dp_rank: int,
-        dp_size: int,
-        seed: int,
-    ) -> None:
-        assert global_batch % (micro_batch * dp_size) == 0, "checked by build_batch_plan"
+    Rank r takes a contiguous slice of the step (slice sizes differ by at most one), cut
+    into `num_micro_batches` micro-batches of at most `micro_batch` samples, sizes again
+    differing by at most one. Every rank runs the same number of micro-batches: FSDP's
+    forward and backward are collectives, and DDP must run exactly one synchronised backward
+    per rank. A rank with fewer samples than micro-batches runs padding micro-batches of
+    weight 0 (only with microBatchSize 1, or more ranks than samples).
+    """
+
+    global_batch: int
+    micro_batch: int
+    dp_size: int
+
+    @property
+    def num_micro_batches(self) -> int:
+        largest_slice = -(-self.global_batch // self.dp_size)
+        return max(1, -(-largest_slice // self.micro_batch))
+
+    def rank_slice(self, dp_rank: int) -> range:
+        """Offsets, within the step, of the samples this rank trains on."""
+        base, extra = divmod(self.global_batch, self.dp_size)
+        first = dp_rank * base + min(dp_rank, extra)
+        return range(first, first + base + (dp_rank < extra))
+
+    def micro_batch_sizes(self, dp_rank: int) -> list[int]:
+        """Real samples in each of this rank's micro-batches (0: a padding micro-batch)."""
+        base, extra = divmod(len(self.rank_slice(dp_rank)), self.num_micro_batches)
+        return [base + (i < extra) for i in range(self.num_micro_batches)]
+
+    def loss_weight(self, samples: int) -> float:
+        """The factor on a micro-batch's mean loss that makes the step's gradient the gradient
+        of the mean loss over the global batch, whatever the split.
+
+        Every window is seqLen tokens, so a micro-batch's mean over its tokens is a mean over
+        its `samples` samples, and the global token mean is the global sample mean. DDP and
+        FSDP average gradients over the dp ranks (×1/D), so a micro-batch of b samples
+        weighs b·D/G: summed over micro-batches and averaged over ranks, that is b/G each.
+        """
+        return samples * self.dp_size / self.global_batch
+
+
+def build_batch_plan(batch: BatchSpec, dp_size: int) -> BatchPlan:
+    """The plan at this data-parallel size. Without globalBatchSize the global batch is
+    micro × data-parallel size, so it follows the world size (the API's documented default);
+    with it, the optimiser sees the same samples per step at every world size."""
+    micro = batch.micro_batch_size
+    assert micro is not None, "BatchSpec derives microBatchSize"
+    return BatchPlan(batch.global_batch_size or micro * dp_size, micro, dp_size)
+
+
+class MicroBatch(NamedTuple):
+    """One forward/backward's (inputs, targets) and how many real samples it holds."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    samples: int
+    """0 for a padding micro-batch: it runs (collectives must match) but carries weight 0."""
+
+
+class TrainLoader:
+    """Micro-batches of one optimiser step for this data-parallel rank; a Stateful for DCP."""
+
+    def __init__(self, split: Split, *, plan: BatchPlan, dp_rank: int, seed: int) -> None:
         self.split = split
-        self.global_batch = global_batch
-        self.micro_batch = micro_batch
+        self.plan = plan
         self.dp_rank = dp_rank
-        self.dp_size = dp_size
         self.seed = seed
         self.cursor = 0
         self._perm_epoch = -1
@@ -215,18 +267,24 @@ class TrainLoader:
             self._perm_epoch = epoch
         return int(self._perm[offset])
 
-    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's micro-batches (inputs, targets) of the next optimiser step."""
-        per_rank = self.global_batch // self.dp_size
-        first = self.cursor + self.dp_rank * per_rank
-        windows = torch.stack(
-            [self.split.window(self._window_of(first + i)) for i in range(per_rank)]
-        )
-        self.cursor += self.global_batch
-        return [
-            (chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous())
-            for chunk in windows.split(self.micro_batch)
-        ]
+    def next_step(self) -> list[MicroBatch]:
+        """This rank's micro-batches of the next optimiser step, as many on every rank."""
+        mine = self.plan.rank_slice(self.dp_rank)
+        sizes = self.plan.micro_batch_sizes(self.dp_rank)
+        batches = []
+        lo = self.cursor + mine.start
+        for size in sizes:
+            # A padding micro-batch reads the step's first sample: real tokens, weight 0.
+            first, count = (lo, size) if size else (self.cursor, 1)
+            windows = torch.stack(
+                [self.split.window(self._window_of(first + i)) for i in range(count)]
+            )
+            batches.append(
+                MicroBatch(windows[:, :-1].contiguous(), windows[:, 1:].contiguous(), size)
+            )
+            lo += size
+        self.cursor += self.plan.global_batch
+        return batches
 
     @property
     def epoch(self) -> float:

@@ -4,6 +4,8 @@
 is one, and runs optimiser steps with gradient accumulation, clipping, mixed precision,
 periodic evaluation, early stopping, checkpoints under `<root>/<stage>/` and metrics
 labelled with the stage. A SIGTERM/SIGINT makes it save and return at the next step.
+As in torchtitan, setup (`build_stage_loop`), one step (`train_step`) and recording
+(`_record_step`) are separate; `run_steps` is the loop around them.
 """
 
 from __future__ import annotations
@@ -24,14 +26,13 @@ from torch.distributed.tensor import DTensor
 from lmjob_api.training import Strategy, TrainingSpec
 from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import CheckpointManager, ModelState, OptimizerState
-from lmjob_trainer.data import TrainLoader
+from lmjob_trainer.data import BatchPlan, TrainLoader, build_batch_plan
 from lmjob_trainer.distributed import all_reduce_sum
 from lmjob_trainer.evaluate import autocast
 from lmjob_trainer.logs import set_log_context
 from lmjob_trainer.mfu import flops_per_token, mfu, peak_flops
 from lmjob_trainer.optim import build_optimizer, build_scheduler
 from lmjob_trainer.parallelize import gradient_sync, parallelize, unwrap
-from lmjob_trainer.preflight import batch_plan
 from lmjob_trainer.session import TrainerSession
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,203 @@ def _grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
+@dataclass
+class StageLoop:
+    """The pieces one stage's loop is built from (`build_stage_loop`) and steps with."""
+
+    stage: str
+    steps: int
+    training: TrainingSpec
+    strategy: Strategy
+    loss_fn: LossFn
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    plan: BatchPlan
+    loader: TrainLoader
+    state: TrainState
+    checkpoints: CheckpointManager
+    scaler: torch.amp.GradScaler
+    history: storage.HistoryWriter | None
+    flops_per_token: float
+    peak_flops: float | None
+
+
+def build_stage_loop(
+    session: TrainerSession,
+    model: nn.Module,
+    *,
+    stage: str,
+    steps: int,
+    training: TrainingSpec,
+    loss_fn: LossFn,
+    strategy: Strategy,
+    init_state: dict[str, torch.Tensor] | None,
+) -> StageLoop:
+    """Parallelise `model` and build its optimiser, schedule, loader and checkpoints."""
+    t, env = training, session.env
+    mesh = session.mesh(strategy)
+    dp = mesh["dp"]
+    plan = build_batch_plan(t.batch, dp.size())
+    par = t.parallelism.model_copy(update={"strategy": strategy})
+    flops_token = flops_per_token(model, t.model)
+    model = parallelize(
+        model,
+        mesh=mesh,
+        config=t.model_copy(update={"parallelism": par}),
+        device=env.device,
+        init_state=init_state,
+    )
+    optimizer = build_optimizer(model, t.optimizer, env.device)
+    scheduler = build_scheduler(optimizer, t.schedule, steps)
+    loader = TrainLoader(session.train_split, plan=plan, dp_rank=dp.get_local_rank(), seed=t.seed)
+    state = TrainState()
+    stateful = {
+        "model": ModelState(model),
+        "optim": OptimizerState(model, optimizer),
+        "scheduler": scheduler,
+        "loader": loader,
+        "train": state,
+    }
+    checkpoints = CheckpointManager(
+        session.root,
+        stage,
+        stateful,
+        env=env,
+        metrics=session.metrics,
+        keep=t.checkpoint.keep,
+        async_save=t.checkpoint.async_,
+        meta={"config": session.config.to_wire(), "strategy": strategy},
+    )
+    fp16 = t.precision == "fp16"
+    scaler = (
+        ShardedGradScaler(env.device.type, enabled=fp16)
+        if strategy != "ddp"
+        else torch.amp.GradScaler(env.device.type, enabled=fp16)
+    )
+    return StageLoop(
+        stage=stage,
+        steps=steps,
+        training=t,
+        strategy=strategy,
+        loss_fn=loss_fn,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        plan=plan,
+        loader=loader,
+        state=state,
+        checkpoints=checkpoints,
+        scaler=scaler,
+        history=storage.HistoryWriter(session.root, stage) if env.is_main else None,
+        flops_per_token=flops_token,
+        peak_flops=peak_flops(env.device, t.precision),
+    )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimiser step reports."""
+
+    loss_share: float
+    """This rank's weighted loss; summed over all ranks it is world size × the global mean."""
+    grad_norm: float
+    lr: float
+
+
+def train_step(loop: StageLoop, device: torch.device) -> StepResult:
+    """One optimiser step: every micro-batch of this rank, then clip, step and schedule."""
+    t, model, plan = loop.training, loop.model, loop.plan
+    _seed_step(t.seed, loop.state.step, loop.loader.dp_rank)
+    micro_batches = loop.loader.next_step()
+    loss_share = torch.zeros((), device=device)
+    for i, batch in enumerate(micro_batches):
+        inputs = batch.inputs.to(device, non_blocking=True)
+        targets = batch.targets.to(device, non_blocking=True)
+        last = i == len(micro_batches) - 1  # every rank runs as many (see BatchPlan)
+        with gradient_sync(model, last), autocast(device, t.precision):
+            # Weighted so that the summed, dp-averaged gradient is that of the mean loss
+            # over the global batch's tokens (BatchPlan.loss_weight); a padding batch
+            # weighs 0 but still runs forward and backward, whose collectives must match.
+            loss = loop.loss_fn(model, inputs, targets) * plan.loss_weight(batch.samples)
+        loop.scaler.scale(loss).backward()
+        loss_share += loss.detach()
+    loop.scaler.unscale_(loop.optimizer)
+    grad_norm = _grad_norm(model, t.optimizer.grad_clip)
+    loop.checkpoints.wait_staged()  # an async save must have copied the weights first
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    loop.optimizer.zero_grad(set_to_none=True)
+    lr = loop.scheduler.get_last_lr()[0]
+    loop.scheduler.step()
+    loop.state.step += 1
+    # loss_share = Σ b·D/G·L over this rank's micro-batches. Summed over the D dp ranks that
+    # is D × the global mean Σ b·L / G; tensor-parallel peers (world = D·tp) hold the same
+    # value, so the sum over all ranks divided by the world size is the global mean.
+    return StepResult(float(loss_share), float(grad_norm), lr)
+
+
+def _record_step(
+    session: TrainerSession, loop: StageLoop, result: StepResult, loss: float, seconds: float
+) -> None:
+    """Metrics, a history line (rank 0) and, every LOG_EVERY steps, a log line."""
+    env, step = session.env, loop.state.step
+    tps = loop.plan.global_batch * loop.training.model.seq_len / seconds
+    utilisation = mfu(tps / env.world_size, loop.flops_per_token, loop.peak_flops)
+    session.metrics.record_step(
+        loop.stage,
+        step=step,
+        loss=loss,
+        lr=result.lr,
+        grad_norm=result.grad_norm,
+        tokens_per_second=tps,
+        step_seconds=seconds,
+        mfu=utilisation,
+    )
+    if loop.history is not None:
+        loop.history.write(
+            {
+                "step": step,
+                "loss": loss,
+                "lr": result.lr,
+                "grad_norm": result.grad_norm,
+                "tokens_per_second": tps,
+                "seconds": seconds,
+                "world_size": env.world_size,
+                "mfu": utilisation,
+                "time": time.time(),
+            }
+        )
+    if step == 1 or step % LOG_EVERY == 0 or step == loop.steps:
+        session.metrics.record_memory(loop.stage, env.device)
+        log.info(
+            "step",
+            extra={
+                "loss": round(loss, 4),
+                "lr": result.lr,
+                "grad_norm": round(result.grad_norm, 4),
+                "tokens_per_s": round(tps),
+                "step_s": round(seconds, 4),
+            },
+        )
+
+
+def _after_step(session: TrainerSession, loop: StageLoop, stop: bool) -> bool:
+    """Evaluate and checkpoint as scheduled; True when a stop request ends the stage here."""
+    t, state = loop.training, loop.state
+    if state.step % t.evaluation.every_steps == 0 or state.step == loop.steps:
+        _evaluate(session, loop.model, t, loop.stage, state, loop.strategy)
+        if loop.history is not None:
+            loop.history.write({"step": state.step, "eval_loss": state.last_eval})
+    if stop:
+        loop.checkpoints.save(state.step, blocking=True)
+        log.warning("stopped by a signal; checkpoint saved", extra={"step": state.step})
+        return True
+    if state.step % t.checkpoint.every_steps == 0 and state.step < loop.steps:
+        loop.checkpoints.save(state.step)
+    return False
+
+
 def run_steps(
     session: TrainerSession,
     model: nn.Module,
@@ -128,154 +326,39 @@ def run_steps(
     """
     t = training or session.training
     env, metrics = session.env, session.metrics
-    strategy = strategy or t.parallelism.strategy
-    loss_fn = loss_fn or default_loss
     started = time.perf_counter()
     set_log_context(stage=stage)
-
-    mesh = session.mesh(strategy)
-    dp = mesh["dp"]
-    dp_rank, dp_size = dp.get_local_rank(), dp.size()
-    global_batch, accum = batch_plan(t.batch, dp_size)
-    par = t.parallelism.model_copy(update={"strategy": strategy})
-    flops_token = flops_per_token(model, t.model)
-    model = parallelize(
+    loop = build_stage_loop(
+        session,
         model,
-        mesh=mesh,
-        config=t.model_copy(update={"parallelism": par}),
-        device=env.device,
+        stage=stage,
+        steps=steps,
+        training=t,
+        loss_fn=loss_fn or default_loss,
+        strategy=strategy or t.parallelism.strategy,
         init_state=init_state,
     )
-    optimizer = build_optimizer(model, t.optimizer, env.device)
-    scheduler = build_scheduler(optimizer, t.schedule, steps)
-    loader = TrainLoader(
-        session.train_split,
-        global_batch=global_batch,
-        micro_batch=t.batch.micro_batch_size,
-        dp_rank=dp_rank,
-        dp_size=dp_size,
-        seed=t.seed,
-    )
-    state = TrainState()
-    checkpoints = CheckpointManager(
-        session.root,
-        stage,
-        {
-            "model": ModelState(model),
-            "optim": OptimizerState(model, optimizer),
-            "scheduler": scheduler,
-            "loader": loader,
-            "train": state,
-        },
-        env=env,
-        metrics=metrics,
-        keep=t.checkpoint.keep,
-        async_save=t.checkpoint.async_,
-        meta={"config": session.config.to_wire(), "strategy": strategy},
-    )
-    fp16 = t.precision == "fp16"
-    scaler = (
-        ShardedGradScaler(env.device.type, enabled=fp16)
-        if strategy != "ddp"
-        else torch.amp.GradScaler(env.device.type, enabled=fp16)
-    )
-    peak = peak_flops(env.device, t.precision)
-    tokens_per_step = global_batch * t.model.seq_len
-    history = storage.HistoryWriter(session.root, stage) if env.is_main else None
+    state, checkpoints = loop.state, loop.checkpoints
+    interrupted = False
     try:
-        if checkpoints.load_latest() is not None:
-            log.info("continuing", extra={"from_step": state.step, "of": steps})
-        metrics.record_total_steps(stage, steps)
-        metrics.set_stage_phase(stage, "Running")
-        log.info(
-            "stage starts",
-            extra={
-                "strategy": strategy,
-                "world_size": env.world_size,
-                "global_batch": global_batch,
-                "accumulation": accum,
-                "steps": steps,
-            },
-        )
-        interrupted = False
-        while state.step < steps and not state.stopped_early:
+        _start_stage(session, loop)
+        while state.step < steps and not state.stopped_early and not interrupted:
             step_started = time.perf_counter()
             set_log_context(step=state.step + 1)
-            _seed_step(t.seed, state.step, dp_rank)
-            micro_batches = loader.next_step()
-            loss_sum = torch.zeros((), device=env.device)
-            for i, (inputs, targets) in enumerate(micro_batches):
-                inputs = inputs.to(env.device, non_blocking=True)
-                targets = targets.to(env.device, non_blocking=True)
-                with gradient_sync(model, i == accum - 1), autocast(env.device, t.precision):
-                    loss = loss_fn(model, inputs, targets) / accum
-                scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            scaler.unscale_(optimizer)
-            grad_norm = _grad_norm(model, t.optimizer.grad_clip)
-            checkpoints.wait_staged()  # an async save must have copied the weights first
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            state.step += 1
-            # One small collective per step: the mean loss for metrics, and agreement on a
-            # stop request so that all ranks save the same step and none is left waiting.
+            result = train_step(loop, env.device)
+            # One small collective per step: the global mean loss, and agreement on a stop
+            # request so that all ranks save the same step and none is left waiting.
             loss_total, stops = all_reduce_sum(
-                [float(loss_sum), float(session.stop_requested.is_set())], env.device
+                [result.loss_share, float(session.stop_requested.is_set())], env.device
             )
-            loss_value = loss_total / env.world_size
-            seconds = time.perf_counter() - step_started
-            tps = tokens_per_step / seconds
-            utilisation = mfu(tps / env.world_size, flops_token, peak)
-            metrics.record_step(
-                stage,
-                step=state.step,
-                loss=loss_value,
-                lr=lr,
-                grad_norm=float(grad_norm),
-                tokens_per_second=tps,
-                step_seconds=seconds,
-                mfu=utilisation,
+            _record_step(
+                session,
+                loop,
+                result,
+                loss_total / env.world_size,
+                time.perf_counter() - step_started,
             )
-            if history is not None:
-                history.write(
-                    {
-                        "step": state.step,
-                        "loss": loss_value,
-                        "lr": lr,
-                        "grad_norm": float(grad_norm),
-                        "tokens_per_second": tps,
-                        "seconds": seconds,
-                        "world_size": env.world_size,
-                        "mfu": utilisation,
-                        "time": time.time(),
-                    }
-                )
-            if state.step == 1 or state.step % LOG_EVERY == 0 or state.step == steps:
-                metrics.record_memory(stage, env.device)
-                log.info(
-                    "step",
-                    extra={
-                        "loss": round(loss_value, 4),
-                        "lr": lr,
-                        "grad_norm": round(float(grad_norm), 4),
-                        "tokens_per_s": round(tps),
-                        "step_s": round(seconds, 4),
-                    },
-                )
-            if state.step % t.evaluation.every_steps == 0 or state.step == steps:
-                _evaluate(session, model, t, stage, state, strategy)
-                if history is not None:
-                    history.write({"step": state.step, "eval_loss": state.last_eval})
-            if stops:
-                checkpoints.save(state.step, blocking=True)
-                interrupted = True
-                log.warning("stopped by a signal; checkpoint saved", extra={"step": state.step})
-                break
-            if state.step % t.checkpoint.every_steps == 0 and state.step < steps:
-                checkpoints.save(state.step)
+            interrupted = _after_step(session, loop, bool(stops))
         if not interrupted:
             checkpoints.save(state.step, blocking=True)
         checkpoints.wait()
@@ -284,18 +367,36 @@ def run_steps(
         raise
     finally:
         checkpoints.close()
-        if history is not None:
-            history.close()
+        if loop.history is not None:
+            loop.history.close()
         set_log_context(step=None)
     saved = checkpoints.last_saved_step
     return StageResult(
-        model=unwrap(model),
+        model=unwrap(loop.model),
         steps=state.step,
         eval_loss=state.last_eval,
         checkpoint=None if saved is None else storage.step_dir(session.root, stage, saved),
         stopped_early=state.stopped_early,
         interrupted=interrupted,
         wall_seconds=time.perf_counter() - started,
+    )
+
+
+def _start_stage(session: TrainerSession, loop: StageLoop) -> None:
+    """Resume from the stage's newest checkpoint, if any, and announce the stage."""
+    if loop.checkpoints.load_latest() is not None:
+        log.info("continuing", extra={"from_step": loop.state.step, "of": loop.steps})
+    session.metrics.record_total_steps(loop.stage, loop.steps)
+    session.metrics.set_stage_phase(loop.stage, "Running")
+    log.info(
+        "stage starts",
+        extra={
+            "strategy": loop.strategy,
+            "world_size": session.env.world_size,
+            "global_batch": loop.plan.global_batch,
+            "micro_batches": loop.plan.num_micro_batches,
+            "steps": loop.steps,
+        },
     )
 
 

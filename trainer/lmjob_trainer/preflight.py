@@ -8,36 +8,10 @@ sizes change under elastic resizes). Each problem names the field and what to do
 from __future__ import annotations
 
 from lmjob_api.trainer_config import TrainerConfig
-from lmjob_api.training import BatchSpec
 from lmjob_api.validation import Problem
 from lmjob_trainer.compression.validate import check_compression
 
 BYTE_VOCAB = 256
-
-
-def _batch_problem(batch: BatchSpec, dp_size: int) -> str | None:
-    micro = batch.micro_batch_size
-    global_batch = batch.global_batch_size or micro * dp_size
-    if global_batch % (micro * dp_size):
-        return (
-            f"{global_batch} must be a multiple of microBatchSize × data-parallel size "
-            f"({micro} × {dp_size}) at the current world size: pick a globalBatchSize that "
-            "every allowed world size divides"
-        )
-    return None
-
-
-def batch_plan(batch: BatchSpec, dp_size: int) -> tuple[int, int]:
-    """(global batch, accumulation steps) at this data-parallel size.
-
-    Accumulation is derived from the *current* data-parallel size, so an elastic resize
-    keeps the global batch (and so the optimisation) the same with more or fewer processes.
-    """
-    problem = _batch_problem(batch, dp_size)
-    if problem:
-        raise ValueError(f"training.batch.globalBatchSize: {problem}")
-    global_batch = batch.global_batch_size or batch.micro_batch_size * dp_size
-    return global_batch, global_batch // (batch.micro_batch_size * dp_size)
 
 
 def check_runnable(
@@ -74,8 +48,6 @@ def check_runnable(
                 "training.parallelism.tensorParallel",
                 f"{tp} must divide training.model.heads ({t.model.heads})",
             )
-    if world_size % tp == 0 and (problem := _batch_problem(t.batch, world_size // tp)):
-        add("training.batch.globalBatchSize", problem)
     if cuda_devices and world_size > cuda_devices and prefix:
         # Only for `lmjob run` (prefix set): one machine, one GPU per process.
         add(
