@@ -52,7 +52,14 @@ class ModelSpec(ApiModel):
         f"else {DEFAULT_HIDDEN}.",
     )
     seq_len: int = Field(256, ge=8, le=131072, description="Context length in tokens.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability during training.")
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout probability during training. Masks are drawn per (seed, step, "
+        "data-parallel rank), so a run resized to another world size follows the unresized "
+        "run's losses exactly only with dropout 0 (with dropout, statistically).",
+    )
     path: str | None = Field(
         None,
         min_length=1,
