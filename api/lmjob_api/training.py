@@ -211,10 +211,12 @@ class BatchSpec(ApiModel):
         None,
         ge=1,
         description="Sequences per optimiser step over all processes, the same at every world "
-        "size: each data-parallel rank runs ceil(global / (micro × data-parallel size)) "
-        "micro-batches, the last ones padded, and the loss is normalised by the global token "
-        "count, so an elastic resize does not change the optimisation. Default: micro × "
-        "data-parallel size (then it follows the world size).",
+        "size: each data-parallel rank takes a contiguous slice (sizes differ by at most one) "
+        "in ceil(global / (micro × data-parallel size)) micro-batches of nearly equal size "
+        "(a rank with fewer samples than that pads with micro-batches of weight 0), and the "
+        "loss is normalised by the global token count, so an elastic resize does not change "
+        "the optimisation. Default: micro × data-parallel size (then it follows the world "
+        "size).",
     )
 
     rules = (

@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.distributed.tensor import DTensor
 
-from lmjob_api.training import Strategy, TrainingSpec
+from lmjob_api.training import Precision, Strategy, TrainingSpec
 from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import CheckpointManager, ModelState, OptimizerState
 from lmjob_trainer.data import BatchPlan, TrainLoader, build_batch_plan
@@ -38,7 +38,8 @@ from lmjob_trainer.session import TrainerSession
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-"""loss_fn(model, inputs, targets) -> scalar loss; the default is the model's own CE."""
+"""loss_fn(model, inputs, targets) -> scalar loss, the mean over the micro-batch's tokens (the
+loop weights it by the micro-batch's share of the global batch); the default is the model's CE."""
 
 LOG_EVERY = 10
 
@@ -174,12 +175,6 @@ def build_stage_loop(
         async_save=t.checkpoint.async_,
         meta={"config": session.config.to_wire(), "strategy": strategy},
     )
-    fp16 = t.precision == "fp16"
-    scaler = (
-        ShardedGradScaler(env.device.type, enabled=fp16)
-        if strategy != "ddp"
-        else torch.amp.GradScaler(env.device.type, enabled=fp16)
-    )
     return StageLoop(
         stage=stage,
         steps=steps,
@@ -193,11 +188,21 @@ def build_stage_loop(
         loader=loader,
         state=state,
         checkpoints=checkpoints,
-        scaler=scaler,
+        scaler=_build_scaler(t.precision, strategy, env.device),
         history=storage.HistoryWriter(session.root, stage) if env.is_main else None,
         flops_per_token=flops_token,
         peak_flops=peak_flops(env.device, t.precision),
     )
+
+
+def _build_scaler(
+    precision: Precision, strategy: Strategy, device: torch.device
+) -> torch.amp.GradScaler:
+    """fp16's loss scaler (a no-op otherwise); FSDP's sharded gradients need the sharded one."""
+    enabled = precision == "fp16"
+    if strategy != "ddp":
+        return ShardedGradScaler(device.type, enabled=enabled)
+    return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
 @dataclass(frozen=True)
