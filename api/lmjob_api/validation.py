@@ -6,6 +6,9 @@ says what to do. Used by `lmjob validate`, `lmjob run`, the operator and the tra
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +116,33 @@ def check_rules(model: BaseModel, path: tuple[str | int, ...] = ()) -> list[Prob
     return problems
 
 
+def as_sent(value: Any) -> Any:
+    """`value` as kubectl sends it to the API server, so the offline verdict is the server's:
+    null-valued keys dropped (the server prunes them: a null field is an absent one), and
+    numbers as Go's encoding/json writes them, a whole float as an integer (`steps: 1e3`
+    arrives as 1000). A float JSON cannot carry (.inf, .nan) stays a string, so the field
+    that holds it is named as not a number, where kubectl would refuse the whole file."""
+    if isinstance(value, dict):
+        return {k: as_sent(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [as_sent(v) for v in value]
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value.is_integer() and abs(value) < 2**63:
+            return int(value)
+    return value
+
+
+def as_json(data: Any) -> str:
+    """The manifest as the API server receives it (`as_sent`), as JSON text (YAML dates
+    become strings).
+
+    Validated strictly in JSON mode, as the API server types it: `true` is not an integer
+    and `"8"` is not a number (Python's lax coercions would accept both)."""
+    return json.dumps(as_sent(data), default=str)
+
+
 def validate_job(data: Any) -> tuple[Any, list[Problem]]:
     """Validate one manifest mapping; returns the job (or None) and its problems."""
     from lmjob_api.job import API_VERSION, KIND, LargeModelJob
@@ -129,11 +159,27 @@ def validate_job(data: Any) -> tuple[Any, list[Problem]]:
     if head:
         return None, head
     try:
-        job = LargeModelJob.model_validate(data)
+        job = LargeModelJob.model_validate_json(as_json(data), strict=True)
     except ValidationError as err:
         return None, problems_from_pydantic(err)
     problems = check_rules(job)
     return (None if problems else job), problems
+
+
+class ManifestLoader(yaml.SafeLoader):
+    """YAML typed as kubectl types it (Go's yaml.v2, YAML 1.1), so that offline validation
+    sees the numbers the API server sees: PyYAML reads `3e-4` and `1.0e3` (an exponent
+    without a dot or sign) and `0o17` as strings, Go as a float and an int."""
+
+
+ManifestLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+ManifestLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?0o[0-7_]+$"), list("-+0")
+)
 
 
 def load_documents(path: str | Path) -> list[Any]:
@@ -143,7 +189,7 @@ def load_documents(path: str | Path) -> list[Any]:
     except OSError as err:
         raise ManifestError(str(path), [f"cannot read: {err.strerror}"]) from None
     try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
+        return [d for d in yaml.load_all(text, Loader=ManifestLoader) if d is not None]
     except yaml.YAMLError as err:
         raise ManifestError(str(path), [f"not valid YAML: {err}".replace("\n", " ")]) from None
 

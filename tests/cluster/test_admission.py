@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from lmjob_api.job import LargeModelJob
-from lmjob_api.validation import validate_job
+from lmjob_api.validation import ManifestError, load_job, validate_job
 from tests.support.invalid_jobs import load_base, load_cases
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,3 +161,61 @@ def test_invalid_update_keeps_the_saved_object(kubectl, namespace: str, job: dic
     assert out.returncode != 0
     assert "spec.workers.minReplicas" in out.stderr
     assert _get(kubectl, namespace)["spec"]["workers"]["minReplicas"] == 1
+
+
+# (field path, the value as written in YAML): numbers and booleans spelled the ways
+# YAML 1.1 allows. kubectl (Go's yaml.v2) and `lmjob validate` must type each one alike.
+SPELLINGS = [
+    ("spec.training.optimizer.lr", "3e-4"),
+    ("spec.training.optimizer.lr", "3.0E-4"),
+    ("spec.training.optimizer.lr", ".5e-3"),
+    ("spec.training.steps", "1e2"),
+    ("spec.training.steps", "200.0"),
+    ("spec.training.steps", "150.5"),
+    ("spec.training.steps", "0o310"),
+    ("spec.training.steps", "0x64"),
+    ("spec.training.steps", "1_000"),
+    ("spec.training.steps", "'200'"),
+    ("spec.training.seed", "-0x10"),
+    ("spec.training.checkpoint.async", "yes"),
+    ("spec.training.checkpoint.async", "off"),
+    ("spec.training.checkpoint.async", "'true'"),
+    ("spec.workers.replicas", "2.0"),
+    ("spec.workers.replicas", "true"),
+    ("spec.training.optimizer.lr", ".inf"),
+]
+
+
+def _manifest_text(path: str, spelling: str) -> str:
+    manifest = load_base()
+    parent = manifest
+    *head, last = path.split(".")
+    for part in head:
+        parent = parent.setdefault(part, {})
+    parent[last] = "@@VALUE@@"
+    return yaml.safe_dump(manifest, sort_keys=False).replace("'@@VALUE@@'", spelling)
+
+
+@pytest.mark.parametrize(("path", "spelling"), SPELLINGS, ids=[f"{p}={s}" for p, s in SPELLINGS])
+def test_yaml_spellings_typed_as_kubectl_types_them(
+    kubectl, tmp_path: Path, path: str, spelling: str
+) -> None:
+    """A file kubectl admits, lmjob validate admits, with the same value; and the reverse."""
+    text = _manifest_text(path, spelling)
+    file = tmp_path / "job.yaml"
+    file.write_text(text)
+    out = kubectl(
+        "create", "--dry-run=server", "--validate=strict", "-n", "default", "-o", "json",
+        "-f", str(file), check=False,
+    )  # fmt: skip
+    try:
+        ours = load_job(file)
+    except ManifestError as err:
+        assert out.returncode != 0, f"{spelling}: kubectl admits it, lmjob validate says {err}"
+        return
+    assert out.returncode == 0, f"{spelling}: lmjob validate admits it, kubectl: {out.stderr}"
+    server = json.loads(out.stdout)["spec"]
+    ours_wire = ours.spec.to_wire()
+    for part in path.split(".")[1:]:
+        server, ours_wire = server[part], ours_wire[part]
+    assert server == ours_wire, f"{spelling}: server {server!r}, lmjob {ours_wire!r}"
