@@ -104,7 +104,7 @@ def test_job_trains_compresses_and_succeeds(
     # The kubelet's copy of rank 0's last word, which status.stages was read from.
     pod = kube.core.read_namespaced_pod("e2e-worker-0", namespace)
     message = pod.status.container_statuses[0].state.terminated.message
-    assert {s["name"]: s["phase"] for s in decode_stages(message) or []} == {
+    assert {s.name: s.phase for s in decode_stages(message) or []} == {
         "train": "Succeeded",
         "int8": "Succeeded",
     }
