@@ -83,16 +83,16 @@ def test_lmjob_run_interrupt_and_resume(tmp_path: Path, text_file: Path) -> None
     final = {s.name: s for s in termination.decode_stages(message.read_text()) or []}
     assert final["train"].phase == final["int8"].phase == "Succeeded", final
     int8_report = storage.read_report(run_dir, "int8")
-    for metric, value in int8_report["metrics"].items():
+    for metric, value in int8_report.metrics.items():
         assert final["int8"].metrics[metric] == pytest.approx(value, rel=1e-5), metric
     assert final["train"].metrics["evalLoss"] == pytest.approx(
-        storage.read_report(run_dir, "train")["evalLoss"], rel=1e-5
+        storage.read_report(run_dir, "train").metrics["evalLoss"], rel=1e-5
     )
     resumed_log = "\n".join(p.read_text() for p in (run_dir / "logs").rglob("stderr.log"))
     assert f'msg="resumed from checkpoint" path={latest[1]}' in resumed_log
     report = storage.read_report(run_dir, "train")
-    assert report["phase"] == "Succeeded" and report["steps"] == 150
-    assert report["evalLoss"] < 3.5
+    assert report.phase == "Succeeded" and report.steps == 150
+    assert report.metrics["evalLoss"] < 3.5
     lines = out.splitlines()
     assert any(line.split()[:3] == ["train", "Succeeded", "150"] for line in lines), out
     # The table: one row per stage, with what each report measured.
@@ -102,7 +102,7 @@ def test_lmjob_run_interrupt_and_resume(tmp_path: Path, text_file: Path) -> None
         if cells[0] in ("stage", "train", "int8")
     }
     assert table["stage"][4:8] == ["params", "size", "sparsity", "latency"], out
-    int8 = storage.read_report(run_dir, "int8")["metrics"]
+    int8 = storage.read_report(run_dir, "int8").metrics
     _, phase, steps, eval_loss, params, size, _, latency, output = table["int8"]
     assert (phase, steps) == ("Succeeded", "0"), out
     assert float(eval_loss) == pytest.approx(int8["evalLoss"], abs=1e-4)
@@ -110,7 +110,7 @@ def test_lmjob_run_interrupt_and_resume(tmp_path: Path, text_file: Path) -> None
     assert size == f"{int8['bytes'] / 1024:.1f} KiB", out
     assert latency == f"{int8['latencyMs']:.1f} ms", out
     assert output == "runs/tiny/int8/final", out
-    assert table["train"][4] == f"{report['params'] / 1000:.1f}k", out
+    assert table["train"][4] == f"{report.metrics['params'] / 1000:.1f}k", out
     assert "sample from the trained model" in out
     assert "finished in" in err
 

@@ -276,15 +276,15 @@ def summarize(plan: LocalRunPlan) -> tuple[list[StageSummary], str | None]:
             )
             continue
         if stage == storage.TRAIN_STAGE:
-            sample = report.get("sample")
-        numbers = {**report, **(report.get("metrics") or {})}
+            sample = report.sample
+        numbers = report.metrics
         rows.append(
             StageSummary(
                 stage,
-                str(report.get("phase", "Succeeded")),
-                report.get("steps"),
-                report.get("evalLoss"),
-                report.get("checkpoint") or report.get("output"),
+                report.phase,
+                report.steps,
+                numbers.get("evalLoss"),
+                report.checkpoint,
                 params=numbers.get("params"),
                 size_bytes=numbers.get("bytes"),
                 sparsity=numbers.get("sparsity"),
