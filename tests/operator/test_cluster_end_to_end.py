@@ -101,7 +101,7 @@ def test_job_trains_compresses_and_succeeds(
     assert len(tail.splitlines()) == 3 and tail in kubelet.log_of("e2e-worker-0"), tail
     code, followed, err = lmjob(capsys, "logs", "e2e", "--follow", *kc)
     assert code == 0, err
-    assert 'msg="step"' in followed and 'msg="trainer done"' in followed, followed[-3000:]
+    assert " msg=step " in followed and 'msg="trainer done"' in followed, followed[-3000:]
     assert followed == kubelet.log_of("e2e-worker-0")
     final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=240)
     worker_log = kubelet.log_of("e2e-worker-0")
