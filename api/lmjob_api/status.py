@@ -7,7 +7,7 @@ rank-0 metrics endpoint, stage reports) and writes it only when it changed.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
@@ -31,6 +31,7 @@ class JobPhase(StrEnum):
 
 
 StagePhase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"]
+STAGE_PHASES: tuple[str, ...] = get_args(StagePhase)
 
 
 class Condition(ApiModel):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from lmjob_api.status import STAGE_PHASES, StageStatus
 
 FORMAT = "lmjob.dev/stages/v1"
 # Env var naming the file; the operator sets it to the container's terminationMessagePath.
@@ -33,13 +35,13 @@ def _number(value: float) -> float | None:
     return float(f"{value:.6g}")
 
 
-def _stage(stage: Mapping[str, Any], metrics: Sequence[str] | None, checkpoint: bool) -> dict:
-    out: dict[str, Any] = {"name": str(stage["name"]), "phase": str(stage.get("phase", "Pending"))}
-    if checkpoint and stage.get("checkpoint"):
-        out["checkpoint"] = str(stage["checkpoint"])
+def _stage(stage: StageStatus, metrics: Sequence[str] | None, checkpoint: bool) -> dict:
+    out: dict[str, Any] = {"name": stage.name, "phase": stage.phase}
+    if checkpoint and stage.checkpoint:
+        out["checkpoint"] = stage.checkpoint
     numbers = {
         k: n
-        for k, v in (stage.get("metrics") or {}).items()
+        for k, v in stage.metrics.items()
         if (metrics is None or k in metrics) and v is not None and (n := _number(v)) is not None
     }
     if numbers:
@@ -47,7 +49,7 @@ def _stage(stage: Mapping[str, Any], metrics: Sequence[str] | None, checkpoint: 
     return out
 
 
-def encode_stages(stages: Sequence[Mapping[str, Any]], error: str | None = None) -> str:
+def encode_stages(stages: Sequence[StageStatus], error: str | None = None) -> str:
     """Compact JSON of `stages` ({name, phase, checkpoint?, metrics?} each), and of the
     `error` that ended a failed run, within MAX_BYTES: numbers rounded to 6 significant
     digits, and past the limit only the essential metrics, then no checkpoints, then
@@ -85,7 +87,7 @@ def decode_error(text: str) -> str | None:
     return error if isinstance(error, str) and error else None
 
 
-def decode_stages(text: str) -> list[dict[str, Any]] | None:
+def decode_stages(text: str) -> list[StageStatus] | None:
     """The stages of a message `encode_stages` wrote; None for anything else (a job's own
     command may write its own message, and Kubernetes may have cut it short)."""
     doc = _ours(text)
@@ -98,17 +100,20 @@ def decode_stages(text: str) -> list[dict[str, Any]] | None:
     for s in stages:
         if not isinstance(s, dict) or not isinstance(s.get("name"), str):
             return None
-        metrics = s.get("metrics") or {}
+        metrics = s.get("metrics")
+        phase = s.get("phase")
+        checkpoint = s.get("checkpoint")
         out.append(
-            {
-                "name": s["name"],
-                "phase": str(s.get("phase", "Pending")),
-                "checkpoint": s.get("checkpoint"),
-                "metrics": {
+            StageStatus(
+                name=s["name"],
+                # A phase this reader does not know (a newer trainer's) reads as Pending.
+                phase=phase if phase in STAGE_PHASES else "Pending",
+                checkpoint=checkpoint if isinstance(checkpoint, str) else None,
+                metrics={
                     str(k): float(v)
-                    for k, v in metrics.items()
+                    for k, v in (metrics if isinstance(metrics, dict) else {}).items()
                     if isinstance(v, int | float) and not isinstance(v, bool)
                 },
-            }
+            )
         )
     return out

@@ -204,20 +204,29 @@ def format_status(obj: dict[str, Any]) -> str:
 
 
 def logs(args: argparse.Namespace) -> int:
+    """A worker's log through the API server (the kubelet of its node serves it); with
+    --follow, streamed until the worker's container exits or Ctrl-C."""
+    from lmjob_api.pod_template import WORKER_CONTAINER
+
     _, core, namespace = _clients(args)
     pod = f"{args.name}-worker-{args.worker}"
-    kwargs: dict[str, Any] = {"container": "worker"}
+    kwargs: dict[str, Any] = {"container": WORKER_CONTAINER}
     if args.tail is not None:
         kwargs["tail_lines"] = args.tail
-    if args.follow:
-        response = core.read_namespaced_pod_log(
-            pod, namespace, follow=True, _preload_content=False, **kwargs
-        )
-        for chunk in response.stream():
+    if not args.follow:
+        sys.stdout.write(core.read_namespaced_pod_log(pod, namespace, **kwargs) or "")
+        return 0
+    response = core.read_namespaced_pod_log(
+        pod, namespace, follow=True, _preload_content=False, **kwargs
+    )
+    try:
+        for chunk in response.stream(decode_content=True):
             sys.stdout.write(chunk.decode("utf-8", errors="replace"))
             sys.stdout.flush()
-        return 0
-    sys.stdout.write(core.read_namespaced_pod_log(pod, namespace, **kwargs) or "")
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C ends following: no traceback
+    finally:
+        response.release_conn()
     return 0
 
 

@@ -94,7 +94,7 @@ def _run(plan: Any, *, tee: bool) -> int:
         f"  logs     {_short(plan.run_dir / 'logs')}/",
         file=out,
     )
-    bar = None if tee else ProgressBar(plan.metrics_port, out)
+    bar = None if tee else ProgressBar(plan.metrics_port, out, stages=plan.stages)
     if bar:
         bar.start()
     deadline = _Deadline(plan.deadline_seconds)
@@ -241,8 +241,12 @@ class ProgressBar:
 
     WIDTH = 24
 
-    def __init__(self, port: int, out: TextIO, interval: float = 0.5) -> None:
+    def __init__(
+        self, port: int, out: TextIO, interval: float = 0.5, stages: list[str] | None = None
+    ) -> None:
         self.port = port
+        # `train` then the compression stages: the order that picks the current stage.
+        self.stages = stages or ["train"]
         self.out = out
         self.interval = interval
         self.tty = out.isatty()
@@ -268,7 +272,7 @@ class ProgressBar:
 
         started = time.monotonic()
         while not self._stop.wait(self.interval):
-            progress = read_progress(self.port)
+            progress = read_progress(self.port, self.stages)
             line = self._render(progress, time.monotonic() - started)
             self._show(line)
 

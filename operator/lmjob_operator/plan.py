@@ -5,10 +5,9 @@ No I/O here: reconcile.py observes, calls these, and acts on their answers.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -184,20 +183,42 @@ def next_wake(
     return max(0.05, min(waits))
 
 
-def observe(state: JobState, indexed: Iterable[PodView], uid: str) -> list[PodView]:
-    """The job's pods: the index, corrected by what this process created or deleted since."""
-    now_mono = time.monotonic()
+@dataclass(frozen=True)
+class Observation:
+    """The job's pods as this pass sees them, and the expectations still standing after it
+    (the caller stores them back in the job's state)."""
+
+    pods: list[PodView]
+    created: dict[str, tuple[PodView, float]]
+    deleted: dict[str, float]
+
+
+def observe(
+    state: JobState, indexed: Iterable[PodView], uid: str, *, now: datetime, now_mono: float
+) -> Observation:
+    """The job's pods: the index, corrected by what this process created or deleted since.
+
+    `now_mono` is `time.monotonic()` (the clock the expectations were stamped with) and
+    `now` the wall clock given to pods this process deleted but the index still shows.
+    """
     pods = {p.name: p for p in indexed if p.owner_uid == uid or not p.owner_uid}
-    for name, (view, at) in list(state.created.items()):
+    created: dict[str, tuple[PodView, float]] = {}
+    for name, (view, at) in state.created.items():
         seen = pods.get(name)
         if (seen is not None and seen.uid == view.uid) or now_mono - at > EXPECTATION_SECONDS:
-            del state.created[name]
-        elif seen is None:
+            continue
+        created[name] = (view, at)
+        if seen is None:
             pods[name] = view
-    for pod_uid, at in list(state.deleted.items()):
+    deleted: dict[str, float] = {}
+    for pod_uid, at in state.deleted.items():
         seen = next((p for p in pods.values() if p.uid == pod_uid), None)
         if seen is None or seen.deleting or now_mono - at > EXPECTATION_SECONDS:
-            del state.deleted[pod_uid]
-        else:
-            pods[seen.name] = replace(seen, deletion_timestamp=datetime.now(UTC))
-    return sorted(pods.values(), key=lambda p: (p.role, p.index or 0, p.name))
+            continue
+        deleted[pod_uid] = at
+        pods[seen.name] = replace(seen, deletion_timestamp=now)
+    return Observation(
+        pods=sorted(pods.values(), key=lambda p: (p.role, p.index or 0, p.name)),
+        created=created,
+        deleted=deleted,
+    )

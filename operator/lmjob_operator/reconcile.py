@@ -95,7 +95,7 @@ async def _reconcile(
         await _write_unparseable(ctx, state, body, previous, str(err), post_event)
         return IDLE_SECONDS
     now = datetime.now(UTC)
-    pods = observe(state, indexed, uid)
+    pods = _observe(state, indexed, uid, now)
     rendezvous = next((p for p in pods if p.role == ROLE_RENDEZVOUS and not p.deleting), None)
 
     problems = await _problems(ctx, job, state)
@@ -128,10 +128,17 @@ async def _reconcile(
         await _ensure_objects(ctx, state, job)
     await _apply_plan(ctx, state, job, status, plan, verdict)
     if not previous_written:
-        pods = observe(state, pods, uid)
+        pods = _observe(state, pods, uid, datetime.now(UTC))
         status = build_status(job, pods, state.progress, previous, verdict, now, problems)
         await _write_status(ctx, state, job, body, previous, status, post_event)
     return next_wake(job, status, pods, now, ctx.config)
+
+
+def _observe(state: JobState, indexed: Iterable[PodView], uid: str, now: datetime) -> list[PodView]:
+    """plan.observe with the clocks read here, and the expectations it keeps stored back."""
+    seen = observe(state, indexed, uid, now=now, now_mono=time.monotonic())
+    state.created, state.deleted = seen.created, seen.deleted
+    return seen.pods
 
 
 async def _problems(ctx: Context, job: LargeModelJob, state: JobState) -> list[Problem]:

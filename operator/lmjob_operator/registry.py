@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 
 from lmjob_api import LargeModelJobStatus as Status
+from lmjob_api.trainer_metrics import TrainerProgress
 from lmjob_operator import metrics
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.kube import Kube
 from lmjob_operator.pod_view import PodView
-from lmjob_operator.progress import Progress
 
 
 @dataclass
@@ -30,7 +30,7 @@ class JobState:
     created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)
     last_status: Status | None = None
-    progress: Progress | None = None
+    progress: TrainerProgress | None = None
     progress_pod: str = ""
     scraped_at: float = 0.0
     ensured: tuple[int, float] = (-1, 0.0)

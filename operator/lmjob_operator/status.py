@@ -28,10 +28,11 @@ from lmjob_api.status import (
     StageStatus,
     WorkersStatus,
 )
+from lmjob_api.trainer_metrics import TrainerProgress
 from lmjob_operator.failures import Action, Verdict
 from lmjob_operator.naming import worker_selector
 from lmjob_operator.pod_view import PodView, parse_time
-from lmjob_operator.progress import Progress, StageReport, final_stages
+from lmjob_operator.progress import final_stages
 from lmjob_operator.worker_pod import procs_per_worker
 
 # Conditions whose transitions are the job's phase changes; they get one event per phase.
@@ -126,7 +127,7 @@ def deadline_exceeded(job: LargeModelJob, previous: LargeModelJobStatus, now: da
 def build_status(
     job: LargeModelJob,
     pods: Sequence[PodView],
-    progress: Progress | None,
+    progress: TrainerProgress | None,
     previous: LargeModelJobStatus,
     verdict: Verdict,
     now: datetime,
@@ -274,7 +275,10 @@ def _phase_conditions(
 
 
 def _world_size(
-    job: LargeModelJob, progress: Progress | None, running: Sequence[PodView], phase: JobPhase
+    job: LargeModelJob,
+    progress: TrainerProgress | None,
+    running: Sequence[PodView],
+    phase: JobPhase,
 ) -> int:
     if phase not in (JobPhase.RUNNING, JobPhase.COMPRESSING, JobPhase.RESTARTING):
         return 0
@@ -284,7 +288,7 @@ def _world_size(
 
 
 def _progress(
-    progress: Progress | None, previous: LargeModelJobStatus, now: datetime
+    progress: TrainerProgress | None, previous: LargeModelJobStatus, now: datetime
 ) -> ProgressStatus | None:
     if progress is None:
         return previous.progress
@@ -303,26 +307,21 @@ def _progress(
 
 def _stages(
     job: LargeModelJob,
-    progress: Progress | None,
+    progress: TrainerProgress | None,
     previous: LargeModelJobStatus,
-    final: tuple[StageReport, ...] | None,
+    final: tuple[StageStatus, ...] | None,
 ) -> list[StageStatus]:
     """A finished rank 0's termination message beats the last scrape, which may predate the
     end; once the job has finished, its stages stand (its pods may be cleaned up)."""
     if final is not None:
-        reports = final
-    elif previous.phase.finished and previous.stages:
+        return list(final)
+    if previous.phase.finished and previous.stages:
         return previous.stages
-    elif progress is not None and progress.stages:
-        reports = progress.stages
-    elif previous.stages:
+    if progress is not None and progress.stages:
+        return list(progress.stages)
+    if previous.stages:
         return previous.stages
-    else:
-        return [StageStatus(name=name) for name in stage_order(job)]
-    return [
-        StageStatus(name=s.name, phase=s.phase, checkpoint=s.checkpoint, metrics=s.metrics)
-        for s in reports
-    ]
+    return [StageStatus(name=name) for name in stage_order(job)]
 
 
 def transition_events(previous: LargeModelJobStatus, new: LargeModelJobStatus) -> list[Event]:

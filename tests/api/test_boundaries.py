@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,56 @@ def test_no_source_file_crosses_boundaries() -> None:
                 if line.strip().startswith(banned):
                     offenders.append(f"{path.relative_to(REPO)}: {line.strip()}")
     assert offenders == []
+
+
+def _internal_imports(folder: Path) -> dict[str, set[str]]:
+    """Module → the package's modules it imports, lazy (in-function) imports included."""
+    package = folder.name
+    modules: dict[str, Path] = {}
+    for path in folder.rglob("*.py"):
+        parts = path.relative_to(folder.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package):
+                targets.add(node.module or "")
+                targets.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph`, or None (depth-first search, three colours)."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        path.append(node)
+        for target in sorted(graph[node]):
+            if (found := visit(target)) is not None:
+                return found
+        path.pop()
+        done.add(node)
+        return None
+
+    return next((c for n in sorted(graph) if (c := visit(n)) is not None), None)
+
+
+@pytest.mark.parametrize(
+    "folder", ["api/lmjob_api", "operator/lmjob_operator", "trainer/lmjob_trainer", "cli/lmjob_cli"]
+)
+def test_no_import_cycles(folder: str) -> None:
+    """Each module depends one way: model.py chooses hf_model.py, and both use causal_lm.py."""
+    assert _cycle(_internal_imports(REPO / folder)) is None
+
+
+def test_cycle_finder_finds_one() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from lmjob_api.status import StageStatus
 from lmjob_api.termination import (
     ESSENTIAL_METRICS,
     FORMAT,
@@ -31,31 +32,29 @@ FULL = {
 }
 
 
-def stage(name: str, phase: str = "Succeeded", metrics: dict | None = None) -> dict:
-    return {
-        "name": name,
-        "phase": phase,
-        "checkpoint": f"/checkpoints/{name}/final",
-        "metrics": FULL if metrics is None else metrics,
-    }
+def stage(name: str, phase: str = "Succeeded", metrics: dict | None = None) -> StageStatus:
+    return StageStatus(
+        name=name,
+        phase=phase,
+        checkpoint=f"/checkpoints/{name}/final",
+        metrics=FULL if metrics is None else metrics,
+    )
 
 
 def test_round_trip_keeps_six_significant_digits() -> None:
     stages = [stage("train", metrics={"evalLoss": 1.7955404911, "params": 834304}), stage("q")]
     decoded = decode_stages(encode_stages(stages))
     assert decoded is not None
-    assert [(s["name"], s["phase"], s["checkpoint"]) for s in decoded] == [
+    assert [(s.name, s.phase, s.checkpoint) for s in decoded] == [
         ("train", "Succeeded", "/checkpoints/train/final"),
         ("q", "Succeeded", "/checkpoints/q/final"),
     ]
-    assert decoded[0]["metrics"] == {"evalLoss": 1.79554, "params": 834304.0}
-    assert set(decoded[1]["metrics"]) == set(FULL)
+    assert decoded[0].metrics == {"evalLoss": 1.79554, "params": 834304.0}
+    assert set(decoded[1].metrics) == set(FULL)
 
 
 def test_non_finite_numbers_and_empty_parts_are_left_out() -> None:
-    text = encode_stages(
-        [{"name": "p", "phase": "Running", "checkpoint": None, "metrics": {"a": float("nan")}}]
-    )
+    text = encode_stages([StageStatus(name="p", phase="Running", metrics={"a": float("nan")})])
     assert json.loads(text)["stages"] == [{"name": "p", "phase": "Running"}]
 
 
@@ -65,8 +64,8 @@ def test_too_many_stages_keep_the_essentials_within_the_limit() -> None:
     assert len(text.encode()) <= MAX_BYTES
     decoded = decode_stages(text)
     assert decoded is not None and len(decoded) == 12
-    assert all(set(s["metrics"]) <= set(ESSENTIAL_METRICS) for s in decoded)
-    assert all(s["metrics"]["evalLoss"] == 1.79554 for s in decoded)
+    assert all(set(s.metrics) <= set(ESSENTIAL_METRICS) for s in decoded)
+    assert all(s.metrics["evalLoss"] == 1.79554 for s in decoded)
 
 
 def test_not_ours_is_none() -> None:
@@ -76,10 +75,15 @@ def test_not_ours_is_none() -> None:
     assert decode_stages(json.dumps({"format": FORMAT, "stages": [{"phase": "x"}]})) is None
 
 
+def test_an_unknown_phase_reads_as_pending() -> None:
+    text = json.dumps({"format": FORMAT, "stages": [{"name": "q", "phase": "Paused"}]})
+    assert decode_stages(text) == [StageStatus(name="q", phase="Pending")]
+
+
 def test_the_error_travels_cut_to_its_room() -> None:
     text = encode_stages([stage("train", "Failed")], "ValueError: " + "x" * 2000)
     error = decode_error(text)
     assert error is not None and error.startswith("ValueError: x") and len(error) == MAX_ERROR
-    assert decode_stages(text)[0]["phase"] == "Failed"
+    assert decode_stages(text)[0].phase == "Failed"
     assert decode_error(encode_stages([stage("train")])) is None
     assert decode_error("RuntimeError: plain text") is None

@@ -1,4 +1,5 @@
-"""Stage reports: complete camelCase metrics, a JSON round trip, a readable table."""
+"""Stage reports: complete camelCase metrics, one report.json shape for every stage (train
+included), and a JSON round trip that also reads the first, flat layout."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmjob_api.stage_report import StageReport
+from lmjob_trainer import storage
 from lmjob_trainer.compression.report import (
-    StageReport,
+    StageMeasurements,
     measure_latency,
     read_report,
     write_report,
@@ -18,7 +21,7 @@ from lmjob_trainer.compression.report import (
 CONTRACT_METRICS = {"evalLoss", "params", "bytes", "sparsity", "latencyMs", "wallSeconds"}
 
 
-def _report(**kw: object) -> StageReport:
+def _report(**kw: object) -> StageMeasurements:
     base = dict(
         stage="prune",
         type="prune",
@@ -31,7 +34,7 @@ def _report(**kw: object) -> StageReport:
         input_eval_loss=1.9,
         sparsity=0.5,
     )
-    return StageReport(**{**base, **kw})
+    return StageMeasurements(**{**base, **kw})
 
 
 def test_metrics_hold_the_contract_keys_and_derived_figures(tmp_path: Path) -> None:
@@ -46,12 +49,92 @@ def test_metrics_hold_the_contract_keys_and_derived_figures(tmp_path: Path) -> N
     assert read_report(tmp_path / "nowhere") is None
 
 
-def test_report_json_reads_like_the_train_report() -> None:
-    data = _report(finetune_steps=10).to_json()
+def test_report_json_reads_like_the_train_report(tmp_path: Path) -> None:
+    data = _report(finetune_steps=10).to_report().to_json()
     # What `lmjob run` and tools read from every stage's report.json.
     assert data["phase"] == "Succeeded" and data["steps"] == 10
     assert data["evalLoss"] == data["metrics"]["evalLoss"] == 2.0
-    assert StageReport.from_json(data) == _report(finetune_steps=10)
+    assert StageMeasurements.from_report(StageReport.from_json(data)) == _report(finetune_steps=10)
+    # A train report has the same keys, and a compression stage's reader does not take it.
+    train = StageReport(
+        stage="train", type="train", steps=5, total_steps=5, metrics={"evalLoss": 2.1}
+    )
+    storage.write_report(tmp_path, train)
+    assert storage.read_report(tmp_path, "train") == train
+    assert read_report(tmp_path / "train") is None
+    assert {"stage", "type", "phase", "steps", "metrics"} <= train.to_json().keys()
+    assert train.status().model_dump() == {
+        "name": "train",
+        "phase": "Succeeded",
+        "checkpoint": None,
+        "metrics": {"evalLoss": 2.1},
+    }
+
+
+# report.json files as the first trainer versions wrote them: numbers at the top level.
+LEGACY = [
+    (
+        {
+            "stage": "train",
+            "phase": "Succeeded",
+            "steps": 150,
+            "totalSteps": 150,
+            "evalLoss": 2.5,
+            "checkpoint": "/r/train/step-000000150",
+            "params": 1000,
+            "wallSeconds": 3.5,
+            "stoppedEarly": False,
+            "worldSize": 2,
+            "sample": "hello",
+        },
+        StageReport(
+            stage="train",
+            type="train",
+            steps=150,
+            total_steps=150,
+            checkpoint="/r/train/step-000000150",
+            world_size=2,
+            sample="hello",
+            metrics={"evalLoss": 2.5, "params": 1000.0, "wallSeconds": 3.5},
+        ),
+    ),
+    (
+        {
+            "stage": "q",
+            "type": "quantize",
+            "phase": "Succeeded",
+            "checkpoint": "/r/q/final",
+            "device": "cpu",
+            "finetuneSteps": 0,
+            "steps": 0,
+            "inputLinearBytes": 400,
+            "evalLoss": 2.6,
+            "metrics": {"evalLoss": 2.6, "bytes": 100.0},
+            "details": {"method": "int8-weight-only"},
+        },
+        StageReport(
+            stage="q",
+            type="quantize",
+            checkpoint="/r/q/final",
+            device="cpu",
+            metrics={"evalLoss": 2.6, "bytes": 100.0, "inputLinearBytes": 400.0},
+            details={"method": "int8-weight-only"},
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), LEGACY, ids=["train", "quantize"])
+def test_first_layout_reads_the_same(data: dict, expected: StageReport) -> None:
+    assert StageReport.from_json(data) == expected
+
+
+def test_torn_or_foreign_report_is_none(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "report.json").write_text('{"stage": "tr')
+    assert storage.read_report(tmp_path, "train") is None
+    (tmp_path / "train" / "report.json").write_text("[1, 2]")
+    assert storage.read_report(tmp_path, "train") is None
 
 
 def test_latency_is_measured_on_a_real_forward() -> None:

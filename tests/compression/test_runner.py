@@ -222,7 +222,7 @@ def test_killed_stage_resumes_from_its_checkpoint_without_redoing_earlier_ones(
     report = _report(root, "prune")
     # The masks held through FSDP sharding, the kill and the resume.
     assert report["sparsity"] == pytest.approx(0.5, abs=1e-3)
-    assert report["finetuneSteps"] == 60
+    assert report["steps"] == 60
     assert _report(root, "heads")["sparsity"] == pytest.approx(0.5)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmjob_api.termination import decode_stages
+from lmjob_cli.main import main
 from tests.operator.harness import create_job, free_port, job_status, phase_is, wait_for
 from tests.support.process_kubelet import ProcessKubelet
 
@@ -51,8 +52,11 @@ def corpus(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def kubelet(operator, kube, namespace, tmp_path: Path) -> Iterator[ProcessKubelet]:
-    """Runs job `e2e`'s pods; stopped (every process killed) after the test."""
-    node = ProcessKubelet(kube.core, namespace, tmp_path / "node", "lmjob.dev/job-name=e2e")
+    """Runs job `e2e`'s pods on a Node of its own that serves their logs to the API server;
+    stopped (every process killed) after the test."""
+    node = ProcessKubelet(
+        kube.core, namespace, tmp_path / "node", "lmjob.dev/job-name=e2e", serve_logs=True
+    )
     node.start()
     yield node
     node.stop()
@@ -72,8 +76,15 @@ def checkpointed(status: dict) -> bool:
     return bool((status.get("checkpoint") or {}).get("step"))
 
 
+def lmjob(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def test_job_trains_compresses_and_succeeds(
-    kubelet: ProcessKubelet, kube, namespace, corpus: Path
+    kubelet: ProcessKubelet, kube, namespace, corpus: Path, control_plane, capsys
 ) -> None:
     create_job(kube.custom, namespace, "e2e", job_spec(corpus, steps=300))
     running = wait_for_status(
@@ -82,6 +93,16 @@ def test_job_trains_compresses_and_succeeds(
         lambda s: (s.get("progress") or {}).get("stage") == "train" and s["progress"].get("step"),
         "progress from the trainer",
     )
+    # `lmjob logs` of the running worker, through the API server and the node's kubelet:
+    # its last lines, then the whole log followed until the container exits.
+    kc = ["--kubeconfig", str(control_plane.kubeconfig), "-n", namespace]
+    code, tail, err = lmjob(capsys, "logs", "e2e", "--tail", "3", *kc)
+    assert code == 0, err
+    assert len(tail.splitlines()) == 3 and tail in kubelet.log_of("e2e-worker-0"), tail
+    code, followed, err = lmjob(capsys, "logs", "e2e", "--follow", *kc)
+    assert code == 0, err
+    assert " msg=step " in followed and 'msg="trainer done"' in followed, followed[-3000:]
+    assert followed == kubelet.log_of("e2e-worker-0")
     final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=240)
     worker_log = kubelet.log_of("e2e-worker-0")
     assert kubelet.errors == [], kubelet.errors
@@ -104,7 +125,7 @@ def test_job_trains_compresses_and_succeeds(
     # The kubelet's copy of rank 0's last word, which status.stages was read from.
     pod = kube.core.read_namespaced_pod("e2e-worker-0", namespace)
     message = pod.status.container_statuses[0].state.terminated.message
-    assert {s["name"]: s["phase"] for s in decode_stages(message) or []} == {
+    assert {s.name: s.phase for s in decode_stages(message) or []} == {
         "train": "Succeeded",
         "int8": "Succeeded",
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmjob_api.job import RunPolicy
+from lmjob_api.status import StageStatus
 from lmjob_api.termination import encode_stages
 from lmjob_operator.failures import Action, exit_code_retryable, judge_failures
 from lmjob_operator.pod_view import PodView
@@ -222,7 +223,7 @@ def test_failure_message_names_pod_and_code() -> None:
             ": cannot run this config: training.parallelism.tensorParallel: 2",
         ),
         # Its message after a run that failed without one: nothing to add.
-        (encode_stages([{"name": "train", "phase": "Failed"}]), ""),
+        (encode_stages([StageStatus(name="train", phase="Failed")]), ""),
         # FallbackToLogsOnError: the log's tail, of which the last line says the most.
         (
             "step 10 loss 2.3\nTraceback ...\nRuntimeError: CUDA out of memory\n",

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from lmjob_api import JobPhase
-from lmjob_api.status import Condition, LargeModelJobStatus, ProgressStatus
+from lmjob_api.status import Condition, LargeModelJobStatus, ProgressStatus, StageStatus
 from lmjob_api.termination import encode_stages
+from lmjob_api.trainer_metrics import TrainerProgress as Progress
 from lmjob_operator.failures import Action, Verdict
 from lmjob_operator.pod_view import PodView
-from lmjob_operator.progress import Progress, StageReport
 from lmjob_operator.status import Problem, build_status, stamp, transition_events
 from tests.operator.factories import NOW, make_job, rendezvous, worker
 
@@ -285,7 +285,7 @@ PROGRESS = Progress(
     world_size=8,
     checkpoint_path="/checkpoints/train/step-000000100",
     checkpoint_step=100,
-    stages=(StageReport("train", "Running"), StageReport("prune")),
+    stages=(StageStatus(name="train", phase="Running"), StageStatus(name="prune")),
 )
 
 
@@ -372,7 +372,8 @@ def test_events_for_every_transition() -> None:
 
 
 def _finished(index: int, stages: list[dict], **fields: Any) -> PodView:
-    return worker(index, "Succeeded", exit_code=0, message=encode_stages(stages), **fields)
+    message = encode_stages([StageStatus.model_validate(s) for s in stages])
+    return worker(index, "Succeeded", exit_code=0, message=message, **fields)
 
 
 COMPRESSED = {
@@ -392,7 +393,11 @@ FINAL = [
 def test_final_stages_come_from_rank0s_termination_message() -> None:
     # The last scrape saw q still running; the job then ended before the next one.
     stale = Progress(
-        stage="q", stages=(StageReport("train", "Succeeded"), StageReport("q", "Running"))
+        stage="q",
+        stages=(
+            StageStatus(name="train", phase="Succeeded"),
+            StageStatus(name="q", phase="Running"),
+        ),
     )
     job = make_job(COMPRESSED)
     pods = [worker(0, "Succeeded", exit_code=0), _finished(1, FINAL)]

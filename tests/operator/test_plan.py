@@ -12,7 +12,7 @@ from lmjob_api import JobPhase
 from lmjob_api.status import LargeModelJobStatus
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.failures import Action, Verdict
-from lmjob_operator.plan import merge_patch, observe, parse_status, plan_pods
+from lmjob_operator.plan import EXPECTATION_SECONDS, merge_patch, observe, parse_status, plan_pods
 from lmjob_operator.pod_view import PodView
 from lmjob_operator.registry import JobState
 from lmjob_operator.status import stamp
@@ -229,13 +229,30 @@ def test_observe_trusts_own_writes_until_the_index_catches_up() -> None:
     state.created[created.name] = (created, time.monotonic())
     gone = worker(0)
     state.deleted[gone.uid] = time.monotonic()
-    seen = observe(state, [gone], UID)
-    assert [p.name for p in seen] == ["demo-worker-0", "demo-worker-1"]
-    assert seen[0].deleting and not seen[1].deleting
+    before = (dict(state.created), dict(state.deleted))
+    seen = observe(state, [gone], UID, now=NOW, now_mono=time.monotonic())
+    assert [p.name for p in seen.pods] == ["demo-worker-0", "demo-worker-1"]
+    assert seen.pods[0].deleting and not seen.pods[1].deleting
+    assert seen.pods[0].deletion_timestamp == NOW
+    assert (seen.created, seen.deleted) == before
+    assert (state.created, state.deleted) == before, "observe leaves the state to its caller"
     # The index catches up: expectations are dropped.
-    seen = observe(state, [created], UID)
-    assert [p.name for p in seen] == ["demo-worker-1"]
-    assert state.created == {} and state.deleted == {}
+    seen = observe(state, [created], UID, now=NOW, now_mono=time.monotonic())
+    assert [p.name for p in seen.pods] == ["demo-worker-1"]
+    assert seen.created == {} and seen.deleted == {}
+
+
+def test_observe_drops_expectations_past_their_time() -> None:
+    state = JobState(("ns", "demo"), UID)
+    created = worker(1, "Pending")
+    state.created[created.name] = (created, 100.0)
+    gone = worker(0)
+    state.deleted[gone.uid] = 100.0
+    later = 100.0 + EXPECTATION_SECONDS + 1
+    seen = observe(state, [gone], UID, now=NOW, now_mono=later)
+    assert [p.name for p in seen.pods] == ["demo-worker-0"]
+    assert not seen.pods[0].deleting
+    assert seen.created == {} and seen.deleted == {}
 
 
 def test_observe_ignores_pods_of_another_incarnation() -> None:
@@ -249,7 +266,8 @@ def test_observe_ignores_pods_of_another_incarnation() -> None:
         phase="Running",
         owner_uid="someone-else",
     )
-    assert observe(JobState(("ns", "demo"), UID), [other], UID) == []
+    seen = observe(JobState(("ns", "demo"), UID), [other], UID, now=NOW, now_mono=0.0)
+    assert seen.pods == []
 
 
 def test_parse_status_tolerates_unknown_fields() -> None:

@@ -1,5 +1,6 @@
-"""parse_progress on real Prometheus expositions (written by prometheus_client, as the trainer does),
-and scrape_progress against a live HTTP endpoint."""
+"""parse_scrape (lmjob_api.trainer_metrics, the one reader of the trainer's series) on real
+Prometheus expositions written by prometheus_client as the trainer does, and the operator's
+scrape_progress against a live HTTP endpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
-from lmjob_operator.progress import parse_progress, scrape_progress
+from lmjob_api.trainer_metrics import parse_scrape
+from lmjob_operator.progress import scrape_progress
 from tests.operator.factories import worker
 
 STAGES = ["train", "prune", "int8"]
@@ -24,6 +26,8 @@ def exposition(
     steps: dict[str, tuple[int, int, float]] | None = None,
     checkpoints: dict[str, tuple[str, int]] | None = None,
     results: dict[str, dict[str, float]] | None = None,
+    restarts: int = 0,
+    eval_loss: dict[str, float] | None = None,
 ) -> str:
     """The text a worker serves; without `rank0` only per-pod series (memory) are present."""
     reg = CollectorRegistry()
@@ -40,6 +44,10 @@ def exposition(
         "demo", "train"
     ).observe(0.2)
     Gauge("lmjob_trainer_world_size", "w", ["job"], registry=reg).labels("demo").set(4)
+    Gauge("lmjob_trainer_restarts", "r", ["job"], registry=reg).labels("demo").set(restarts)
+    evals = Gauge("lmjob_trainer_eval_loss", "e", labels, registry=reg)
+    for stage, value in (eval_loss or {}).items():
+        evals.labels("demo", stage).set(value)
     info = Gauge("lmjob_trainer_stage_info", "i", [*labels, "phase"], registry=reg)
     ckpt = Gauge("lmjob_trainer_checkpoint_info", "c", [*labels, "path"], registry=reg)
     result = Gauge("lmjob_trainer_stage_result", "r", [*labels, "metric"], registry=reg)
@@ -95,12 +103,27 @@ CASES = [
         },
         ("train", 300, 400, 1.0, "/c/train/step-000000300", 300),
     ),
+    (
+        # `lmjob run` used to take the first stage in the text here (train); the stage
+        # order decides now, for it and the operator alike.
+        "between stages, listed out of order: the stage order decides",
+        {
+            "phases": {"int8": "Pending", "prune": "Succeeded", "train": "Succeeded"},
+            "steps": {"prune": (50, 50, 1.3), "train": (200, 200, 1.2)},
+        },
+        ("prune", 50, 50, 1.3, "", 0),
+    ),
+    (
+        "started, no stage_info yet: the stage with series",
+        {"steps": {"train": (3, 10, 2.5)}},
+        ("train", 3, 10, 2.5, "", 0),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("kwargs", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_parse_progress(kwargs: dict, expected: tuple) -> None:
-    progress = parse_progress(exposition(**kwargs), STAGES)
+def test_parse_scrape(kwargs: dict, expected: tuple) -> None:
+    progress = parse_scrape(exposition(**kwargs), STAGES)
     assert progress is not None
     got = (
         progress.stage,
@@ -116,7 +139,30 @@ def test_parse_progress(kwargs: dict, expected: tuple) -> None:
 
 
 def test_not_rank_zero() -> None:
-    assert parse_progress(exposition(rank0=False), STAGES) is None
+    assert parse_scrape(exposition(rank0=False), STAGES) is None
+    # Series of other exporters, even with the same short names, are not the trainer's.
+    assert parse_scrape('step{job="j",stage="train"} 3.0\nworld_size 2.0\n', STAGES) is None
+
+
+def test_rank_zero_before_its_first_step() -> None:
+    """world_size is set at start-up: rank 0 is found before any stage has numbers."""
+    progress = parse_scrape(exposition(), STAGES)
+    assert progress is not None and (progress.stage, progress.step, progress.world_size) == (
+        "",
+        0,
+        4,
+    )
+
+
+def test_eval_loss_and_restarts() -> None:
+    text = exposition(
+        phases={"train": "Running"},
+        steps={"train": (4, 10, 2.0)},
+        eval_loss={"train": 1.75},
+        restarts=2,
+    )
+    progress = parse_scrape(text, STAGES)
+    assert (progress.eval_loss, progress.restarts) == (1.75, 2)
 
 
 def test_stage_reports() -> None:
@@ -126,7 +172,7 @@ def test_stage_reports() -> None:
         checkpoints={"train": ("/c/train/final", 200)},
         results={"train": {"evalLoss": 1.25, "wallSeconds": 60.0}},
     )
-    stages = parse_progress(text, STAGES).stages
+    stages = parse_scrape(text, STAGES).stages
     assert [(s.name, s.phase) for s in stages] == [
         ("train", "Succeeded"),
         ("prune", "Running"),
@@ -138,7 +184,7 @@ def test_stage_reports() -> None:
 
 def test_nan_loss_is_dropped() -> None:
     text = exposition(phases={"train": "Running"}, steps={"train": (1, 10, float("nan"))})
-    assert parse_progress(text, STAGES).loss is None
+    assert parse_scrape(text, STAGES).loss is None
 
 
 class _Metrics(BaseHTTPRequestHandler):

@@ -213,3 +213,18 @@ def build_pki(directory: Path, *, service_ip: str) -> Pki:
         sa_private=sa_private,
         sa_public=sa_public,
     )
+
+
+def build_kubelet_serving(directory: Path) -> KeyPair:
+    """A serving cert for a test kubelet on 127.0.0.1 (its own CA: the API server, given no
+    --kubelet-certificate-authority, does not verify kubelets)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _, ca_cert, ca_key = _ca(directory / "kubelet-ca", "lmjob-test-kubelet-ca")
+    return _leaf(
+        directory / "kubelet",
+        ca_cert,
+        ca_key,
+        common_name="lmjob-test-kubelet",
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        sans=[x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
+    )

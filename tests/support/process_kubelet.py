@@ -14,7 +14,10 @@ plain process can:
 - images: the container's `python` is this interpreter, with the checkout on PYTHONPATH;
 - status: Running with its IP once started; Succeeded or Failed with the exit code and
   the termination message once the process exits; a pod being deleted gets SIGTERM, then
-  SIGKILL after its grace period, and is then removed from the API.
+  SIGKILL after its grace period, and is then removed from the API;
+- logs (with `serve_logs`): pods are bound to a Node of this kubelet's, whose endpoint
+  serves each container's log to the API server (`kubectl logs`, `lmjob logs`;
+  tests/support/kubelet_node.py).
 
 Everything else (scheduling, owner references, garbage collection, the operator's RBAC)
 is the real control plane's.
@@ -38,6 +41,8 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from tests.support.kubelet_node import KubeletNode
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,8 @@ class ProcessKubelet:
         root: Path,
         label_selector: str = "",
         interval: float = 0.2,
+        *,
+        serve_logs: bool = False,
     ) -> None:
         self.core = core
         self.namespace = namespace
@@ -107,9 +114,18 @@ class ProcessKubelet:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="process-kubelet")
         self.errors: list[str] = []
+        # Where each pod's current incarnation starts in its log file (what `logs` shows).
+        self.log_starts: dict[str, int] = {}
+        self.node = (
+            KubeletNode(core, f"process-{namespace}"[:63], root / "kubelet", self.current_log)
+            if serve_logs
+            else None
+        )
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> ProcessKubelet:
+        if self.node is not None:
+            self.node.start()
         self._thread.start()
         return self
 
@@ -118,11 +134,24 @@ class ProcessKubelet:
         self._thread.join(10)
         for running in self.pods.values():
             self._kill(running.proc, signal.SIGKILL)
+        if self.node is not None:
+            self.node.stop()
 
     def log_of(self, pod: str) -> str:
         """Everything every incarnation of pod `pod` printed."""
         path = self.root / "logs" / f"{pod}.txt"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def current_log(self, pod: str) -> tuple[bytes, bool] | None:
+        """The log of pod `pod`'s current container, and whether it still runs."""
+        start = self.log_starts.get(pod)
+        if start is None:
+            return None
+        # Asked before reading: a container seen exited has written everything read next.
+        running = any(r.name == pod for r in list(self.pods.values()))
+        with (self.root / "logs" / f"{pod}.txt").open("rb") as f:
+            f.seek(start)
+            return f.read(), running
 
     def claim_dir(self, claim: str) -> Path:
         """The folder standing for PersistentVolumeClaim `claim`'s volume."""
@@ -145,6 +174,8 @@ class ProcessKubelet:
 
     # -- one pass ---------------------------------------------------------------
     def sync(self) -> None:
+        if self.node is not None:
+            self.node.heartbeat()
         pods = self.core.list_namespaced_pod(
             self.namespace, label_selector=self.label_selector
         ).items
@@ -191,8 +222,11 @@ class ProcessKubelet:
         }
         for var in container.env or []:
             env[var.name] = translate(var.value or "")
+        if self.node is not None and not pod.spec.node_name:
+            self.node.bind(name, self.namespace)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         log_file = (self.root / "logs" / f"{name}.txt").open("ab")
+        self.log_starts[name] = log_file.tell()
         proc = subprocess.Popen(
             command,
             env=env,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from prometheus_client import generate_latest
 
+from lmjob_api.trainer_metrics import parse_scrape
 from lmjob_api.training import ModelSpec, ScheduleSpec
 from lmjob_trainer.data import TokenStream, eval_batches, load_splits, prepare_data
 from lmjob_trainer.distributed import DistEnv
@@ -159,6 +160,23 @@ def test_metrics_follow_the_contract() -> None:
     assert 'phase="Running"' not in text  # one stage_info series per stage
     assert 'lmjob_trainer_memory_bytes{job="j",kind="rss",stage="train"}' in text
     assert "lmjob_trainer_mfu{" not in text  # GPU only
+    # The one reader of the series (the operator's and `lmjob run`'s) gets back what was
+    # recorded, and the same stages as the termination message (stage_summary).
+    progress = parse_scrape(text, ["train"])
+    assert progress is not None
+    assert (
+        progress.stage,
+        progress.step,
+        progress.total_steps,
+        progress.loss,
+        progress.eval_loss,
+        progress.tokens_per_second,
+        progress.world_size,
+        progress.restarts,
+        progress.checkpoint_path,
+        progress.checkpoint_step,
+    ) == ("train", 1, 10, 2.0, 1.9, 5.0, 4, 2, "/c/train/step-000000002", 2)
+    assert list(progress.stages) == metrics.stage_summary()
 
     # Local rank 0 of another pod: memory only; a non-local-0 process: nothing.
     other_pod = TrainerMetrics("j", _env(2, 0))

@@ -45,7 +45,7 @@ def test_hf_model_trains(tmp_path: Path, text_file: Path, data_cache: Path) -> N
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = losses(root)
     assert history[8] < history[1] - 0.3, history
-    assert storage.read_report(root, "train")["phase"] == "Succeeded"
+    assert storage.read_report(root, "train").phase == "Succeeded"
 
 
 def _train_bpe(text: Path, out: Path, vocab_size: int) -> None:

@@ -15,7 +15,6 @@ import yaml
 
 from lmjob_api import termination
 from lmjob_trainer import storage
-from lmjob_trainer.local_run import parse_progress
 
 from .conftest import losses, subprocess_env, tiny_training, wait_for
 
@@ -81,19 +80,19 @@ def test_lmjob_run_interrupt_and_resume(tmp_path: Path, text_file: Path) -> None
     again = _lmjob_run(manifest, cwd, env={termination.PATH_ENV: str(message)})
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-4000:]
-    final = {s["name"]: s for s in termination.decode_stages(message.read_text()) or []}
-    assert final["train"]["phase"] == final["int8"]["phase"] == "Succeeded", final
+    final = {s.name: s for s in termination.decode_stages(message.read_text()) or []}
+    assert final["train"].phase == final["int8"].phase == "Succeeded", final
     int8_report = storage.read_report(run_dir, "int8")
-    for metric, value in int8_report["metrics"].items():
-        assert final["int8"]["metrics"][metric] == pytest.approx(value, rel=1e-5), metric
-    assert final["train"]["metrics"]["evalLoss"] == pytest.approx(
-        storage.read_report(run_dir, "train")["evalLoss"], rel=1e-5
+    for metric, value in int8_report.metrics.items():
+        assert final["int8"].metrics[metric] == pytest.approx(value, rel=1e-5), metric
+    assert final["train"].metrics["evalLoss"] == pytest.approx(
+        storage.read_report(run_dir, "train").metrics["evalLoss"], rel=1e-5
     )
     resumed_log = "\n".join(p.read_text() for p in (run_dir / "logs").rglob("stderr.log"))
     assert f'msg="resumed from checkpoint" path={latest[1]}' in resumed_log
     report = storage.read_report(run_dir, "train")
-    assert report["phase"] == "Succeeded" and report["steps"] == 150
-    assert report["evalLoss"] < 3.5
+    assert report.phase == "Succeeded" and report.steps == 150
+    assert report.metrics["evalLoss"] < 3.5
     lines = out.splitlines()
     assert any(line.split()[:3] == ["train", "Succeeded", "150"] for line in lines), out
     # The table: one row per stage, with what each report measured.
@@ -103,7 +102,7 @@ def test_lmjob_run_interrupt_and_resume(tmp_path: Path, text_file: Path) -> None
         if cells[0] in ("stage", "train", "int8")
     }
     assert table["stage"][4:8] == ["params", "size", "sparsity", "latency"], out
-    int8 = storage.read_report(run_dir, "int8")["metrics"]
+    int8 = storage.read_report(run_dir, "int8").metrics
     _, phase, steps, eval_loss, params, size, _, latency, output = table["int8"]
     assert (phase, steps) == ("Succeeded", "0"), out
     assert float(eval_loss) == pytest.approx(int8["evalLoss"], abs=1e-4)
@@ -111,40 +110,9 @@ def test_lmjob_run_interrupt_and_resume(tmp_path: Path, text_file: Path) -> None
     assert size == f"{int8['bytes'] / 1024:.1f} KiB", out
     assert latency == f"{int8['latencyMs']:.1f} ms", out
     assert output == "runs/tiny/int8/final", out
-    assert table["train"][4] == f"{report['params'] / 1000:.1f}k", out
+    assert table["train"][4] == f"{report.metrics['params'] / 1000:.1f}k", out
     assert "sample from the trained model" in out
     assert "finished in" in err
-
-
-def test_progress_is_read_from_rank0_metrics() -> None:
-    text = "\n".join(
-        [
-            'lmjob_trainer_step{job="j",stage="train"} 120.0',
-            'lmjob_trainer_total_steps{job="j",stage="train"} 600.0',
-            'lmjob_trainer_loss{job="j",stage="train"} 1.5',
-            'lmjob_trainer_stage_info{job="j",stage="train",phase="Running"} 1.0',
-            'lmjob_trainer_restarts{job="j"} 1.0',
-        ]
-    )
-    progress = parse_progress(text)
-    assert progress is not None
-    assert (
-        progress.stage,
-        progress.step,
-        progress.total_steps,
-        progress.loss,
-        progress.restarts,
-    ) == (
-        "train",
-        120,
-        600,
-        1.5,
-        1,
-    )
-    # A pod without job-level series (not global rank 0) reports nothing.
-    assert (
-        parse_progress('lmjob_trainer_memory_bytes{job="j",stage="train",kind="rss"} 1e9') is None
-    )
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def test_reshard_2_to_1_to_2(
     torchrun(config, one, nproc=1)
     assert min(losses(one)) == 5, "did not resume from the copied step-4 checkpoint"
     _assert_matches_reference(one, ddp_reference, from_step=4)
-    assert storage.read_report(one, "train")["worldSize"] == 1
+    assert storage.read_report(one, "train").world_size == 1
     # ... and that run's step-8 checkpoint (saved by 1 process) resumed by 2.
     two = tmp_path / "two"
     copy_checkpoint(one, 8, two)
@@ -143,7 +143,7 @@ def test_kill_9_worker_resumes_under_elastic_launch(
     assert list((tmp_path / "logs").glob("*/attempt_1")), "torchrun did not restart the workers"
     got, want = losses(root), losses(ddp_reference)
     assert got[12] == pytest.approx(want[12], rel=RTOL)
-    assert storage.read_report(root, "train")["steps"] == 12
+    assert storage.read_report(root, "train").steps == 12
 
 
 # Runs in each worker instead of `-m lmjob_trainer`: makes rank 1 die (like a SIGKILL, no

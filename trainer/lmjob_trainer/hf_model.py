@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmjob_trainer.model import generate, lm_loss
+from lmjob_trainer.causal_lm import generate, lm_loss
 
 
 class HFCausalLM(nn.Module):

@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from lmjob_api.trainer_config import (
     build_trainer_config,
     dump_trainer_config,
 )
+from lmjob_api.trainer_metrics import TrainerProgress, parse_scrape
 from lmjob_api.validation import Problem
 from lmjob_trainer import storage
 from lmjob_trainer.preflight import check_runnable
@@ -225,55 +227,14 @@ def launch(plan: LocalRunPlan, *, tee: bool = False) -> dict[int, Any]:
     return elastic_launch(config, plan.entrypoint)(*plan.args)
 
 
-@dataclass
-class Progress:
-    """What the rank-0 metrics endpoint says right now."""
-
-    stage: str = ""
-    step: int = 0
-    total_steps: int = 0
-    loss: float | None = None
-    eval_loss: float | None = None
-    tokens_per_second: float | None = None
-    restarts: int = 0
-
-
-def parse_progress(text: str) -> Progress | None:
-    """Progress from Prometheus text; None when it holds no job-level series (not rank 0)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    values: dict[tuple[str, str], float] = {}
-    running, last_stage, restarts = "", "", 0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name, labels = sample.name.removeprefix("lmjob_trainer_"), sample.labels
-            stage = labels.get("stage", "")
-            if name == "stage_info" and labels.get("phase") == "Running":
-                running = stage
-            elif name == "restarts":
-                restarts = int(sample.value)
-            elif name in {"step", "total_steps", "loss", "eval_loss", "tokens_per_second"}:
-                values[(name, stage)] = sample.value
-                last_stage = last_stage or stage
-    stage = running or last_stage
-    if not stage:
-        return None
-    return Progress(
-        stage=stage,
-        step=int(values.get(("step", stage), 0)),
-        total_steps=int(values.get(("total_steps", stage), 0)),
-        loss=values.get(("loss", stage)),
-        eval_loss=values.get(("eval_loss", stage)),
-        tokens_per_second=values.get(("tokens_per_second", stage)),
-        restarts=restarts,
-    )
-
-
-def read_progress(port: int, timeout: float = 1.0) -> Progress | None:
-    """Scrape `127.0.0.1:port/metrics`; None while the endpoint is down (start, restart)."""
+def read_progress(
+    port: int, stages: Sequence[str] = (storage.TRAIN_STAGE,), timeout: float = 1.0
+) -> TrainerProgress | None:
+    """Scrape `127.0.0.1:port/metrics` with the operator's parser; None while the endpoint
+    is down (start, restart). `stages`: `train` then the compression stages, in order."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
-            return parse_progress(r.read().decode())
+            return parse_scrape(r.read().decode(), stages)
     except (OSError, ValueError):
         return None
 
@@ -315,15 +276,15 @@ def summarize(plan: LocalRunPlan) -> tuple[list[StageSummary], str | None]:
             )
             continue
         if stage == storage.TRAIN_STAGE:
-            sample = report.get("sample")
-        numbers = {**report, **(report.get("metrics") or {})}
+            sample = report.sample
+        numbers = report.metrics
         rows.append(
             StageSummary(
                 stage,
-                str(report.get("phase", "Succeeded")),
-                report.get("steps"),
-                report.get("evalLoss"),
-                report.get("checkpoint") or report.get("output"),
+                report.phase,
+                report.steps,
+                numbers.get("evalLoss"),
+                report.checkpoint,
                 params=numbers.get("params"),
                 size_bytes=numbers.get("bytes"),
                 sparsity=numbers.get("sparsity"),

@@ -1,4 +1,5 @@
-"""The trainer's Prometheus series (names and labels: docs/contracts.md).
+"""The trainer's Prometheus series, registered under the names of lmjob_api.trainer_metrics
+(the contract the operator and `lmjob run` read them back with; docs/contracts.md).
 
 Local rank 0 of each pod serves `:$LMJOB_METRICS_PORT/metrics`. Job-level series are set
 only by the process holding global rank 0, so exactly one pod of a job exports them and
@@ -15,14 +16,14 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 
+from lmjob_api import trainer_metrics as names
+from lmjob_api.status import STAGE_PHASES, StageStatus
 from lmjob_trainer.distributed import DistEnv
 
 log = logging.getLogger(__name__)
 
-PREFIX = "lmjob_trainer_"
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
 CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800)
-STAGE_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Skipped")
 
 
 class TrainerMetrics:
@@ -42,62 +43,88 @@ class TrainerMetrics:
         self._phase: dict[str, str] = {}
         self._results: dict[str, dict[str, float]] = {}
         r = self.registry
-        js = ("job", "stage")
-        self.step = Gauge(PREFIX + "step", "Optimiser steps done in the stage", js, registry=r)
-        self.total_steps = Gauge(PREFIX + "total_steps", "Steps the stage will run", js, registry=r)
-        self.loss = Gauge(PREFIX + "loss", "Latest training loss", js, registry=r)
-        self.eval_loss = Gauge(PREFIX + "eval_loss", "Latest evaluation loss", js, registry=r)
+        js = names.STAGE_LABELS
+        self.step = Gauge(
+            names.series(names.STEP), "Optimiser steps done in the stage", js, registry=r
+        )
+        self.total_steps = Gauge(
+            names.series(names.TOTAL_STEPS), "Steps the stage will run", js, registry=r
+        )
+        self.loss = Gauge(names.series(names.LOSS), "Latest training loss", js, registry=r)
+        self.eval_loss = Gauge(
+            names.series(names.EVAL_LOSS), "Latest evaluation loss", js, registry=r
+        )
         self.learning_rate = Gauge(
-            PREFIX + "learning_rate", "Current learning rate", js, registry=r
+            names.series(names.LEARNING_RATE), "Current learning rate", js, registry=r
         )
         self.grad_norm = Gauge(
-            PREFIX + "grad_norm", "Global gradient norm before clipping", js, registry=r
+            names.series(names.GRAD_NORM), "Global gradient norm before clipping", js, registry=r
         )
         self.tokens_per_second = Gauge(
-            PREFIX + "tokens_per_second", "Training throughput over all ranks", js, registry=r
+            names.series(names.TOKENS_PER_SECOND),
+            "Training throughput over all ranks",
+            js,
+            registry=r,
         )
         self.step_seconds = Histogram(
-            PREFIX + "step_seconds",
+            names.series(names.STEP_SECONDS),
             "Wall time per optimiser step",
             js,
             buckets=STEP_BUCKETS,
             registry=r,
         )
-        self.mfu = Gauge(PREFIX + "mfu", "Model FLOPs utilisation (GPU only)", js, registry=r)
+        self.mfu = Gauge(
+            names.series(names.MFU), "Model FLOPs utilisation (GPU only)", js, registry=r
+        )
         self.memory_bytes = Gauge(
-            PREFIX + "memory_bytes", "Memory of this pod's local rank 0", (*js, "kind"), registry=r
+            names.series(names.MEMORY_BYTES),
+            "Memory of this pod's local rank 0",
+            (*js, names.KIND),
+            registry=r,
         )
         self.checkpoint_save_seconds = Histogram(
-            PREFIX + "checkpoint_save_seconds",
+            names.series(names.CHECKPOINT_SAVE_SECONDS),
             "Blocking time of a checkpoint save",
             js,
             buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
         self.checkpoint_load_seconds = Histogram(
-            PREFIX + "checkpoint_load_seconds",
+            names.series(names.CHECKPOINT_LOAD_SECONDS),
             "Time to load a checkpoint on resume",
             js,
             buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
         self.checkpoint_info = Gauge(
-            PREFIX + "checkpoint_info",
+            names.series(names.CHECKPOINT_INFO),
             "Newest complete checkpoint (value: its step)",
-            (*js, "path"),
+            (*js, names.PATH),
             registry=r,
         )
         self.world_size = Gauge(
-            PREFIX + "world_size", "Processes in the rendezvous", ("job",), registry=r
+            names.series(names.WORLD_SIZE),
+            "Processes in the rendezvous",
+            names.JOB_LABELS,
+            registry=r,
         )
         self.restarts = Gauge(
-            PREFIX + "restarts", "torchrun restarts of this job", ("job",), registry=r
+            names.series(names.RESTARTS),
+            "torchrun restarts of this job",
+            names.JOB_LABELS,
+            registry=r,
         )
         self.stage_info = Gauge(
-            PREFIX + "stage_info", "Phase of each stage (value 1)", (*js, "phase"), registry=r
+            names.series(names.STAGE_INFO),
+            "Phase of each stage (value 1)",
+            (*js, names.PHASE),
+            registry=r,
         )
         self.stage_result = Gauge(
-            PREFIX + "stage_result", "A stage's report numbers", (*js, "metric"), registry=r
+            names.series(names.STAGE_RESULT),
+            "A stage's report numbers",
+            (*js, names.METRIC),
+            registry=r,
         )
         if self.exports_job:
             self.world_size.labels(job).set(env.world_size)
@@ -195,16 +222,16 @@ class TrainerMetrics:
                 self.stage_result.labels(self.job, stage, metric).set(float(value))
                 self._results.setdefault(stage, {})[metric] = float(value)
 
-    def stage_summary(self) -> list[dict[str, Any]]:
+    def stage_summary(self) -> list[StageStatus]:
         """Every stage's phase, newest checkpoint and results, as the stage series say them
         (empty where this process does not export job-level series)."""
         return [
-            {
-                "name": stage,
-                "phase": phase,
-                "checkpoint": self._latest_path.get(stage),
-                "metrics": self._results.get(stage, {}),
-            }
+            StageStatus(
+                name=stage,
+                phase=phase,
+                checkpoint=self._latest_path.get(stage),
+                metrics=dict(self._results.get(stage, {})),
+            )
             for stage, phase in self._phase.items()
         ]
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmjob_api.training import ModelSpec
+from lmjob_trainer.causal_lm import generate, lm_loss
 
 
 class Attention(nn.Module):
@@ -138,36 +139,6 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Sample `max_new_tokens` continuations of `idx` (batch, time); returns the grown batch."""
         return generate(self, idx, max_new_tokens, temperature, top_k, self.seq_len)
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy; in fp32 whatever the logits' dtype (stable softmax)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-
-
-@torch.no_grad()
-def generate(
-    model: nn.Module,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    context: int | None = None,
-) -> torch.Tensor:
-    """Autoregressive sampling for any module whose forward returns (logits, loss)."""
-    was_training = model.training
-    model.eval()
-    for _ in range(max_new_tokens):
-        window = idx if context is None else idx[:, -context:]
-        logits, _ = model(window)
-        logits = logits[:, -1, :].float() / max(temperature, 1e-6)
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        next_token = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-        idx = torch.cat([idx, next_token], dim=1)
-    model.train(was_training)
-    return idx
 
 
 def build_model(spec: ModelSpec, vocab_size: int) -> nn.Module:

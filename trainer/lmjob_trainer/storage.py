@@ -1,4 +1,5 @@
-"""The storage layout under `$LMJOB_CHECKPOINT_DIR` (docs/contracts.md), as pure path logic.
+"""The storage layout under `$LMJOB_CHECKPOINT_DIR` (docs/contracts.md): its paths, and the
+small files (reports, history, markers) read and written there.
 
 ```
 <root>/<stage>/step-000001200/   one DCP checkpoint; complete once COMPLETE exists
@@ -17,6 +18,8 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+
+from lmjob_api.stage_report import StageReport
 
 TRAIN_STAGE = "train"
 COMPLETE = "COMPLETE"
@@ -84,20 +87,22 @@ def mark_complete(path: Path, meta: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def write_report(root: Path, stage: str, report: dict[str, Any]) -> Path:
-    """`<root>/<stage>/report.json`: what the stage produced (read by `lmjob run` and tools)."""
-    path = stage_dir(root, stage) / REPORT
+def write_report(root: Path, report: StageReport) -> Path:
+    """`<root>/<stage>/report.json`, atomically: what the stage produced (read by `lmjob
+    run` and tools); its presence marks the stage done."""
+    path = stage_dir(root, report.stage) / REPORT
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, report)
+    write_json_atomic(path, report.to_json())
     return path
 
 
-def read_report(root: Path, stage: str) -> dict[str, Any] | None:
-    path = stage_dir(root, stage) / REPORT
+def read_report(root: Path, stage: str) -> StageReport | None:
+    """The stage's report; None when it has none (not finished) or it cannot be read."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        text = (stage_dir(root, stage) / REPORT).read_text()
+    except OSError:
         return None
+    return StageReport.from_text(text)
 
 
 class HistoryWriter:

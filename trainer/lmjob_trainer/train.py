@@ -13,11 +13,11 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import torch
 
 from lmjob_api import termination
+from lmjob_api.stage_report import TRAIN_TYPE, StageReport
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import ManifestError
 from lmjob_trainer import storage
@@ -68,10 +68,10 @@ def train_stage(session: TrainerSession) -> StageResult | None:
     )
     # A finished stage is skipped on a rerun, unless `steps` was raised since: then the
     # run continues from its last checkpoint.
-    if report and report.get("totalSteps") == session.training.steps:
-        log.info("training already finished", extra={"checkpoint": report.get("checkpoint")})
+    if report and report.total_steps == session.training.steps:
+        log.info("training already finished", extra={"checkpoint": report.checkpoint})
         # Exported again, so a restarted pod's endpoint still carries the stage's numbers.
-        session.metrics.set_stage_result(storage.TRAIN_STAGE, _train_metrics(report))
+        session.metrics.set_stage_result(storage.TRAIN_STAGE, report.metrics)
         session.metrics.set_stage_phase(storage.TRAIN_STAGE, "Succeeded")
         return None
     init_state = None
@@ -97,39 +97,34 @@ def train_stage(session: TrainerSession) -> StageResult | None:
     return result
 
 
-def finish_train_stage(session: TrainerSession, result: StageResult) -> dict[str, Any]:
+def finish_train_stage(session: TrainerSession, result: StageResult) -> StageReport:
     """Write the train stage's report (rank 0), with a generated sample from the final weights."""
-    report: dict[str, Any] = {
-        "stage": storage.TRAIN_STAGE,
-        "phase": "Succeeded",
-        "steps": result.steps,
-        "totalSteps": session.training.steps,
+    numbers = {
         "evalLoss": result.eval_loss,
-        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "params": result.extra.get("params"),
         "wallSeconds": round(result.wall_seconds, 3),
-        "stoppedEarly": result.stopped_early,
-        "worldSize": session.env.world_size,
     }
+    report = StageReport(
+        stage=storage.TRAIN_STAGE,
+        type=TRAIN_TYPE,
+        steps=result.steps,
+        total_steps=session.training.steps,
+        checkpoint=str(result.checkpoint) if result.checkpoint else None,
+        stopped_early=result.stopped_early,
+        world_size=session.env.world_size,
+        device=str(session.device),
+        metrics={k: float(v) for k, v in numbers.items() if v is not None},
+    )
     # Rank 0 alone loads the final weights (on its device: a big model samples slowly on
     # a CPU), samples and writes.
     if session.env.is_main:
         plain = session.load_stage_model(storage.TRAIN_STAGE, collective=False)
-        report["sample"] = generate_sample(session, plain.to(session.device))
-        storage.write_report(session.root, storage.TRAIN_STAGE, report)
-        log.info("sample", extra={"text": report["sample"][:200]})
-    session.metrics.set_stage_result(storage.TRAIN_STAGE, _train_metrics(report))
+        report.sample = generate_sample(session, plain.to(session.device))
+        storage.write_report(session.root, report)
+        log.info("sample", extra={"text": report.sample[:200]})
+    session.metrics.set_stage_result(storage.TRAIN_STAGE, report.metrics)
     session.metrics.set_stage_phase(storage.TRAIN_STAGE, "Succeeded")
     return report
-
-
-def _train_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The train stage's `lmjob_trainer_stage_result` numbers, from its report."""
-    return {
-        key: report[key]
-        for key in ("evalLoss", "params", "wallSeconds")
-        if report.get(key) is not None
-    }
 
 
 def run_compression(session: TrainerSession) -> None:

@@ -1,9 +1,8 @@
-"""A stage's report: what it cost and what it saved, as `<dir>/<stage>/report.json`.
+"""A compression stage's measurements: what it cost and what it saved, written as the one
+report shape of every stage (lmjob_api.stage_report.StageReport, `<dir>/<stage>/report.json`).
 
-`metrics()` is the flat camelCase form used everywhere else: the operator's
-`status.stages[].metrics` and the `lmjob_trainer_stage_result{metric}` series. report.json
-has the train report's shape (`phase`, `steps`, `evalLoss`, `checkpoint` at the top level),
-so the `lmjob run` summary reads every stage's report alike.
+`metrics()` is the flat camelCase form used everywhere else: the report's `metrics`, the
+operator's `status.stages[].metrics` and the `lmjob_trainer_stage_result{metric}` series.
 """
 
 from __future__ import annotations
@@ -11,20 +10,20 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic.alias_generators import to_camel
 from torch import nn
 
+from lmjob_api.stage_report import StageReport
 from lmjob_trainer import storage
 
 
 @dataclass
-class StageReport:
-    """Numbers of one finished stage; `None` where a figure does not apply."""
+class StageMeasurements:
+    """Numbers of one finished compression stage; `None` where a figure does not apply."""
 
     stage: str
     type: str
@@ -76,6 +75,7 @@ class StageReport:
             "sparsity": self.sparsity,
             "weightSparsity": self.weight_sparsity,
             "linearBytes": self.linear_bytes,
+            "inputLinearBytes": self.input_linear_bytes,
         }
         out.update({k: float(v) for k, v in optional.items() if v is not None})
         if self.input_eval_loss:
@@ -84,46 +84,59 @@ class StageReport:
             out["linearCompression"] = self.input_linear_bytes / self.linear_bytes
         return out
 
-    def to_json(self) -> dict[str, Any]:
-        """report.json: like the train stage's report (phase, checkpoint, camelCase numbers at
-        the top level), plus `metrics` (exactly what goes to status) and `details`."""
-        return {
-            "stage": self.stage,
-            "type": self.type,
-            "phase": "Succeeded",
-            "checkpoint": self.checkpoint,
-            "device": self.device,
-            "finetuneSteps": self.finetune_steps,
-            # `steps` as in the train stage's report: what the stage trained (fine-tune or
-            # student), so the `lmjob run` table reads every report the same way.
-            "steps": self.finetune_steps,
-            "inputLinearBytes": self.input_linear_bytes,
-            **self.metrics(),
-            "metrics": self.metrics(),
-            "details": self.details,
-        }
+    def to_report(self) -> StageReport:
+        """The stage's report.json, in the shape every stage's report has."""
+        return StageReport(
+            stage=self.stage,
+            type=self.type,
+            checkpoint=self.checkpoint,
+            # What the stage trained (fine-tune or student), as `steps` of any stage.
+            steps=self.finetune_steps,
+            device=self.device,
+            metrics=self.metrics(),
+            details=self.details,
+        )
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StageReport:
-        kwargs = {}
-        for f in fields(cls):
-            key = to_camel(f.name)
-            if key in data:
-                kwargs[f.name] = data[key]
-        return cls(**kwargs)
+    def from_report(cls, report: StageReport) -> StageMeasurements:
+        """The measurements back from a report (a restarted run skipping a finished stage)."""
+        m = report.metrics
+
+        def count(key: str) -> int | None:
+            return int(m[key]) if key in m else None
+
+        return cls(
+            stage=report.stage,
+            type=report.type,
+            params=int(m.get("params", 0)),
+            bytes=int(m.get("bytes", 0)),
+            eval_loss=m.get("evalLoss", math.nan),
+            latency_ms=m.get("latencyMs", math.nan),
+            wall_seconds=m.get("wallSeconds", 0.0),
+            device=report.device or "",
+            checkpoint=report.checkpoint,
+            input_eval_loss=m.get("inputEvalLoss"),
+            eval_loss_before_finetune=m.get("evalLossBeforeFinetune"),
+            sparsity=m.get("sparsity"),
+            weight_sparsity=m.get("weightSparsity"),
+            linear_bytes=count("linearBytes"),
+            input_linear_bytes=count("inputLinearBytes"),
+            finetune_steps=report.steps,
+            details=dict(report.details),
+        )
 
 
-def write_report(report: StageReport, stage_dir: Path) -> Path:
+def write_report(measured: StageMeasurements, stage_dir: Path) -> Path:
     """Write report.json atomically; its presence marks the stage done."""
-    return storage.write_report(stage_dir.parent, stage_dir.name, report.to_json())
+    return storage.write_report(stage_dir.parent, measured.to_report())
 
 
-def read_report(stage_dir: Path) -> StageReport | None:
-    """The stage's report, or None when the stage has not finished."""
-    data = storage.read_report(stage_dir.parent, stage_dir.name)
-    if not data or data.get("phase") != "Succeeded" or "type" not in data:
+def read_report(stage_dir: Path) -> StageMeasurements | None:
+    """The compression stage's measurements, or None when it has not finished."""
+    report = storage.read_report(stage_dir.parent, stage_dir.name)
+    if report is None or report.phase != "Succeeded" or report.type == "train":
         return None
-    return StageReport.from_json(data)
+    return StageMeasurements.from_report(report)
 
 
 def measure_latency(

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lmjob_api.compression import DistillStage, LowRankStage, PruneStage, QuantizeStage
+from lmjob_api.stage_report import StageReport
 from lmjob_api.training import ModelSpec, Strategy, TrainingSpec
 from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import choose_on_rank0
@@ -39,7 +40,7 @@ from lmjob_trainer.compression.lowrank import apply_lowrank, collect_input_gram,
 from lmjob_trainer.compression.prune import MaskKeeper, apply_pruning, pruned_fraction, structure_of
 from lmjob_trainer.compression.quantize import apply_quantization
 from lmjob_trainer.compression.report import (
-    StageReport,
+    StageMeasurements,
     measure_latency,
     read_report,
     write_report,
@@ -116,14 +117,18 @@ def _train_eval_loss(session: TrainerSession) -> float | None:
     find it missing (not yet written) and evaluate alone, a collective nobody else joins."""
     return choose_on_rank0(
         session.env,
-        lambda: (storage.read_report(session.root, storage.TRAIN_STAGE) or {}).get("evalLoss"),
+        lambda: _eval_loss_of(storage.read_report(session.root, storage.TRAIN_STAGE)),
     )
 
 
-def _finished_report(session: TrainerSession, stage: str) -> StageReport | None:
+def _eval_loss_of(report: StageReport | None) -> float | None:
+    return report.metrics.get("evalLoss") if report else None
+
+
+def _finished_report(session: TrainerSession, stage: str) -> StageMeasurements | None:
     """The stage's report if it is done (rank 0 decides, so all ranks skip alike)."""
 
-    def pick() -> StageReport | None:
+    def pick() -> StageMeasurements | None:
         report = read_report(storage.stage_dir(session.root, stage))
         done = report is not None and storage.is_complete(stage_output_dir(session.root, stage))
         return report if done else None
@@ -144,7 +149,7 @@ def _load_input(session: TrainerSession, previous: str, eval_loss: float | None)
 
 def run_stage(
     session: TrainerSession, index: int, stage: Stage, given: StageInput
-) -> StageReport | None:
+) -> StageMeasurements | None:
     """One stage from its input to its report; None when a signal interrupted it."""
     started = time.perf_counter()
     device = session.device
@@ -164,7 +169,7 @@ def run_stage(
     model = out.model.to(device).eval()
     eval_loss = out.eval_loss if out.eval_loss is not None else session.evaluate(model)
     folder = stage_output_dir(session.root, stage.name)
-    report: StageReport | None = None
+    report: StageMeasurements | None = None
     if session.env.is_main:
         write_output(
             folder,
@@ -174,7 +179,7 @@ def run_stage(
             extra={"stage": stage.name, "type": stage.type},
         )
         spec = ModelSpec.model_validate(out.arch.model)
-        report = StageReport(
+        report = StageMeasurements(
             stage=stage.name,
             type=stage.type,
             params=count_params(model),

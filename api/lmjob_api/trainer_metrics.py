@@ -1,0 +1,156 @@
+"""The trainer's Prometheus series (docs/contracts.md): their names and labels, and the one
+reader of a scrape, used by the operator (status.progress) and by `lmjob run` alike.
+
+The trainer's metrics.py registers the series under these names; the parser below is the
+only code that reads them back. No torch, no kopf: both sides import it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from lmjob_api.status import STAGE_PHASES, StageStatus
+
+PREFIX = "lmjob_trainer_"
+
+# Label names.
+JOB = "job"
+STAGE = "stage"
+PHASE = "phase"
+PATH = "path"
+METRIC = "metric"
+KIND = "kind"
+JOB_LABELS = (JOB,)
+STAGE_LABELS = (JOB, STAGE)
+
+# Series names (without PREFIX), with their labels in docs/contracts.md.
+STEP = "step"
+TOTAL_STEPS = "total_steps"
+LOSS = "loss"
+EVAL_LOSS = "eval_loss"
+LEARNING_RATE = "learning_rate"
+GRAD_NORM = "grad_norm"
+TOKENS_PER_SECOND = "tokens_per_second"
+STEP_SECONDS = "step_seconds"
+MFU = "mfu"
+MEMORY_BYTES = "memory_bytes"
+CHECKPOINT_SAVE_SECONDS = "checkpoint_save_seconds"
+CHECKPOINT_LOAD_SECONDS = "checkpoint_load_seconds"
+CHECKPOINT_INFO = "checkpoint_info"
+WORLD_SIZE = "world_size"
+RESTARTS = "restarts"
+STAGE_INFO = "stage_info"
+STAGE_RESULT = "stage_result"
+
+# Per-stage gauges the progress reader takes for the current stage.
+_PROGRESS_SERIES = (STEP, TOTAL_STEPS, LOSS, EVAL_LOSS, TOKENS_PER_SECOND)
+
+
+def series(name: str) -> str:
+    """The exported name of a series: `lmjob_trainer_<name>`."""
+    return PREFIX + name
+
+
+@dataclass(frozen=True)
+class TrainerProgress:
+    """What the job-level series of one scrape say (only global rank 0 exports them)."""
+
+    stage: str = ""
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    world_size: int = 0
+    restarts: int = 0
+    checkpoint_path: str = ""
+    checkpoint_step: int = 0
+    stages: tuple[StageStatus, ...] = ()
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | None:
+    """Parse one exposition; None when it lacks the job-level series (not global rank 0).
+
+    Raises ValueError on text that is not Prometheus exposition. Rules:
+    - only `lmjob_trainer_*` families count, and of a histogram only its own sample;
+    - a scrape is rank 0's when it has `world_size`, a `stage_info` or a progress gauge;
+    - `stage_order` (`train`, then the spec's compression stages) orders `stages` and picks
+      the current stage: the last Running one, else the last that started (not Pending or
+      Skipped), else the last with any series;
+    - non-finite numbers (a diverged loss) read as None: status cannot carry NaN.
+    """
+    per_stage: dict[str, dict[str, float]] = {}
+    phases: dict[str, str] = {}
+    checkpoints: dict[str, tuple[str, int]] = {}
+    results: dict[str, dict[str, float]] = {}
+    world_size = restarts = 0
+    found = False
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith(PREFIX):
+            continue
+        key = family.name[len(PREFIX) :]
+        for sample in family.samples:
+            if sample.name != family.name:
+                continue  # histogram buckets, sums and counts
+            labels = sample.labels
+            stage = labels.get(STAGE, "")
+            if key == WORLD_SIZE:
+                world_size, found = int(sample.value), True
+            elif key == RESTARTS:
+                restarts = int(sample.value)
+            elif key == STAGE_INFO and sample.value:
+                phase = labels.get(PHASE, "")
+                phases[stage] = phase if phase in STAGE_PHASES else "Pending"
+                found = True
+            elif key == CHECKPOINT_INFO:
+                path, step = labels.get(PATH, ""), int(sample.value)
+                if path and step >= checkpoints.get(stage, ("", -1))[1]:
+                    checkpoints[stage] = (path, step)
+            elif key == STAGE_RESULT:
+                value = _finite(sample.value)
+                if value is not None:
+                    results.setdefault(stage, {})[labels.get(METRIC, "")] = value
+            elif key in _PROGRESS_SERIES:
+                per_stage.setdefault(stage, {})[key] = sample.value
+                found = True
+    if not found:
+        return None
+
+    known = [s for s in stage_order if s in per_stage or s in phases]
+    known += sorted(s for s in set(per_stage) | set(phases) if s not in stage_order)
+    running = [s for s in known if phases.get(s) == "Running"]
+    started = [s for s in known if phases.get(s, "Running") not in ("Pending", "Skipped")]
+    current = (running or started or known or [""])[-1]
+    values = per_stage.get(current, {})
+    ckpt_stage = next((s for s in [current, *reversed(known)] if s in checkpoints), None)
+    path, ckpt_step = checkpoints[ckpt_stage] if ckpt_stage else ("", 0)
+    stages = tuple(
+        StageStatus(
+            name=s,
+            phase=phases.get(s, "Pending"),
+            checkpoint=checkpoints[s][0] if s in checkpoints else None,
+            metrics=results.get(s, {}),
+        )
+        for s in stage_order
+    )
+    return TrainerProgress(
+        stage=current,
+        step=int(values.get(STEP, 0)),
+        total_steps=int(values.get(TOTAL_STEPS, 0)),
+        loss=_finite(values.get(LOSS)),
+        eval_loss=_finite(values.get(EVAL_LOSS)),
+        tokens_per_second=_finite(values.get(TOKENS_PER_SECOND)),
+        world_size=world_size,
+        restarts=restarts,
+        checkpoint_path=path,
+        checkpoint_step=ckpt_step,
+        stages=stages,
+    )

@@ -1,0 +1,56 @@
+"""bf16 and fp16 (with its loss scaler) train on CPU through real torchrun, and the probe
+shows the precision path really ran: the dtype of every training matmul, the loss scale."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, losses, subprocess_env, tiny_training, torchrun, write_config
+from .probe import PROBE_DIR_ENV, read_probe
+
+# torch.amp.GradScaler's default first scale.
+INITIAL_SCALE = 2.0**16
+
+# (precision, dtype of the Linear outputs in training forwards, loss scaled by GradScaler)
+CASES = [
+    ("fp32", "float32", False),
+    ("bf16", "bfloat16", False),
+    ("fp16", "float16", True),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("precision", "dtype", "scaled"), CASES, ids=[c[0] for c in CASES])
+def test_precision_trains_on_cpu(
+    precision: str, dtype: str, scaled: bool, tmp_path: Path, text_file: Path, data_cache: Path
+) -> None:
+    training = tiny_training(
+        text_file, data_cache, precision=precision, steps=10, checkpoint={"everySteps": 100}
+    )
+    probe = tmp_path / "probe"
+    env = subprocess_env(**{PROBE_DIR_ENV: str(probe)})
+    env["PYTHONPATH"] += f":{REPO}"
+    torchrun(
+        write_config(tmp_path / "c.yaml", training),
+        tmp_path / "run",
+        module=("-m", "tests.trainer.probe"),
+        env=env,
+    )
+    history = losses(tmp_path / "run")
+    assert sorted(history) == list(range(1, 11)), history
+    assert all(math.isfinite(v) for v in history.values()), history
+    assert history[10] < history[1] - 0.5, history  # it trains
+
+    ranks = read_probe(probe)
+    assert len(ranks) == 2
+    for seen in ranks:
+        # autocast (DDP keeps fp32 weights) computed every training matmul in `dtype`.
+        assert seen["linear_dtypes"] == [dtype], seen
+        if scaled:
+            # One update per step; the first step's loss was multiplied by the initial scale.
+            assert len(seen["scales"]) == 10 and seen["scales"][0] == INITIAL_SCALE, seen
+        else:
+            assert seen["scales"] == [], seen
