@@ -3,6 +3,8 @@ exit codes, backoffLimit, disruptions, a lost rendezvous store, specs that canno
 
 from __future__ import annotations
 
+import pytest
+
 from tests.operator.harness import (
     condition,
     create_job,
@@ -174,18 +176,19 @@ def test_lost_rendezvous_store_restarts_the_group(operator, kube, namespace) -> 
     )
 
 
-def test_reserved_env_in_template_fails_with_reason(operator, kube, namespace) -> None:
+def test_reserved_env_in_template_is_refused_at_admission(operator, kube, namespace) -> None:
+    """The rule lives in the CRD: the API server refuses the job, so no pod is ever tried."""
+    from kubernetes.client.rest import ApiException
+
     bad = spec()
     bad["workers"]["template"] = {
         "spec": {"containers": [{"name": "worker", "env": [{"name": "PET_NNODES", "value": "9"}]}]}
     }
-    create_job(kube.custom, namespace, JOB, bad)
-    status = wait_for(phase_is(kube.custom, namespace, JOB, "Failed"))
-    failed = condition(status, "Failed")
-    assert failed["reason"] == "InvalidSpec"
-    assert "spec.workers.template.spec.containers[0].env[0].name" in failed["message"]
+    with pytest.raises(ApiException) as refused:
+        create_job(kube.custom, namespace, JOB, bad)
+    assert refused.value.status == 422
+    assert "spec.workers.template.spec.containers[0].env[0].name" in refused.value.body
     assert pods_of(kube.core, namespace, JOB) == []
-    assert ("Warning", "InvalidSpec") in wait_for(lambda: events(kube, namespace))
 
 
 def test_pod_the_api_server_rejects_fails_the_job(operator, kube, namespace) -> None:
