@@ -29,6 +29,7 @@ PROBE_DIR_ENV = "LMJOB_PROBE_DIR"
 linear_dtypes: set[str] = set()
 forwards: Counter[str] = Counter()
 scales: list[float] = []
+scales_after: list[float] = []
 
 
 def _count_forward(module: nn.Module, _inputs: Any) -> None:
@@ -51,12 +52,19 @@ def _record_scale(self: torch.amp.GradScaler, new_scale: Any = None) -> None:
     if self.is_enabled():
         scales.append(float(self.get_scale()))  # the scale this step's loss was multiplied by
     _update(self, new_scale)
+    if self.is_enabled():
+        scales_after.append(float(self.get_scale()))
 
 
 def _write() -> None:
     out = Path(os.environ[PROBE_DIR_ENV]) / f"rank{os.environ.get('RANK', '0')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    seen = {"linear_dtypes": sorted(linear_dtypes), "forwards": forwards, "scales": scales}
+    seen = {
+        "linear_dtypes": sorted(linear_dtypes),
+        "forwards": forwards,
+        "scales": scales,
+        "scales_after": scales_after,
+    }
     out.write_text(json.dumps(seen))
 
 

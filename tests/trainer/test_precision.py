@@ -52,5 +52,19 @@ def test_precision_trains_on_cpu(
         if scaled:
             # One update per step; the first step's loss was multiplied by the initial scale.
             assert len(seen["scales"]) == 10 and seen["scales"][0] == INITIAL_SCALE, seen
+            # The final checkpoint carries the scale the next step would use, for a resume.
+            assert _saved_loss_scale(tmp_path / "run", tmp_path) == seen["scales_after"][-1]
         else:
             assert seen["scales"] == [], seen
+
+
+def _saved_loss_scale(run: Path, tmp_path: Path) -> float:
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from lmjob_trainer import storage
+
+    _, latest = storage.latest_complete(run, storage.TRAIN_STAGE)
+    dcp_to_torch_save(latest, tmp_path / "ckpt.pt")
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    return float(saved["scaler"]["scale"])

@@ -158,13 +158,18 @@ def build_stage_loop(
     scheduler = build_scheduler(optimizer, t.schedule, steps)
     loader = TrainLoader(session.train_split, plan=plan, dp_rank=dp.get_local_rank(), seed=t.seed)
     state = TrainState()
-    stateful = {
+    scaler = _build_scaler(t.precision, strategy, env.device)
+    stateful: dict[str, Stateful] = {
         "model": ModelState(model),
         "optim": OptimizerState(model, optimizer),
         "scheduler": scheduler,
         "loader": loader,
         "train": state,
     }
+    if scaler.is_enabled():
+        # fp16's loss scale is learnt over thousands of steps (it halves on overflow and
+        # grows every 2000 clean steps): a resume at the initial 65536 would overflow again.
+        stateful["scaler"] = scaler
     checkpoints = CheckpointManager(
         session.root,
         stage,
@@ -188,7 +193,7 @@ def build_stage_loop(
         loader=loader,
         state=state,
         checkpoints=checkpoints,
-        scaler=_build_scaler(t.precision, strategy, env.device),
+        scaler=scaler,
         history=storage.HistoryWriter(session.root, stage) if env.is_main else None,
         flops_per_token=flops_token,
         peak_flops=peak_flops(env.device, t.precision),
