@@ -42,6 +42,7 @@ WARNING_REASONS = frozenset(
         "RendezvousLost",
         "WorkerDisrupted",
         "PermanentExitCode",
+        "ConfigError",
         "BackoffLimitExceeded",
         "DeadlineExceeded",
         "InvalidSpec",
