@@ -37,9 +37,25 @@ def build_pod_security(template: Mapping[str, Any] | None) -> dict[str, Any]:
     return copy.deepcopy({**POD_SECURITY, **(template or {})})
 
 
+def _needs_escalation(security: Mapping[str, Any]) -> bool:
+    """The API server refuses `allowPrivilegeEscalation: false` beside these, as invalid."""
+    added = (security.get("capabilities") or {}).get("add") or []
+    return security.get("privileged") is True or any(
+        cap in ("SYS_ADMIN", "CAP_SYS_ADMIN") for cap in added
+    )
+
+
 def build_container_security(template: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A container's securityContext: the defaults, overridden key by key by `template`'s."""
-    return copy.deepcopy({**CONTAINER_SECURITY, **(template or {})})
+    """A container's securityContext: the defaults, overridden key by key by `template`'s.
+
+    A template that asks for `privileged` or CAP_SYS_ADMIN without saying anything about
+    allowPrivilegeEscalation does not get our `false`, which the API server would refuse
+    as contradictory (in every namespace, restricted or not)."""
+    template = template or {}
+    defaults = dict(CONTAINER_SECURITY)
+    if _needs_escalation(template):
+        defaults.pop("allowPrivilegeEscalation")
+    return copy.deepcopy({**defaults, **template})
 
 
 def build_secured_container(container: Mapping[str, Any]) -> dict[str, Any]:

@@ -471,7 +471,15 @@ SECURITY_CASES: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
     (
         "worker container asks for privilege",
         _template(None, {"name": "trainer", "securityContext": {"privileged": True}}),
-        (RESTRICTED_POD, [{**RESTRICTED_CONTAINER, "privileged": True}], []),
+        # No allowPrivilegeEscalation false: the API server refuses it beside privileged.
+        (RESTRICTED_POD, [{"capabilities": {"drop": ["ALL"]}, "privileged": True}], []),
+    ),
+    (
+        "CAP_SYS_ADMIN drops the escalation default too",
+        _template(
+            None, {"name": "worker", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}
+        ),
+        (RESTRICTED_POD, [{"capabilities": {"add": ["SYS_ADMIN"]}}], []),
     ),
     (
         "worker container replaces capabilities and escalation",
