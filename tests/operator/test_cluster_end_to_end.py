@@ -7,6 +7,7 @@ stage numbers from rank 0's termination message."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -164,3 +165,27 @@ def test_scale_up_mid_training_grows_the_world(
     assert sizes[0] == 1 and sizes[-1] == 2, sorted(set(sizes))
     steps = [h["step"] for h in history if "loss" in h]
     assert steps[-1] == 900
+
+
+def test_startup_config_error_fails_the_job_fast(
+    kubelet: ProcessKubelet, kube, namespace, corpus: Path
+) -> None:
+    """A data source that is not there (admission cannot see files): the worker's launcher
+    exits 78 before torch is imported, and the job is Failed within seconds, with the
+    trainer's message, no restart counted and no pod recreated."""
+    spec = job_spec(corpus, steps=300)
+    spec["training"]["data"]["source"] = str(corpus.parent / "no-such-corpus.txt")
+    started = time.monotonic()
+    create_job(kube.custom, namespace, "e2e", spec)
+    final = wait_for(phase_is(kube.custom, namespace, "e2e", "Failed"), timeout=60)
+    seconds = time.monotonic() - started
+    worker_log = kubelet.log_of("e2e-worker-0")
+    assert kubelet.errors == [], kubelet.errors
+    failed = next(c for c in final["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "ConfigError", failed
+    assert "exited with code 78" in failed["message"], failed
+    assert "training.data.source" in failed["message"], failed
+    assert seconds < 30, (seconds, worker_log[-3000:])
+    time.sleep(2)
+    assert kubelet.exit_codes.get("e2e-worker-0") == [78], worker_log[-3000:]
+    assert job_status(kube.custom, namespace, "e2e")["restarts"] == 0
