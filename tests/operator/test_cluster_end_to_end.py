@@ -167,14 +167,33 @@ def test_scale_up_mid_training_grows_the_world(
     assert steps[-1] == 900
 
 
+@pytest.mark.parametrize(
+    ("source", "error", "within"),
+    [
+        # Caught by the worker's launcher before torch is imported.
+        ("no-such-corpus.txt", "does not exist", 30),
+        # Caught inside a worker process (its data loader), which marks it for the launcher:
+        # the store's torch import, then the worker's, come first (about 20 s under load).
+        ("empty-folder", "holds no .txt files", 45),  # "folder <path> holds ..."
+    ],
+    ids=["missing file", "folder without text"],
+)
 def test_startup_config_error_fails_the_job_fast(
-    kubelet: ProcessKubelet, kube, namespace, corpus: Path
+    kubelet: ProcessKubelet,
+    kube,
+    namespace,
+    corpus: Path,
+    source: str,
+    error: str,
+    within: float,
 ) -> None:
-    """A data source that is not there (admission cannot see files): the worker's launcher
-    exits 78 before torch is imported, and the job is Failed within seconds, with the
-    trainer's message, no restart counted and no pod recreated."""
+    """A data source admission cannot check (files): the worker pod exits 78 and the job is
+    Failed within seconds, with the trainer's message, no restart counted and no pod
+    recreated — neither torchrun nor the operator retries it."""
+    (corpus.parent / "empty-folder").mkdir()
     spec = job_spec(corpus, steps=300)
-    spec["training"]["data"]["source"] = str(corpus.parent / "no-such-corpus.txt")
+    spec["training"]["data"]["source"] = str(corpus.parent / source)
+    spec["workers"]["procsPerWorker"] = 1  # one torch import less on a busy 2-core machine
     started = time.monotonic()
     create_job(kube.custom, namespace, "e2e", spec)
     final = wait_for(phase_is(kube.custom, namespace, "e2e", "Failed"), timeout=60)
@@ -184,8 +203,10 @@ def test_startup_config_error_fails_the_job_fast(
     failed = next(c for c in final["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "ConfigError", failed
     assert "exited with code 78" in failed["message"], failed
-    assert "training.data.source" in failed["message"], failed
-    assert seconds < 30, (seconds, worker_log[-3000:])
+    assert "cannot run this config: training.data.source" in failed["message"], failed
+    assert f"{corpus.parent / source} {error}" in failed["message"], failed
+    assert seconds < within, (seconds, worker_log[-3000:])
     time.sleep(2)
     assert kubelet.exit_codes.get("e2e-worker-0") == [78], worker_log[-3000:]
+    assert "attempts left" not in worker_log, worker_log[-3000:]  # torchrun never restarted
     assert job_status(kube.custom, namespace, "e2e")["restarts"] == 0
