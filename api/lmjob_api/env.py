@@ -7,6 +7,9 @@ the `LMJOB_*` ones. Users may not set any of them (checked at admission).
 
 from __future__ import annotations
 
+CONFIG_ERROR_FILE_ENV = "LMJOB_CONFIG_ERROR_FILE"
+"""Names the configuration-error marker (lmjob_trainer.launch)."""
+
 WORKER_ENV: dict[str, str] = {
     "PET_NNODES": "Elastic bounds `min:max` of the number of worker pods (torchrun --nnodes).",
     "PET_NPROC_PER_NODE": "Processes per worker pod (torchrun --nproc-per-node).",
@@ -26,6 +29,12 @@ WORKER_ENV: dict[str, str] = {
     "LMJOB_METRICS_PORT": "Port of the trainer's Prometheus endpoint (rank 0 of each pod serves it).",
     "LMJOB_TERMINATION_LOG": "The container's terminationMessagePath: global rank 0 writes every "
     "stage's final phase and results there (lmjob_api.termination), for the operator.",
+    CONFIG_ERROR_FILE_ENV: "A file a worker process writes (its one-line error inside) when it "
+    "exits with CONFIG_ERROR (78, lmjob_api.exit_codes): the launcher that runs torchrun "
+    "(lmjob_trainer.launch) then stops torchrun instead of letting it restart the workers, and "
+    "the container exits 78, which the operator never retries. The built-in trainer writes it; "
+    "a program of your own (spec.command) may too. The operator points it into the pod's "
+    "/dev/shm volume.",
 }
 
 # Set by torchrun itself for each worker process: a user value would be overwritten

@@ -1,6 +1,7 @@
 """What a failure means for a job: replace one pod, restart the worker group, or fail the job.
 
-Pure: observed pods + run policy + restarts so far → one verdict. The rules (docs/operator.md):
+Pure: observed pods + run policy + restarts so far → one verdict; an API server's answer to
+a pod create → what to do about it (judge_create_error). The rules (docs/operator.md):
 
 - A worker *disrupted* by Kubernetes (evicted, preempted, node lost or shut down, phase
   Unknown, deleted) is replaced alone, at the same index. Its torchrun agent was killed by a
@@ -11,7 +12,10 @@ Pure: observed pods + run policy + restarts so far → one verdict. The rules (d
   so nothing can rejoin it. The whole worker group restarts with a fresh rendezvous round
   (`PET_RDZV_ID=<uid>-<restarts>`), and resumes from the latest checkpoint. Counted.
 - Losing the rendezvous store while workers run restarts the group the same way. Counted.
-- `runPolicy.restartPolicy` decides which failures may restart:
+- A worker that exited with CONFIG_ERROR (78, lmjob_api.exit_codes) found a configuration
+  error at start-up: running it again cannot help, so the job fails at once (ConfigError)
+  under every restartPolicy, with the trainer's message, and no restart is counted.
+- `runPolicy.restartPolicy` decides which other failures may restart:
   `OnFailure` every exit code; `ExitCode` only retryable ones (0 and 128+N — killed by a
   signal, e.g. 137 OOM-killed, 143 terminated); 1–127 fail the job (PermanentExitCode);
   `Never` no failure (WorkerFailed). A restart beyond `backoffLimit` fails the job
@@ -30,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from lmjob_api.exit_codes import CONFIG_ERROR, is_permanent
 from lmjob_api.job import RunPolicy
 from lmjob_api.termination import decode_error, decode_stages
 from lmjob_operator.pod_view import PodView
@@ -118,16 +123,24 @@ def judge_failures(
     disrupted = tuple(p.name for p in workers if is_disrupted(p))
 
     if failed:
+        permanent = [p for p in failed if is_permanent(p.exit_code)]
+        if permanent:
+            return Verdict(
+                Action.FAIL,
+                "ConfigError",
+                f"{describe(permanent[0])} (exit code {CONFIG_ERROR}: a configuration error, "
+                "never retried; fix the job's spec and create it again)",
+            )
         detail = "; ".join(describe(p) for p in failed)
         if policy.restart_policy == "Never":
             return Verdict(Action.FAIL, "WorkerFailed", f"restartPolicy is Never: {detail}")
         if policy.restart_policy == "ExitCode":
-            permanent = [p for p in failed if not exit_code_retryable(p.exit_code or 0)]
-            if permanent:
+            own = [p for p in failed if not exit_code_retryable(p.exit_code or 0)]
+            if own:
                 return Verdict(
                     Action.FAIL,
                     "PermanentExitCode",
-                    f"{describe(permanent[0])}: exit codes 1-127 are permanent under "
+                    f"{describe(own[0])}: exit codes 1-127 are permanent under "
                     "restartPolicy ExitCode",
                 )
         return _restart(policy, restarts, "WorkerFailed", detail, disrupted)
@@ -170,3 +183,40 @@ def _restart(
         f"restarting all workers (restart {restarts + 1} of {policy.backoff_limit}): {detail}",
         disrupted,
     )
+
+
+class CreateOutcome(StrEnum):
+    """What a refused pod create means (judge_create_error)."""
+
+    EXISTS = "Exists"
+    """409: a pod of that name is there already; the pod index will show it."""
+    WAIT = "Wait"
+    """May pass later without a spec change (quota used up, the operator's RBAC, namespace
+    terminating): reported as condition Created=False and tried again every resync."""
+    RETRY = "Retry"
+    """Transient (429, 5xx, timeouts, expired credentials): the pass fails and is retried."""
+    REFUSED = "Refused"
+    """The API server refuses this pod as the spec builds it (invalid, a PodSecurity or
+    admission-webhook denial, a LimitRange): it never will pass, so the job fails at once."""
+
+
+# 403 messages of refusals that may pass later. Everything else the API server forbids
+# (PodSecurity `violates PodSecurity "restricted:latest": ...`, a webhook's denial, a
+# LimitRange maximum) is a verdict on the pod itself.
+WAIT_MARKERS = (
+    "exceeded quota",
+    "cannot create resource",  # RBAC: the operator's role, fixed by its admin
+    "because it is being terminated",  # the namespace (and so the job) is going away
+)
+RETRY_STATUSES = frozenset({401, 404, 408, 429})
+
+
+def judge_create_error(status: int, message: str) -> CreateOutcome:
+    """The outcome of a pod create the API server answered with `status` and `message`."""
+    if status == 409:
+        return CreateOutcome.EXISTS
+    if status == 403 and any(marker in message for marker in WAIT_MARKERS):
+        return CreateOutcome.WAIT
+    if 400 <= status < 500 and status not in RETRY_STATUSES:
+        return CreateOutcome.REFUSED
+    return CreateOutcome.RETRY

@@ -24,7 +24,13 @@ from lmjob_api import GROUP, PLURAL, VERSION, JobPhase, LargeModelJob
 from lmjob_api import LargeModelJobStatus as Status
 from lmjob_operator import metrics
 from lmjob_operator.config_map import build_config_map, needs_config_map
-from lmjob_operator.failures import Action, Verdict, judge_failures
+from lmjob_operator.failures import (
+    Action,
+    CreateOutcome,
+    Verdict,
+    judge_create_error,
+    judge_failures,
+)
 from lmjob_operator.kube import CONFIG_MAPS, PODS, SERVICES, ApiError, ResourcePath
 from lmjob_operator.naming import ROLE_RENDEZVOUS
 from lmjob_operator.plan import (
@@ -342,6 +348,8 @@ async def _apply_plan(
 
         async def create(index: int) -> None:
             async with gate:
+                if state.rejected:
+                    return  # one refusal fails the job: no more pods to create
                 pod = build_worker_pod(job, index, status.restarts, ctx.config)
                 await _create_pod(ctx, state, job, pod, "worker")
 
@@ -355,18 +363,22 @@ async def _create_pod(
     try:
         created = await ctx.kube.create(PODS, pod["metadata"]["namespace"], pod)
     except ApiError as err:
-        if err.status == 409:
-            return  # it exists: the index will show it
-        if err.status == 403:
-            # Quota or admission policy: may pass later (quota freed), so retried each resync.
+        outcome = judge_create_error(err.status, err.message)
+        if outcome == CreateOutcome.EXISTS:
+            return  # the index will show it
+        if outcome == CreateOutcome.WAIT:
             state.forbidden = f"creating {role} pod {name} is forbidden: {err.message}"[:1000]
             _job_log(job).warning("%s pod forbidden: %s", role, err.message)
             return
-        if err.status in (400, 422):
-            # Invalid as built from this spec (e.g. a bad template field): it never will be.
-            state.rejected = f"the API server rejected {role} pod {name}: {err.message}"[:1000]
+        if outcome == CreateOutcome.REFUSED:
+            # As built from this spec it never will pass: the next pass fails the job
+            # (PodRejected) and creates nothing more. The first refusal is the one reported.
+            if not state.rejected:
+                state.rejected = (
+                    f"the API server refused {role} pod {name} ({err.status}): {err.message}"
+                )[:1000]
             state.wake.set()
-            _job_log(job).warning("%s pod rejected: %s", role, err.message)
+            _job_log(job).warning("%s pod refused: %s", role, err.message)
             return
         raise
     state.created[name] = (view_pod(created), time.monotonic())

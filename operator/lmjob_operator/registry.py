@@ -35,9 +35,10 @@ class JobState:
     scraped_at: float = 0.0
     ensured: tuple[int, float] = (-1, 0.0)
     rejected: str = ""
-    """The API server's message when it refused a pod (400/422): the job cannot run."""
+    """The API server's message when it refused a pod for good (failures.judge_create_error:
+    invalid, PodSecurity, an admission webhook's denial): the job fails."""
     forbidden: str = ""
-    """The API server's message when it forbade a pod (403: quota, policy); retried."""
+    """The API server's message when it forbade a pod for now (403: quota, RBAC); retried."""
 
 
 @dataclass

@@ -3,6 +3,10 @@
 torchrun's c10d rendezvous needs a TCPStore. Hosting it in worker 0 (torchrun's default)
 makes worker 0 a single point of failure; a store of its own (`is_host=false` on every
 agent) lets any single worker, worker 0 included, die and the rest re-rendezvous.
+
+Its securityContext is the workers' (security.py): restricted by default, with the
+template's pod-level securityContext winning key by key, so a job whose workers are admitted
+in a `restricted` namespace has its store admitted too.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from lmjob_operator.naming import (
     owned_metadata,
     rendezvous_name,
 )
+from lmjob_operator.security import build_container_security, build_pod_security
 from lmjob_operator.service import headless_service
 
 # Placement fields of the user's pod template the store pod shares, so it can run
@@ -36,6 +41,7 @@ def build_rendezvous_pod(job: LargeModelJob, config: OperatorConfig) -> dict[str
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "securityContext": build_pod_security(template_spec.get("securityContext")),
         "containers": [
             {
                 "name": "rendezvous",
@@ -52,6 +58,7 @@ def build_rendezvous_pod(job: LargeModelJob, config: OperatorConfig) -> dict[str
                 ],
                 # Importing torch is most of its footprint; the store itself is tiny.
                 "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}},
+                "securityContext": build_container_security(None),
             }
         ],
     }

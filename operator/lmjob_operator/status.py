@@ -43,6 +43,7 @@ WARNING_REASONS = frozenset(
         "RendezvousLost",
         "WorkerDisrupted",
         "PermanentExitCode",
+        "ConfigError",
         "BackoffLimitExceeded",
         "DeadlineExceeded",
         "InvalidSpec",

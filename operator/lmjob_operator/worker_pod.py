@@ -1,18 +1,29 @@
-"""Worker pods `<job>-worker-<i>`: torchrun with the env contract, volumes, and the user's template.
+"""Worker pods `<job>-worker-<i>`: torchrun under lmjob's launcher, the env contract,
+volumes, a restricted securityContext, and the user's template.
 
 The env contract is api/lmjob_api/env.py; what each variable means is written there.
+The command is `python -m lmjob_trainer.launch -- <torchrun args>`: the launcher
+(trainer/lmjob_trainer/launch.py) checks the trainer config before torch is imported and
+turns a configuration error of any worker into the container's exit code 78
+(lmjob_api.exit_codes.CONFIG_ERROR), which neither torchrun nor the operator retries.
 How the user's `workers.template` merges into the generated pod:
 - metadata: the template's labels and annotations are kept; lmjob's own keys win.
-- spec: the template's fields are kept (tolerations, nodeSelector, affinity, securityContext,
+- spec: the template's fields are kept (tolerations, nodeSelector, affinity,
   serviceAccountName, initContainers, extra volumes and sidecar containers ...), except the
   fields lmjob owns: restartPolicy (always Never: torchrun restarts processes, the operator
   restarts pods), hostname and subdomain, and schedulerName/priorityClassName when
   spec.scheduling sets them.
+- securityContext (security.py): restricted by default, so the pod is admitted under the
+  `restricted` Pod Security Standard — pod: runAsNonRoot, seccompProfile RuntimeDefault;
+  every container (worker, sidecars, initContainers): allowPrivilegeEscalation false,
+  capabilities drop ALL. The template's pod securityContext and each template container's
+  securityContext win key by key over these defaults.
 - the template's worker container (its only container, or the one named `worker` when it has
   several: lmjob_api.pod_template) merges into the generated container, named `worker`: its env,
   envFrom, volumeMounts and ports are appended to lmjob's, its resources are the base that
-  workers.resources overrides key by key, and its other fields (probes, securityContext,
-  imagePullPolicy, ...) are kept. image, command and args are lmjob's (spec.image, spec.command).
+  workers.resources overrides key by key, its securityContext overrides the defaults key by
+  key, and its other fields (probes, imagePullPolicy, ...) are kept. image, command and args
+  are lmjob's (spec.image, spec.command).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import copy
 from typing import Any
 
 from lmjob_api import LargeModelJob, termination
+from lmjob_api.env import CONFIG_ERROR_FILE_ENV
 from lmjob_api.trainer_config import CONFIG_FILE_NAME
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.config_map import needs_config_map
@@ -40,6 +52,11 @@ from lmjob_operator.naming import (
     worker_name,
 )
 from lmjob_operator.pod_group import build_scheduling_metadata
+from lmjob_operator.security import (
+    build_container_security,
+    build_pod_security,
+    build_secured_container,
+)
 
 WORKER_CONTAINER = "worker"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -55,9 +72,13 @@ RESERVED_VOLUMES = (CONFIG_VOLUME, STORAGE_VOLUME, SHM_VOLUME)
 # pods themselves are bounded by runPolicy.backoffLimit (failures.py).
 TORCHRUN_MAX_RESTARTS = 10
 
-# torch.distributed.run: `-m lmjob_trainer` runs the built-in trainer as a module;
-# `--no-python` runs the user's command as given (it may start with `python` or not).
-TORCHRUN = ("python", "-m", "torch.distributed.run")
+# The launcher runs `python -m torch.distributed.run <args after -->`: `-m lmjob_trainer`
+# runs the built-in trainer as a module; `--no-python` runs the user's command as given (it
+# may start with `python` or not).
+LAUNCHER = ("python", "-m", "lmjob_trainer.launch", "--")
+# Where workers leave the configuration-error marker the launcher watches for: the pod's
+# memory-backed /dev/shm volume, writable whatever the root filesystem is.
+CONFIG_ERROR_FILE = "/dev/shm/lmjob-config-error"
 
 
 def procs_per_worker(job: LargeModelJob) -> int:
@@ -73,9 +94,10 @@ def procs_per_worker(job: LargeModelJob) -> int:
 
 
 def build_worker_command(job: LargeModelJob) -> list[str]:
+    """The launcher, then torchrun's arguments: the built-in trainer or spec.command."""
     if job.spec.command:
-        return [*TORCHRUN, "--no-python", *job.spec.command]
-    return [*TORCHRUN, "-m", "lmjob_trainer"]
+        return [*LAUNCHER, "--no-python", *job.spec.command]
+    return [*LAUNCHER, "-m", "lmjob_trainer"]
 
 
 def build_worker_env(
@@ -104,6 +126,7 @@ def build_worker_env(
         "LMJOB_NAMESPACE": namespace,
         "LMJOB_METRICS_PORT": str(job.spec.metrics.port),
         termination.PATH_ENV: termination_path,
+        CONFIG_ERROR_FILE_ENV: CONFIG_ERROR_FILE,
     }
     out = [{"name": k, "value": v} for k, v in env.items()]
     out += [{"name": e.name, "value": e.value} for e in job.spec.workers.env]
@@ -150,6 +173,7 @@ def _worker_container(
         ],
     }
     container.pop("args", None)
+    container["securityContext"] = build_container_security(template.get("securityContext"))
     resources = _resources(job, template.get("resources") or {})
     if resources:
         container["resources"] = resources
@@ -206,9 +230,17 @@ def build_worker_pod(
         "restartPolicy": "Never",
         "hostname": worker_name(name, index),
         "subdomain": service_name(name),
-        "containers": [_worker_container(job, config, rendezvous_round, ours), *sidecars],
+        "securityContext": build_pod_security(template_spec.get("securityContext")),
+        "containers": [
+            _worker_container(job, config, rendezvous_round, ours),
+            *(build_secured_container(c) for c in sidecars),
+        ],
         "volumes": _volumes(job) + list(template_spec.get("volumes") or []),
     }
+    if template_spec.get("initContainers"):
+        spec["initContainers"] = [
+            build_secured_container(c) for c in template_spec["initContainers"]
+        ]
     if job.spec.scheduling.scheduler_name:
         spec["schedulerName"] = job.spec.scheduling.scheduler_name
     if job.spec.scheduling.priority_class_name:

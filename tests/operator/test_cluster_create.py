@@ -99,7 +99,14 @@ def test_create_makes_every_object(operator, kube, namespace, kubectl) -> None:
         worker = pod.spec.containers[0]
         assert worker.name == "worker"
         assert worker.image == "registry.example/custom-trainer:7"
-        assert worker.command == ["python", "-m", "torch.distributed.run", "-m", "lmjob_trainer"]
+        assert worker.command == [
+            "python",
+            "-m",
+            "lmjob_trainer.launch",
+            "--",
+            "-m",
+            "lmjob_trainer",
+        ]
         assert worker.resources.limits == {"nvidia.com/gpu": "2", "memory": "8Gi"}
         assert worker.resources.requests == {"nvidia.com/gpu": "2", "memory": "8Gi"}  # defaulted
         env = {e.name: e.value for e in worker.env}
@@ -118,6 +125,7 @@ def test_create_makes_every_object(operator, kube, namespace, kubectl) -> None:
             "LMJOB_NAMESPACE": namespace,
             "LMJOB_METRICS_PORT": "9444",
             "LMJOB_TERMINATION_LOG": "/dev/termination-log",
+            "LMJOB_CONFIG_ERROR_FILE": "/dev/shm/lmjob-config-error",
             "HF_HOME": "/cache",
             "EXTRA": "1",
         }

@@ -7,6 +7,7 @@ stage numbers from rank 0's termination message."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -185,3 +186,48 @@ def test_scale_up_mid_training_grows_the_world(
     assert sizes[0] == 1 and sizes[-1] == 2, sorted(set(sizes))
     steps = [h["step"] for h in history if "loss" in h]
     assert steps[-1] == 900
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "within"),
+    [
+        # Caught by the worker's launcher before torch is imported.
+        ("no-such-corpus.txt", "does not exist", 30),
+        # Caught inside a worker process (its data loader), which marks it for the launcher:
+        # the store's torch import, then the worker's, come first (about 20 s under load).
+        ("empty-folder", "holds no .txt files", 45),  # "folder <path> holds ..."
+    ],
+    ids=["missing file", "folder without text"],
+)
+def test_startup_config_error_fails_the_job_fast(
+    kubelet: ProcessKubelet,
+    kube,
+    namespace,
+    corpus: Path,
+    source: str,
+    error: str,
+    within: float,
+) -> None:
+    """A data source admission cannot check (files): the worker pod exits 78 and the job is
+    Failed within seconds, with the trainer's message, no restart counted and no pod
+    recreated — neither torchrun nor the operator retries it."""
+    (corpus.parent / "empty-folder").mkdir()
+    spec = job_spec(corpus, steps=300)
+    spec["training"]["data"]["source"] = str(corpus.parent / source)
+    spec["workers"]["procsPerWorker"] = 1  # one torch import less on a busy 2-core machine
+    started = time.monotonic()
+    create_job(kube.custom, namespace, "e2e", spec)
+    final = wait_for(phase_is(kube.custom, namespace, "e2e", "Failed"), timeout=60)
+    seconds = time.monotonic() - started
+    worker_log = kubelet.log_of("e2e-worker-0")
+    assert kubelet.errors == [], kubelet.errors
+    failed = next(c for c in final["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "ConfigError", failed
+    assert "exited with code 78" in failed["message"], failed
+    assert "cannot run this config: training.data.source" in failed["message"], failed
+    assert f"{corpus.parent / source} {error}" in failed["message"], failed
+    assert seconds < within, (seconds, worker_log[-3000:])
+    time.sleep(2)
+    assert kubelet.exit_codes.get("e2e-worker-0") == [78], worker_log[-3000:]
+    assert "attempts left" not in worker_log, worker_log[-3000:]  # torchrun never restarted
+    assert job_status(kube.custom, namespace, "e2e")["restarts"] == 0

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from lmjob_api.exit_codes import CONFIG_ERROR
 from lmjob_api.job import RunPolicy
 from lmjob_api.status import StageStatus
 from lmjob_api.termination import encode_stages
-from lmjob_operator.failures import Action, exit_code_retryable, judge_failures
+from lmjob_operator.failures import (
+    Action,
+    CreateOutcome,
+    exit_code_retryable,
+    judge_create_error,
+    judge_failures,
+)
 from lmjob_operator.pod_view import PodView
 from tests.operator.factories import NOW, rendezvous, worker
 
@@ -183,6 +190,37 @@ CASES = [
         Action.NONE,
         "",
     ),
+    # A configuration error (exit 78) is never retried, whatever the policy and budget.
+    *(
+        (
+            f"{policy}: exit 78 fails at once",
+            [worker(0), failed(1, CONFIG_ERROR)],
+            policy,
+            3,
+            0,
+            Action.FAIL,
+            "ConfigError",
+        )
+        for policy in ("OnFailure", "ExitCode", "Never")
+    ),
+    (
+        "exit 78 beside a retryable failure still fails",
+        [failed(0, 137, "OOMKilled"), failed(1, CONFIG_ERROR)],
+        "OnFailure",
+        3,
+        0,
+        Action.FAIL,
+        "ConfigError",
+    ),
+    (
+        "exit 78 of an older round is not judged again",
+        [worker(0, round_=1), failed(1, CONFIG_ERROR, round_=0)],
+        "OnFailure",
+        3,
+        1,
+        Action.NONE,
+        "",
+    ),
     (
         "a worker succeeded: finishing, failures ignored",
         [worker(0, "Succeeded", exit_code=0), failed(1, 1)],
@@ -275,3 +313,76 @@ def test_rendezvous_store_loss(store: PodView | None, pods: list[PodView], actio
 )
 def test_exit_code_classes(code: int, retryable: bool) -> None:
     assert exit_code_retryable(code) is retryable
+
+
+def test_config_error_message_carries_the_trainers_reason() -> None:
+    error = "cannot run this config: training.data.source: /data/x.txt does not exist"
+    pod = failed(1, CONFIG_ERROR, message=encode_stages([], error))
+    verdict = judge_failures([worker(0), pod], rendezvous(), RunPolicy(), 0)
+    assert f"demo-worker-1 exited with code 78 (Error): {error}" in verdict.message
+    assert "never retried" in verdict.message
+
+
+PSA = (
+    'pods "demo-worker-0" is forbidden: violates PodSecurity "restricted:latest": '
+    'allowPrivilegeEscalation != false (container "worker" must set '
+    "securityContext.allowPrivilegeEscalation=false)"
+)
+
+# (case id, HTTP status, API server message, outcome)
+CREATE_CASES = [
+    ("already exists", 409, 'pods "demo-worker-0" already exists', CreateOutcome.EXISTS),
+    ("PodSecurity", 403, PSA, CreateOutcome.REFUSED),
+    (
+        "admission webhook denial",
+        403,
+        'admission webhook "validation.gatekeeper.sh" denied the request: no privileged',
+        CreateOutcome.REFUSED,
+    ),
+    (
+        "LimitRange maximum",
+        403,
+        'pods "demo-worker-0" is forbidden: maximum cpu usage per Container is 1, but limit is 2',
+        CreateOutcome.REFUSED,
+    ),
+    (
+        "quota exceeded",
+        403,
+        'pods "demo-worker-2" is forbidden: exceeded quota: pods, requested: pods=1',
+        CreateOutcome.WAIT,
+    ),
+    (
+        "operator RBAC",
+        403,
+        'pods is forbidden: User "system:serviceaccount:lmjob:op" cannot create resource "pods"',
+        CreateOutcome.WAIT,
+    ),
+    (
+        "namespace terminating",
+        403,
+        "unable to create new content in namespace ns because it is being terminated",
+        CreateOutcome.WAIT,
+    ),
+    (
+        "invalid field",
+        422,
+        'Pod "demo-worker-0" is invalid: spec.nodeSelector',
+        CreateOutcome.REFUSED,
+    ),
+    ("bad request", 400, "json: cannot unmarshal", CreateOutcome.REFUSED),
+    ("too many requests", 429, "too many requests", CreateOutcome.RETRY),
+    ("server error", 500, "Internal error occurred: failed calling webhook", CreateOutcome.RETRY),
+    ("unavailable", 503, "", CreateOutcome.RETRY),
+    ("timeout", 504, "", CreateOutcome.RETRY),
+    ("credentials expired", 401, "Unauthorized", CreateOutcome.RETRY),
+    ("namespace not found", 404, 'namespaces "ns" not found', CreateOutcome.RETRY),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "outcome"),
+    [c[1:] for c in CREATE_CASES],
+    ids=[c[0] for c in CREATE_CASES],
+)
+def test_judge_create_error(status: int, message: str, outcome: CreateOutcome) -> None:
+    assert judge_create_error(status, message) == outcome

@@ -9,6 +9,7 @@ import pytest
 
 from lmjob_api.env import WORKER_ENV
 from lmjob_operator.config import OperatorConfig
+from lmjob_operator.rendezvous import build_rendezvous_pod
 from lmjob_operator.spec_checks import check_runnable
 from lmjob_operator.worker_pod import build_worker_pod, procs_per_worker
 from tests.operator.factories import UID, make_job
@@ -40,7 +41,7 @@ def volumes_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["name"]: v for v in pod["spec"]["volumes"]}
 
 
-TORCHRUN = ["python", "-m", "torch.distributed.run"]
+LAUNCHER = ["python", "-m", "lmjob_trainer.launch", "--"]
 
 # (case id, spec overrides, what to read from the pod, expected value)
 CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any], Any]] = [
@@ -83,13 +84,13 @@ CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any], Any]] = 
         "built-in trainer command",
         {},
         lambda p: main_container(p)["command"],
-        [*TORCHRUN, "-m", "lmjob_trainer"],
+        [*LAUNCHER, "-m", "lmjob_trainer"],
     ),
     (
         "own command under torchrun",
         {"command": ["python", "-m", "mypkg.train", "--x"]},
         lambda p: main_container(p)["command"],
-        [*TORCHRUN, "--no-python", "python", "-m", "mypkg.train", "--x"],
+        [*LAUNCHER, "--no-python", "python", "-m", "mypkg.train", "--x"],
     ),
     ("PET_NNODES fixed", {}, lambda p: env_of(p)["PET_NNODES"], "2:2"),
     (
@@ -419,3 +420,148 @@ def test_template_worker_container_merges(
     assert worker["image"] == OperatorConfig().trainer_image
     assert {"name": "A", "value": "1"} in worker["env"]
     assert all(c.get("image") for c in pod["spec"]["containers"])
+
+
+RESTRICTED_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _template(pod: dict[str, Any] | None = None, *containers: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if pod is not None:
+        spec["securityContext"] = pod
+    if containers:
+        spec["containers"] = list(containers)
+    return {"workers": {"template": {"spec": spec}}}
+
+
+def _security(pod: dict[str, Any]) -> tuple[Any, ...]:
+    """(pod securityContext, each container's, each init container's)."""
+    return (
+        pod["spec"]["securityContext"],
+        [c["securityContext"] for c in pod["spec"]["containers"]],
+        [c["securityContext"] for c in pod["spec"].get("initContainers", [])],
+    )
+
+
+SIDECAR = {"name": "log-shipper", "image": "fluent/fluent-bit:3"}
+
+# (case id, spec overrides, expected (pod, [containers], [init containers]) securityContexts)
+SECURITY_CASES: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
+    ("restricted by default", {}, (RESTRICTED_POD, [RESTRICTED_CONTAINER], [])),
+    (
+        "template pod securityContext wins key by key",
+        _template({"runAsUser": 2000, "fsGroup": 3000, "seccompProfile": {"type": "Localhost"}}),
+        (
+            {
+                "runAsNonRoot": True,
+                "runAsUser": 2000,
+                "fsGroup": 3000,
+                "seccompProfile": {"type": "Localhost"},
+            },
+            [RESTRICTED_CONTAINER],
+            [],
+        ),
+    ),
+    (
+        "template may allow root",
+        _template({"runAsNonRoot": False}),
+        ({**RESTRICTED_POD, "runAsNonRoot": False}, [RESTRICTED_CONTAINER], []),
+    ),
+    (
+        "worker container asks for privilege",
+        _template(None, {"name": "trainer", "securityContext": {"privileged": True}}),
+        # No allowPrivilegeEscalation false: the API server refuses it beside privileged.
+        (RESTRICTED_POD, [{"capabilities": {"drop": ["ALL"]}, "privileged": True}], []),
+    ),
+    (
+        "CAP_SYS_ADMIN drops the escalation default too",
+        _template(
+            None, {"name": "worker", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}
+        ),
+        (RESTRICTED_POD, [{"capabilities": {"add": ["SYS_ADMIN"]}}], []),
+    ),
+    (
+        "worker container replaces capabilities and escalation",
+        _template(
+            None,
+            {
+                "name": "worker",
+                "securityContext": {
+                    "allowPrivilegeEscalation": True,
+                    "capabilities": {"add": ["SYS_PTRACE"]},
+                },
+            },
+            SIDECAR,
+        ),
+        (
+            RESTRICTED_POD,
+            [
+                {"allowPrivilegeEscalation": True, "capabilities": {"add": ["SYS_PTRACE"]}},
+                RESTRICTED_CONTAINER,
+            ],
+            [],
+        ),
+    ),
+    (
+        "sidecars and init containers are restricted too, theirs wins",
+        {
+            "workers": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {"name": "worker"},
+                            {**SIDECAR, "securityContext": {"readOnlyRootFilesystem": True}},
+                        ],
+                        "initContainers": [{"name": "fetch", "image": "busybox"}],
+                    }
+                }
+            }
+        },
+        (
+            RESTRICTED_POD,
+            [RESTRICTED_CONTAINER, {**RESTRICTED_CONTAINER, "readOnlyRootFilesystem": True}],
+            [RESTRICTED_CONTAINER],
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [c[1:] for c in SECURITY_CASES],
+    ids=[c[0] for c in SECURITY_CASES],
+)
+def test_security_context(spec: dict[str, Any], expected: tuple[Any, ...]) -> None:
+    assert _security(pod_for(spec)) == expected
+
+
+# (case id, spec overrides, expected (pod, [container]) securityContexts of the store)
+RENDEZVOUS_SECURITY_CASES: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
+    ("restricted by default", {}, (RESTRICTED_POD, [RESTRICTED_CONTAINER], [])),
+    (
+        "takes the template's pod securityContext",
+        _template({"runAsUser": 2000}),
+        ({**RESTRICTED_POD, "runAsUser": 2000}, [RESTRICTED_CONTAINER], []),
+    ),
+    (
+        "not the worker container's",
+        _template(None, {"name": "worker", "securityContext": {"privileged": True}}),
+        (RESTRICTED_POD, [RESTRICTED_CONTAINER], []),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [c[1:] for c in RENDEZVOUS_SECURITY_CASES],
+    ids=[c[0] for c in RENDEZVOUS_SECURITY_CASES],
+)
+def test_rendezvous_security_context(spec: dict[str, Any], expected: tuple[Any, ...]) -> None:
+    assert _security(build_rendezvous_pod(make_job(spec), CONFIG)) == expected
+
+
+def test_config_error_marker_is_on_the_shm_volume() -> None:
+    pod = pod_for()
+    marker = env_of(pod)["LMJOB_CONFIG_ERROR_FILE"]
+    assert marker.startswith(mounts_of(pod)["/dev/shm"]["mountPath"] + "/")

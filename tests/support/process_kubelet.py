@@ -11,7 +11,9 @@ plain process can:
   termination-message path to a file of the pod's own;
 - networking: every pod shares this machine's loopback (as with hostNetwork), so its IP is
   127.0.0.1 and a Service name `<svc>.<ns>.svc[.cluster.local]` resolves to 127.0.0.1;
-- images: the container's `python` is this interpreter, with the checkout on PYTHONPATH;
+- images: the container's `python` is this interpreter, with the checkout on PYTHONPATH
+  (the worker's launcher, `python -m lmjob_trainer.launch`, starts torchrun with it too,
+  and its configuration-error marker lands in the pod's /dev/shm folder);
 - status: Running with its IP once started; Succeeded or Failed with the exit code and
   the termination message once the process exits; a pod being deleted gets SIGTERM, then
   SIGKILL after its grace period, and is then removed from the API;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,14 @@ import pytest
 import yaml
 
 from lmjob_api import termination
+from lmjob_api.env import CONFIG_ERROR_FILE_ENV
+from lmjob_api.exit_codes import CONFIG_ERROR
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import load_job
 from lmjob_cli.main import main as lmjob
 from lmjob_trainer.preflight import check_runnable
 
-from .conftest import subprocess_env, tiny_training
+from .conftest import subprocess_env, tiny_training, write_config
 
 
 def _manifest(tmp: Path, text: Path, *, procs: int = 2, **training: Any) -> dict[str, Any]:
@@ -105,7 +108,7 @@ def test_lmjob_run_refuses_before_starting(
 
 
 def test_trainer_refuses_bad_config_file(tmp_path: Path, text_file: Path) -> None:
-    """`python -m lmjob_trainer` on an invalid config: exit 2, the field named, no traceback."""
+    """`python -m lmjob_trainer` on an invalid config: exit 78, the field named, no traceback."""
     training = tiny_training(text_file, tmp_path / "cache")
     training["batch"] = {"microBatchSize": 8, "globalBatchSize": 6}
     path = tmp_path / "c.yaml"
@@ -117,7 +120,7 @@ def test_trainer_refuses_bad_config_file(tmp_path: Path, text_file: Path) -> Non
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == CONFIG_ERROR
     assert "training.batch.microBatchSize" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -150,7 +153,7 @@ def test_example_manifest_is_valid() -> None:
 
 def test_runtime_refusal_is_the_pods_termination_message(tmp_path: Path, text_file: Path) -> None:
     """What only the running trainer can tell (here: TP 2 in a world of 1) ends the process
-    with exit 2 and says why in the termination message, which the operator shows."""
+    with exit 78 and says why in the termination message, which the operator shows."""
     training = tiny_training(text_file, tmp_path / "cache")
     training["parallelism"] = {"strategy": "fsdp+tp", "tensorParallel": 2}
     path = tmp_path / "c.yaml"
@@ -164,7 +167,153 @@ def test_runtime_refusal_is_the_pods_termination_message(tmp_path: Path, text_fi
         timeout=120,
         cwd=tmp_path,
     )
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.returncode == CONFIG_ERROR, proc.stderr[-2000:]
     error = termination.decode_error(message.read_text())
     assert error is not None and "training.parallelism.tensorParallel" in error, error
     assert error.startswith("cannot run this config:")
+
+
+def _launch(
+    args: list[str], tmp: Path, timeout: float = 120, **env: str
+) -> tuple[subprocess.CompletedProcess, float, str | None]:
+    """`python -m lmjob_trainer.launch -- <args>` as a worker container runs it: (the
+    process, its seconds, the error in its termination message)."""
+    message = tmp / "termination-log"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmjob_trainer.launch", "--", *args],
+        env=subprocess_env(**{termination.PATH_ENV: str(message)}, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp,
+    )
+    error = termination.decode_error(message.read_text()) if message.exists() else None
+    return proc, time.monotonic() - started, error
+
+
+# torchrun as the operator starts it in a pod: 10 local restarts allowed.
+TORCHRUN_ARGS = [
+    "--standalone",
+    "--nproc-per-node=2",
+    "--max-restarts=10",
+    "--monitor-interval=0.1",
+]
+
+
+@pytest.mark.parametrize(
+    ("edits", "field"),
+    [
+        ({"optimizer": {"learningRate": 0.1}}, "training.optimizer.learningRate"),
+        ({"data": {"source": "no/such/file.txt"}}, "training.data.source"),
+    ],
+    ids=["unknown field", "data source missing"],
+)
+def test_launcher_refuses_a_bad_config_before_torch(
+    edits: dict[str, Any], field: str, tmp_path: Path, text_file: Path
+) -> None:
+    training = tiny_training(text_file, tmp_path / "cache")
+    for key, value in edits.items():
+        training[key] = {**training[key], **value}
+    config = write_config(tmp_path / "c.yaml", training)
+    proc, seconds, error = _launch(
+        [*TORCHRUN_ARGS, "-m", "lmjob_trainer"], tmp_path, LMJOB_CONFIG=str(config)
+    )
+    assert proc.returncode == CONFIG_ERROR, proc.stderr[-2000:]
+    assert error is not None and field in error, error
+    assert "torch.distributed" not in proc.stderr, "torchrun was started"
+    assert seconds < 15, seconds
+
+
+@pytest.mark.slow
+def test_config_error_inside_a_worker_is_not_restarted(tmp_path: Path, text_file: Path) -> None:
+    """A problem only a running worker finds (tensor parallel 4 in a world of 2 processes)
+    ends the launcher with 78 at the first failure, not after torchrun's 10 restarts."""
+    training = tiny_training(
+        text_file,
+        tmp_path / "cache",
+        parallelism={"strategy": "fsdp+tp", "tensorParallel": 4},
+        model={"heads": 4, "hidden": 32},
+    )
+    config = write_config(tmp_path / "c.yaml", training)
+    proc, seconds, error = _launch(
+        [*TORCHRUN_ARGS, "-m", "lmjob_trainer"],
+        tmp_path,
+        LMJOB_CONFIG=str(config),
+        **{CONFIG_ERROR_FILE_ENV: str(tmp_path / "marker")},
+    )
+    assert proc.returncode == CONFIG_ERROR, proc.stderr[-3000:]
+    assert error is not None and "training.parallelism.tensorParallel" in error, error
+    # Restarting means a fresh torch import per round: 10 of them take far longer.
+    assert proc.stderr.count("attempts left") <= 1, proc.stderr[-3000:]
+    assert seconds < 45, seconds
+
+
+# A user's program (spec.command): it opts in by writing the marker before exiting 78.
+OPT_IN = (
+    "import os, sys, pathlib; "
+    "pathlib.Path(os.environ['LMJOB_CONFIG_ERROR_FILE']).write_text('my.flag: must be set'); "
+    "sys.exit(78)"
+)
+
+
+@pytest.mark.slow
+def test_own_command_opts_in_under_torchrun(tmp_path: Path) -> None:
+    """spec.command runs under the launcher too (`--no-python`, as the operator starts it)."""
+    proc, seconds, said = _launch(
+        [*TORCHRUN_ARGS, "--no-python", sys.executable, "-c", OPT_IN], tmp_path
+    )
+    assert proc.returncode == CONFIG_ERROR, proc.stderr[-3000:]
+    assert said == "my.flag: must be set"
+    assert seconds < 45, seconds
+
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+
+# (case id, what the child process (standing in for torchrun) runs, launcher's exit code)
+SUPERVISE_CASES = [
+    ("exit code passes through", "import sys; sys.exit(3)", 3, False),
+    ("killed by a signal is 128+N", "import os, signal; os.kill(os.getpid(), 9)", 137, False),
+    (
+        "marker ends it",
+        "import time; pathlib.Path(MARKER).write_text('x: bad'); time.sleep(60)",
+        78,
+        True,
+    ),
+    (
+        "marker ends one that ignores SIGTERM",
+        STUBBORN + "pathlib.Path(MARKER).write_text('x: bad'); time.sleep(60)",
+        78,
+        True,
+    ),
+    (
+        "marker then exit 1 (as torchrun does)",
+        "pathlib.Path(MARKER).write_text('x: bad'); sys.exit(1)",
+        78,
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("program", "code", "error"),
+    [c[1:] for c in SUPERVISE_CASES],
+    ids=[c[0] for c in SUPERVISE_CASES],
+)
+def test_supervise(
+    program: str, code: int, error: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmjob_trainer.launch import supervise
+
+    message = tmp_path / "termination-log"
+    monkeypatch.setenv(termination.PATH_ENV, str(message))
+    marker = tmp_path / "marker"
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import pathlib, sys; MARKER = {str(marker)!r}; {program}"]
+    )
+    started = time.monotonic()
+    assert supervise(child, marker, grace=0.5) == code
+    assert time.monotonic() - started < 20
+    assert child.poll() is not None
+    said = termination.decode_error(message.read_text()) if message.exists() else None
+    assert said == ("x: bad" if error else None)

@@ -2,6 +2,9 @@
 
 Environment (docs/contracts.md, api/lmjob_api/env.py): LMJOB_CONFIG (default of --config),
 LMJOB_CHECKPOINT_DIR (default ./runs/<job>), LMJOB_METRICS_PORT (no endpoint if unset).
+A configuration error exits with CONFIG_ERROR (78, lmjob_api.exit_codes), never retried:
+its message goes to the termination log, and a marker tells the launcher (launch.py) to stop
+torchrun instead of restarting the workers.
 Relative paths in the config (data.source, tokenizer, model.path) resolve against the
 working directory; `lmjob run` makes them absolute first.
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from lmjob_api.trainer_config import load_trainer_config
 from lmjob_api.validation import ManifestError
+from lmjob_trainer.launch import config_error_message, report_config_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.config:
         print("lmjob_trainer: give --config FILE or set LMJOB_CONFIG", file=sys.stderr)
-        return 2
+        return 2  # a usage error, as argparse's
     try:
         config = load_trainer_config(args.config)
     except (ManifestError, OSError) as err:
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = getattr(err, "problems", [err])
         for problem in problems:
             print(f"lmjob_trainer: {args.config}: {problem}", file=sys.stderr)
-        return 2
+        return report_config_error(config_error_message([str(p) for p in problems]))
     root = Path(args.checkpoint_dir or Path("runs") / config.job_name).resolve()
     # Imported here: torch takes seconds to import, and config errors should not wait.
     from lmjob_trainer.train import main as train_main

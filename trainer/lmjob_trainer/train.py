@@ -17,6 +17,7 @@ from types import FrameType
 import torch
 
 from lmjob_api import termination
+from lmjob_api.exit_codes import CONFIG_ERROR
 from lmjob_api.stage_report import TRAIN_TYPE, StageReport
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import ManifestError
@@ -24,6 +25,7 @@ from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import choose_on_rank0
 from lmjob_trainer.distributed import DistEnv, close_distributed, init_distributed
 from lmjob_trainer.evaluate import autocast
+from lmjob_trainer.launch import mark_config_error
 from lmjob_trainer.logs import configure_logging, set_log_context
 from lmjob_trainer.loop import StageResult, run_steps
 from lmjob_trainer.metrics import TrainerMetrics
@@ -35,7 +37,6 @@ log = logging.getLogger(__name__)
 
 COMPRESSION_MODULE = "lmjob_trainer.compression"
 SAMPLE_TOKENS = 300
-EXIT_CONFIG_ERROR = 2
 
 
 def _install_stop_handlers(session: TrainerSession) -> None:
@@ -183,6 +184,7 @@ def main(config: TrainerConfig, *, checkpoint_dir: Path, metrics_port: int | Non
     metrics = TrainerMetrics(config.job_name, env, metrics_port)
     started = time.perf_counter()
     error = None
+    config_error = False
     try:
         code = run(config, env, checkpoint_dir, metrics)
         log.info(
@@ -191,15 +193,20 @@ def main(config: TrainerConfig, *, checkpoint_dir: Path, metrics_port: int | Non
         )
         return code
     except ValueError as err:
-        # Bad user input (ManifestError is a ValueError): one clear line, no traceback.
-        error = f"cannot run this config: {err}"
+        # Bad user input (ManifestError is a ValueError, and so is every check the trainer
+        # makes of its config and data): one clear line, no traceback, and an exit code
+        # neither torchrun (through the launcher) nor the operator retries.
+        error, config_error = f"cannot run this config: {err}", True
         log.error(error)
-        return EXIT_CONFIG_ERROR
+        return CONFIG_ERROR
     except Exception as err:
         error = f"{type(err).__name__}: {err}"
         raise
     finally:
         write_termination_message(metrics, error)
+        if config_error:
+            # After the termination message: the launcher may stop torchrun once it sees this.
+            mark_config_error(error or "")
         metrics.close()
         close_distributed()
 
