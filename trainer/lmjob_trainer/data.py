@@ -27,25 +27,13 @@ from typing import Any, NamedTuple
 import torch
 
 from lmjob_api.training import BatchSpec
+from lmjob_trainer.preflight import source_files
 from lmjob_trainer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "lmjob-tokens-v1"
 SHARD_TOKENS = 1 << 28  # 256 Mi tokens per shard file: 512 MiB as uint16
-
-
-def source_files(source: str) -> list[Path]:
-    """The text files of `training.data.source`: the file itself, or a folder's *.txt, sorted."""
-    path = Path(source)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if files:
-            return files
-        raise ValueError(f"training.data.source: folder {source} holds no .txt files")
-    raise ValueError(f"training.data.source: {source} does not exist (a text file or a folder)")
 
 
 def cache_key(files: list[Path], tokenizer: Tokenizer) -> str:

@@ -38,6 +38,7 @@ from lmjob_api.env import CONFIG_ERROR_FILE_ENV
 from lmjob_api.exit_codes import CONFIG_ERROR
 from lmjob_api.trainer_config import load_trainer_config
 from lmjob_api.validation import ManifestError
+from lmjob_trainer.preflight import check_data_source
 
 POLL_SECONDS = 0.2
 GRACE_SECONDS = 5.0
@@ -56,11 +57,7 @@ def config_problems(path: str) -> list[str]:
         return [str(p) for p in err.problems]
     except OSError as err:
         return [str(err)]
-    source = config.training.data.source
-    if "://" not in source and not Path(source).exists():
-        # The trainer's data loader (data.source_files) says the same, after importing torch.
-        return [f"training.data.source: {source} does not exist (a text file or a folder)"]
-    return []
+    return [str(p) for p in check_data_source(config)]
 
 
 def config_error_message(problems: list[str]) -> str:

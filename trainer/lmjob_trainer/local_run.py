@@ -35,7 +35,7 @@ from lmjob_api.trainer_config import (
 from lmjob_api.trainer_metrics import TrainerProgress, parse_scrape
 from lmjob_api.validation import Problem
 from lmjob_trainer import storage
-from lmjob_trainer.preflight import check_runnable
+from lmjob_trainer.preflight import check_data_source, check_runnable
 
 RUNS_DIR = "runs"
 LOGS_DIR = "logs"
@@ -160,14 +160,8 @@ def plan_local_run(
     problems = check_runnable(
         config, world_size=num_procs, cuda_devices=cuda_devices, prefix="spec."
     )
-    source = config.training.data.source
-    if not Path(source).exists():
-        problems.append(
-            Problem(
-                "spec.training.data.source",
-                f"{source} does not exist (relative paths resolve against the manifest's folder)",
-            )
-        )
+    # Relative paths were resolved against the manifest's folder: the message shows where.
+    problems += check_data_source(config, prefix="spec.")
     if (previous := _previous_model_problem(run_dir, config)) is not None:
         problems.append(previous)
     if problems:

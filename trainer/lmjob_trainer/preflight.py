@@ -7,11 +7,38 @@ sizes change under elastic resizes). Each problem names the field and what to do
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import Problem
 from lmjob_trainer.compression.validate import check_compression
 
 BYTE_VOCAB = 256
+
+
+def source_files(source: str) -> list[Path]:
+    """The text files of `training.data.source`: the file itself, or a folder's *.txt,
+    sorted. Raises ValueError naming the field when there are none. No torch: the
+    launcher, `lmjob run` and the data loader all ask here."""
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if files:
+            return files
+        raise ValueError(f"training.data.source: folder {source} holds no .txt files")
+    raise ValueError(f"training.data.source: {source} does not exist (a text file or a folder)")
+
+
+def check_data_source(config: TrainerConfig, prefix: str = "") -> list[Problem]:
+    """The data source's problem (missing, or a folder without text), if any."""
+    try:
+        source_files(config.training.data.source)
+    except ValueError as err:
+        field, message = str(err).split(": ", 1)
+        return [Problem(prefix + field, message)]
+    return []
 
 
 def check_runnable(
