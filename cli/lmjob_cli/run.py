@@ -79,7 +79,7 @@ def _run(plan: Any, *, tee: bool) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from lmjob_trainer.local_run import launch
+    from lmjob_trainer.local_run import CONFIG_ERROR_MARKER, launch
 
     out = sys.stderr
     what = (
@@ -98,6 +98,7 @@ def _run(plan: Any, *, tee: bool) -> int:
     if bar:
         bar.start()
     deadline = _Deadline(plan.deadline_seconds)
+    config_error = _ConfigErrorWatch(plan.run_dir / CONFIG_ERROR_MARKER)
     started = time.monotonic()
     try:
         launch(plan, tee=tee)
@@ -109,6 +110,9 @@ def _run(plan: Any, *, tee: bool) -> int:
     except (SignalException, KeyboardInterrupt):
         if bar:
             bar.stop()
+        if config_error.message is not None:
+            print(f"\nlmjob run: {plan.job_name}: {config_error.message}", file=out)
+            return EXIT_INVALID
         if deadline.passed.is_set():
             print(
                 f"\nlmjob run: {plan.job_name} failed: runPolicy.activeDeadlineSeconds "
@@ -122,6 +126,7 @@ def _run(plan: Any, *, tee: bool) -> int:
         return EXIT_INTERRUPTED
     finally:
         deadline.cancel()
+        config_error.cancel()
         if bar:
             bar.stop()
     print(f"finished in {_duration(time.monotonic() - started)}", file=out)
@@ -176,6 +181,32 @@ class _Deadline:
     def cancel(self) -> None:
         if self._timer:
             self._timer.cancel()
+
+
+class _ConfigErrorWatch:
+    """Stops the launch when a worker reports a configuration error (the marker file of
+    lmjob_api.env's LMJOB_CONFIG_ERROR_FILE): the in-process elastic agent would otherwise
+    restart workers that can only fail again. Polls, as the pod's launcher does."""
+
+    POLL_SECONDS = 0.2
+
+    def __init__(self, marker: Path) -> None:
+        marker.unlink(missing_ok=True)  # a previous run's
+        self.marker = marker
+        self.message: str | None = None
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.POLL_SECONDS):
+            if self.marker.exists():
+                text = self.marker.read_text(errors="replace").strip()
+                self.message = text or "a worker reported a configuration error"
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    def cancel(self) -> None:
+        self._stop.set()
 
 
 def _print_checkpoints(plan: Any, out: TextIO) -> None:

@@ -317,3 +317,32 @@ def test_supervise(
     assert child.poll() is not None
     said = termination.decode_error(message.read_text()) if message.exists() else None
     assert said == ("x: bad" if error else None)
+
+
+@pytest.mark.slow
+def test_lmjob_run_stops_at_a_config_error_a_worker_finds(tmp_path: Path) -> None:
+    """`lmjob run` watches the same marker as the pod's launcher: a problem found inside a
+    worker (a text shorter than one sequence, seen only once tokenised) ends the run with the
+    message, without the in-process agent restarting the workers."""
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("To be.\n")
+    manifest = _manifest(tmp_path, tiny, procs=1)
+    manifest["spec"]["runPolicy"] = {"backoffLimit": 5}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmjob_cli.main", "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=subprocess_env(),
+    )
+    seconds = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "tokens are too few for model.seqLen" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    attempts = list((tmp_path / "runs" / "bad" / "logs").glob("*/attempt_*"))
+    assert len(attempts) == 1, attempts  # never restarted
+    assert seconds < 60, seconds

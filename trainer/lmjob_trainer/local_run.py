@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from lmjob_api.env import CONFIG_ERROR_FILE_ENV
 from lmjob_api.job import LargeModelJob
 from lmjob_api.trainer_config import (
     CONFIG_FILE_NAME,
@@ -39,6 +40,8 @@ from lmjob_trainer.preflight import check_data_source, check_runnable
 
 RUNS_DIR = "runs"
 LOGS_DIR = "logs"
+CONFIG_ERROR_MARKER = "config-error"
+"""In the run folder: written by a worker that exits CONFIG_ERROR (its message inside)."""
 # Seconds torchrun gives workers between SIGTERM/SIGINT and SIGKILL: enough to finish the
 # step in flight and write a checkpoint.
 SHUTDOWN_GRACE = 120
@@ -143,6 +146,9 @@ def plan_local_run(
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // num_procs))
     port = _free_port(spec.metrics.port)
     env["LMJOB_METRICS_PORT"] = str(port)
+    # A worker's configuration error stops the run instead of a restart (cli/lmjob_cli/run.py
+    # watches this file, as the pod's launcher does on a cluster).
+    env[CONFIG_ERROR_FILE_ENV] = str(run_dir / CONFIG_ERROR_MARKER)
     common = {
         "job_name": name,
         "run_dir": run_dir,
