@@ -17,6 +17,7 @@ import pytest
 import yaml
 from conftest import REPO, SHAKESPEARE
 
+from lmjob_api.exit_codes import CONFIG_ERROR
 from lmjob_api.trainer_config import parse_trainer_config
 
 CONTRACT_METRICS = {"evalLoss", "params", "bytes", "latencyMs", "wallSeconds"}
@@ -238,7 +239,7 @@ def test_bad_chain_fails_before_training(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )  # fmt: skip
-    assert done.returncode == 2
+    assert done.returncode == CONFIG_ERROR  # never retried, by torchrun or the operator
     assert "compression.stages[0].method" in done.stderr + done.stdout
     assert not (root / "train").exists()
     assert time.monotonic() - started < 60
