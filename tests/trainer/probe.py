@@ -68,6 +68,18 @@ def _write() -> None:
     out.write_text(json.dumps(seen))
 
 
+def run_probed(training: dict[str, Any], work: Path) -> list[dict[str, Any]]:
+    """Train `training` under torchrun with the probe: the run goes to work/run, and what
+    every rank recorded (rank 0 first) comes back."""
+    from tests.trainer.conftest import REPO, subprocess_env, torchrun, write_config
+
+    env = subprocess_env(**{PROBE_DIR_ENV: str(work / "probe")})
+    env["PYTHONPATH"] += f":{REPO}"
+    config = write_config(work / "c.yaml", training)
+    torchrun(config, work / "run", module=("-m", "tests.trainer.probe"), env=env)
+    return read_probe(work / "probe")
+
+
 def read_probe(folder: Path) -> list[dict[str, Any]]:
     """What every rank recorded, rank 0 first."""
     return [json.loads(p.read_text()) for p in sorted(folder.glob("rank*.json"))]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, losses, subprocess_env, tiny_training, torchrun, write_config
-from .probe import PROBE_DIR_ENV, read_probe
+from .conftest import losses, tiny_training
+from .probe import run_probed
 
 # torch.amp.GradScaler's default first scale.
 INITIAL_SCALE = 2.0**16
@@ -30,21 +30,12 @@ def test_precision_trains_on_cpu(
     training = tiny_training(
         text_file, data_cache, precision=precision, steps=10, checkpoint={"everySteps": 100}
     )
-    probe = tmp_path / "probe"
-    env = subprocess_env(**{PROBE_DIR_ENV: str(probe)})
-    env["PYTHONPATH"] += f":{REPO}"
-    torchrun(
-        write_config(tmp_path / "c.yaml", training),
-        tmp_path / "run",
-        module=("-m", "tests.trainer.probe"),
-        env=env,
-    )
+    ranks = run_probed(training, tmp_path)
     history = losses(tmp_path / "run")
     assert sorted(history) == list(range(1, 11)), history
     assert all(math.isfinite(v) for v in history.values()), history
     assert history[10] < history[1] - 0.5, history  # it trains
 
-    ranks = read_probe(probe)
     assert len(ranks) == 2
     for seen in ranks:
         # autocast (DDP keeps fp32 weights) computed every training matmul in `dtype`.

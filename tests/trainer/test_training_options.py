@@ -9,8 +9,8 @@ import pytest
 
 from lmjob_trainer import storage
 
-from .conftest import REPO, losses, subprocess_env, tiny_training, torchrun, write_config
-from .probe import PROBE_DIR_ENV, read_probe
+from .conftest import losses, tiny_training, torchrun, write_config
+from .probe import read_probe, run_probed
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +26,7 @@ def checkpointed_run(
         parallelism={"activationCheckpointing": True},
         checkpoint={"everySteps": 2, "keep": 2},
     )
-    env = subprocess_env(**{PROBE_DIR_ENV: str(work / "probe")})
-    env["PYTHONPATH"] += f":{REPO}"
-    torchrun(
-        write_config(work / "c.yaml", training),
-        work / "run",
-        module=("-m", "tests.trainer.probe"),
-        env=env,
-    )
+    run_probed(training, work)
     return work
 
 
