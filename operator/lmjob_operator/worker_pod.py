@@ -59,7 +59,6 @@ from lmjob_operator.security import (
 )
 
 WORKER_CONTAINER = "worker"
-GPU_RESOURCE = "nvidia.com/gpu"
 # Volumes lmjob adds to every worker; template volumes may not reuse these names.
 CONFIG_VOLUME = "lmjob-config"
 STORAGE_VOLUME = "lmjob-storage"
@@ -82,15 +81,9 @@ CONFIG_ERROR_FILE = "/dev/shm/lmjob-config-error"
 
 
 def procs_per_worker(job: LargeModelJob) -> int:
-    """torchrun --nproc-per-node: workers.procsPerWorker, else the GPU limit, else 1."""
-    workers = job.spec.workers
-    if workers.procs_per_worker:
-        return workers.procs_per_worker
-    gpus = workers.resources.limits.get(GPU_RESOURCE)
-    try:
-        return max(1, int(gpus)) if gpus is not None else 1
-    except ValueError:
-        return 1
+    """torchrun --nproc-per-node: the API's one rule (WorkersSpec.num_procs), which the
+    tensor-parallel admission rule checks against too."""
+    return job.spec.workers.num_procs
 
 
 def build_worker_command(job: LargeModelJob) -> list[str]:
