@@ -1,4 +1,5 @@
-"""Where the Kubernetes test binaries live, as built by scripts/build-k8s."""
+"""Where the Kubernetes binaries live (etcd, kube-apiserver, ...), as built by scripts/build-k8s;
+`LMJOB_K8S_BIN_DIR` points elsewhere (e.g. an install without the checkout's scripts/)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+# The checkout this package runs from (cli/lmjob_cli/localcluster/ is three levels down).
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-k8s"
+BIN_DIR_ENV = "LMJOB_K8S_BIN_DIR"
 
 
 class BinariesMissing(RuntimeError):
@@ -17,6 +20,14 @@ class BinariesMissing(RuntimeError):
 
 
 def bin_dir() -> Path:
+    if os.environ.get(BIN_DIR_ENV):
+        return Path(os.environ[BIN_DIR_ENV])
+    if not BUILD_SCRIPT.exists():
+        raise BinariesMissing(
+            f"{BUILD_SCRIPT} not found (lmjob installed without its checkout): set "
+            f"{BIN_DIR_ENV} to a folder holding etcd, kube-apiserver, kube-controller-manager, "
+            "kube-scheduler and kubectl"
+        )
     # Ask the build script rather than repeating its version pins here.
     out = subprocess.run(
         [sys.executable, str(BUILD_SCRIPT), "--print-bin-dir"],

@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import cryptography  # noqa: F401  (the cluster's PKI)
+        import kubernetes  # noqa: F401  (the nodes' API client)
+    except ModuleNotFoundError as err:
+        print(f"lmjob cluster needs {err.name}: pip install 'lmjob[cluster]'", file=sys.stderr)
+        return 1
     from lmjob_cli.localcluster import lifecycle
     from lmjob_cli.localcluster.binaries import REPO_ROOT, BinariesMissing
     from lmjob_cli.localcluster.controlplane import ControlPlaneError, Options
