@@ -8,6 +8,7 @@ order (the last one takes it down).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -71,7 +72,9 @@ def core(cluster: Path) -> Iterator[client.CoreV1Api]:
     api.close()
 
 
-def create_pod(core: client.CoreV1Api, name: str, code: str, *, gpus: int = 0) -> None:
+def create_pod(
+    core: client.CoreV1Api, name: str, code: str, *, gpus: int = 0, node: str | None = None
+) -> None:
     container = {
         "name": "main",
         "image": "python:3.12",  # unused: the node runs this machine's python
@@ -87,7 +90,11 @@ def create_pod(core: client.CoreV1Api, name: str, code: str, *, gpus: int = 0) -
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": name},
-            "spec": {"restartPolicy": "Never", "containers": [container]},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [container],
+                "nodeSelector": {"kubernetes.io/hostname": node} if node else None,
+            },
         },
     )
 
@@ -149,11 +156,34 @@ def test_gpu_pod_pends_until_a_node_with_gpus_joins(cluster: Path, core: client.
     assert core.read_namespaced_pod("gpu", NAMESPACE).spec.node_name == "local-1"
 
 
-def test_down_leaves_no_process(cluster: Path, core: client.CoreV1Api) -> None:
-    create_pod(core, "sleeper", "import time; time.sleep(600)")
+def test_killed_node_restarts_without_running_a_pod_twice(
+    cluster: Path, core: client.CoreV1Api
+) -> None:
+    create_pod(core, "sleeper", "import time; time.sleep(600)", node="local-0")
     eventually(lambda: phase(core, "sleeper") == "Running", "pod sleeper to run")
+    orphans = lifecycle.processes_under(cluster / "nodes" / "local-0" / "pods")
+    (killed,) = [n for n in lifecycle.load_nodes(cluster) if n.name == "local-0"]
+    os.kill(killed.pid, signal.SIGKILL)
+    eventually(lambda: not running(killed.pid), "the node process to die")
+    again = lmjob_cluster(cluster, "up", "--nodes", "2")
+    assert again.returncode == 0, again.stderr
+    (restarted,) = [n for n in lifecycle.load_nodes(cluster) if n.name == "local-0"]
+    assert restarted.pid != killed.pid
+    assert orphans and not [p for p in orphans if running(p)], "the old pod process survived"
+    # Its process is gone with the node: the pod fails (as on a lost node), never runs twice.
+    eventually(lambda: phase(core, "sleeper") == "Failed", "pod sleeper to fail")
+    state = core.read_namespaced_pod("sleeper", NAMESPACE).status.container_statuses[0].state
+    assert state.terminated.reason == "NodeRestarted"
+    # The finished pod is left alone, and its log still served.
+    assert phase(core, "hello") == "Succeeded"
+    assert core.read_namespaced_pod_log("hello", NAMESPACE) == "hello\n"
+
+
+def test_down_leaves_no_process(cluster: Path, core: client.CoreV1Api) -> None:
+    create_pod(core, "sleeper2", "import time; time.sleep(600)")
+    eventually(lambda: phase(core, "sleeper2") == "Running", "pod sleeper2 to run")
     pod_pids = eventually(
-        lambda: lifecycle.processes_under(cluster / "nodes"), "the sleeper's process"
+        lambda: lifecycle.processes_under(cluster / "nodes"), "sleeper2's process"
     )
     pids = lifecycle.pids(cluster) + list(pod_pids)
     assert len(pids) >= 4 + 2 + 1, pids  # 4 control plane components, 2 nodes, the pod

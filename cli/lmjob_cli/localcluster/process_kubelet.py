@@ -165,12 +165,14 @@ class ProcessKubelet:
 
     def current_log(self, namespace: str, pod: str) -> tuple[bytes, bool] | None:
         """The log of pod `pod`'s current container, and whether it still runs."""
-        start = self.log_starts.get(f"{namespace}/{pod}")
+        path = self._log_path(namespace, pod)
+        # A log without a start ran under a previous incarnation of this node process.
+        start = self.log_starts.get(f"{namespace}/{pod}", 0 if path.exists() else None)
         if start is None:
             return None
         # Asked before reading: a container seen exited has written everything read next.
         running = any(r.name == pod and r.namespace == namespace for r in list(self.pods.values()))
-        with self._log_path(namespace, pod).open("rb") as f:
+        with path.open("rb") as f:
             f.seek(start)
             return f.read(), running
 
