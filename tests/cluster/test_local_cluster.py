@@ -19,11 +19,19 @@ import pytest
 from kubernetes import client, config
 
 from lmjob_cli.localcluster import lifecycle
+from tests.operator.harness import (
+    OPERATOR_ENV,
+    OperatorProcess,
+    create_job,
+    free_port,
+    phase_is,
+)
 
 pytestmark = pytest.mark.cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "default"
+SHAKESPEARE = REPO_ROOT / "examples" / "data" / "tinyshakespeare.txt"
 
 
 def lmjob_cluster(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -154,6 +162,43 @@ def test_gpu_pod_pends_until_a_node_with_gpus_joins(cluster: Path, core: client.
     )
     eventually(lambda: phase(core, "gpu") == "Succeeded", "pod gpu to succeed")
     assert core.read_namespaced_pod("gpu", NAMESPACE).spec.node_name == "local-1"
+
+
+@pytest.mark.slow
+def test_operator_job_trains_on_scheduler_placed_pods(
+    cluster: Path, core: client.CoreV1Api, tmp_path: Path
+) -> None:
+    """The operator (here a process on this machine) makes the pods; the scheduler places them
+    on a local node, which runs the rendezvous store and a worker's torchrun to Succeeded."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(SHAKESPEARE.read_bytes()[:50_000])
+    spec = {
+        "workers": {"replicas": 1, "procsPerWorker": 2},
+        "training": {
+            "model": {"layers": 1, "heads": 2, "hidden": 16, "seqLen": 16},
+            "data": {"source": str(corpus)},
+            "steps": 10,
+            "batch": {"microBatchSize": 2, "globalBatchSize": 4},
+            "evaluation": {"everySteps": 10, "steps": 1},
+        },
+        "metrics": {"port": free_port()},
+    }
+    operator = OperatorProcess(
+        cluster / "admin.kubeconfig", [NAMESPACE], tmp_path / "operator.log", OPERATOR_ENV
+    )
+    operator.start()
+    api = config.new_client_from_config(config_file=str(cluster / "admin.kubeconfig"))
+    try:
+        custom = client.CustomObjectsApi(api)
+        create_job(custom, NAMESPACE, "tiny", spec)
+        final = eventually(phase_is(custom, NAMESPACE, "tiny", "Succeeded"), "job tiny", 180)
+    finally:
+        operator.stop()
+        api.close()
+    assert final["stages"][0]["phase"] == "Succeeded", final
+    worker = core.read_namespaced_pod("tiny-worker-0", NAMESPACE)
+    assert worker.spec.node_name in ("local-0", "local-1")
+    assert any(reason == "Scheduled" for reason, _ in events(core, "tiny-worker-0"))
 
 
 def test_killed_node_restarts_without_running_a_pod_twice(
