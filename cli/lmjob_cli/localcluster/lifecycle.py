@@ -21,6 +21,7 @@ from pathlib import Path
 from lmjob_cli.localcluster.controlplane import ControlPlane, Options
 from lmjob_cli.localcluster.node import MODULE as NODE_MODULE
 from lmjob_cli.localcluster.node import node_root
+from lmjob_cli.localcluster.process_kubelet import POD_DIR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +71,26 @@ def node_alive(node: NodeProcess) -> bool:
 
 
 def processes_under(folder: Path) -> list[int]:
-    """Pids whose working folder lies under `folder`: a node starts each pod's process in the
-    pod's folder, and torchrun's workers inherit it, so this finds every process of its pods
-    even when the node process itself was killed."""
+    """Pids of pod processes whose pod folder lies under `folder`: a node gives each pod's
+    process its folder in LMJOB_POD_DIR, which torchrun's workers inherit, so this finds every
+    process of its pods even when the node process itself was killed (and never a shell that
+    merely sits in a pod's folder)."""
     folder = folder.resolve()
+    marker = POD_DIR_ENV.encode() + b"="
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit():
             continue
         try:
-            cwd = Path(os.readlink(entry / "cwd"))
+            environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cwd == folder or folder in cwd.parents:
-            found.append(int(entry.name))
+        for var in environ:
+            if var.startswith(marker):
+                pod_dir = Path(var[len(marker) :].decode(errors="replace"))
+                if folder in pod_dir.parents:
+                    found.append(int(entry.name))
+                break
     return found
 
 

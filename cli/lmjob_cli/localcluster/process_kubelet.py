@@ -14,7 +14,9 @@ plain process can:
   127.0.0.1 and a Service name `<svc>.<ns>.svc[.cluster.local]` resolves to 127.0.0.1;
 - images: the container's `python` is this interpreter, with the checkout on PYTHONPATH
   (the worker's launcher, `python -m lmjob_trainer.launch`, starts torchrun with it too,
-  and its configuration-error marker lands in the pod's /dev/shm folder);
+  and its configuration-error marker lands in the pod's /dev/shm folder); `HOME` and the
+  working folder are the pod's folder, named in `LMJOB_POD_DIR` too (inherited by all the
+  pod's processes, so they can be found after their node process died);
 - status: Running with its IP once started; Succeeded or Failed with the exit code and
   the termination message once the process exits; a pod being deleted gets SIGTERM, then
   SIGKILL after its grace period, and is then removed from the API;
@@ -58,6 +60,7 @@ POD_IP = "127.0.0.1"
 SERVICE_HOST = re.compile(r"\b[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9-]+\.svc(\.cluster\.local)?\b")
 TERMINATION_DEFAULT = "/dev/termination-log"
 MAX_MESSAGE = 4096
+POD_DIR_ENV = "LMJOB_POD_DIR"
 
 
 def _now() -> str:
@@ -276,6 +279,9 @@ class ProcessKubelet:
         }
         for var in container.env or []:
             env[var.name] = translate(var.value or "")
+        # Inherited by every process of the pod (torchrun's workers too): how `lmjob cluster`
+        # finds a killed node's orphans, and nothing else.
+        env[POD_DIR_ENV] = str(pod_dir)
         if self.namespace and self.node is not None and not pod.spec.node_name:
             self.node.bind(name, namespace)
         log_path = self._log_path(namespace, name)
