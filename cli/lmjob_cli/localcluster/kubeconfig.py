@@ -1,4 +1,4 @@
-"""Kubeconfig files for the test control plane: client-cert users and token users."""
+"""Kubeconfig files for a local control plane: client-cert users and token users."""
 
 from __future__ import annotations
 
