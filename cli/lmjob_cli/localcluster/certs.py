@@ -1,4 +1,5 @@
-"""Throwaway PKI for a local control plane (tests, `lmjob cluster`): CAs, serving and client certs, SA signing keys.
+"""Throwaway PKI for a local control plane (the tests, `lmjob cluster`): CAs, serving and
+client certs, SA signing keys.
 
 ECDSA P-256 throughout: key generation takes microseconds, so a fresh PKI per
 control plane costs nothing and no key outlives its cluster.
