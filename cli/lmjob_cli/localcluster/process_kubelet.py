@@ -1,0 +1,435 @@
+"""A kubelet that runs pods as local processes: those the scheduler bound to its Node (a local
+cluster's node, `lmjob cluster up`), or every pod of one namespace (the end-to-end tests).
+
+There is no container runtime on these machines, so this is the one part of the cluster
+that is played rather than run. It does what a kubelet does for our pods, as far as a
+plain process can:
+
+- volumes: a folder per volume and pod (gone with the pod, as an emptyDir is), holding a
+  configMap's keys as files; a persistentVolumeClaim is one folder per claim that outlives
+  pods, as its volume would (under `pvc/<namespace>/` for a node's pods). A process cannot mount, so paths under a volume's
+  `mountPath` in the container's command and env are rewritten to that folder, and the
+  termination-message path to a file of the pod's own;
+- networking: every pod shares this machine's loopback (as with hostNetwork), so its IP is
+  127.0.0.1 and a Service name `<svc>.<ns>.svc[.cluster.local]` resolves to 127.0.0.1;
+- images: the container's `python` is this interpreter, with the checkout on PYTHONPATH
+  (the worker's launcher, `python -m lmjob_trainer.launch`, starts torchrun with it too,
+  and its configuration-error marker lands in the pod's /dev/shm folder); `HOME` and the
+  working folder are the pod's folder, named in `LMJOB_POD_DIR` too (inherited by all the
+  pod's processes, so they can be found after their node process died);
+- status: Running with its IP once started; Succeeded or Failed with the exit code and
+  the termination message once the process exits; a pod being deleted gets SIGTERM, then
+  SIGKILL after its grace period, and is then removed from the API;
+- logs (with `serve_logs`, always for a node): pods are bound to a Node of this kubelet's,
+  whose endpoint serves each container's log to the API server (`kubectl logs`,
+  `lmjob logs`; kubelet_node.py).
+
+Which pods: with `node_name`, those bound to that Node (spec.nodeName) in every namespace,
+placed there by the real kube-scheduler against the Node's capacity; with `namespace`, every
+pod of that namespace, bound to the kubelet's own tainted Node by the kubelet itself (tests
+that want their pods isolated from the rest of the cluster). Everything else (scheduling,
+owner references, garbage collection, the operator's RBAC) is the real control plane's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from lmjob_cli.localcluster.binaries import REPO_ROOT
+from lmjob_cli.localcluster.kubelet_node import KubeletNode
+
+log = logging.getLogger(__name__)
+
+SOURCE_DIRS = [str(REPO_ROOT / d) for d in ("api", "cli", "operator", "trainer")]
+POD_IP = "127.0.0.1"
+SERVICE_HOST = re.compile(r"\b[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9-]+\.svc(\.cluster\.local)?\b")
+TERMINATION_DEFAULT = "/dev/termination-log"
+MAX_MESSAGE = 4096
+POD_DIR_ENV = "LMJOB_POD_DIR"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Running:
+    proc: subprocess.Popen[bytes]
+    namespace: str
+    name: str
+    container: str
+    termination_file: Path
+    started: str
+    fallback_to_logs: bool
+    stopping_since: float | None = None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every living process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: fields follow the last ')'.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            out.append(child)
+            pending.append(child)
+    return out
+
+
+class ProcessKubelet:
+    """Runs the pods of `namespace` (those matching `label_selector`), or with `node_name` the
+    pods bound to that Node, until `stop()`."""
+
+    def __init__(
+        self,
+        core: client.CoreV1Api,
+        namespace: str | None,
+        root: Path,
+        label_selector: str = "",
+        interval: float = 0.2,
+        *,
+        serve_logs: bool = False,
+        node_name: str | None = None,
+        capacity: dict[str, str] | None = None,
+    ) -> None:
+        assert (namespace is None) != (node_name is None), "a namespace or a node, not both"
+        self.core = core
+        self.namespace = namespace
+        self.node_name = node_name
+        self.root = root
+        self.label_selector = label_selector
+        self.interval = interval
+        self.pods: dict[str, _Running] = {}  # by pod uid
+        self.finished: dict[str, int] = {}  # pod uid -> exit code
+        self.exit_codes: dict[str, list[int]] = {}  # pod name -> its incarnations' exit codes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="process-kubelet")
+        self.errors: list[str] = []
+        # Where each pod's current incarnation starts in its log file (what `logs` shows).
+        self.log_starts: dict[str, int] = {}
+        self.node: KubeletNode | None = None
+        if node_name is not None:
+            self.node = KubeletNode(
+                core, node_name, root / "kubelet", self.current_log, taint=False, capacity=capacity
+            )
+        elif serve_logs:
+            name = f"process-{namespace}"[:63]
+            self.node = KubeletNode(core, name, root / "kubelet", self.current_log)
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> ProcessKubelet:
+        if self.node is not None:
+            self.node.start()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for running in self.pods.values():
+            self._kill(running.proc, signal.SIGKILL)
+        if self.node is not None:
+            self.node.stop()
+
+    def _log_path(self, namespace: str, pod: str) -> Path:
+        # A namespace's kubelet keeps its flat layout (tests read it); a node's pods come
+        # from every namespace, where names repeat.
+        folder = self.root / "logs" if self.namespace else self.root / "logs" / namespace
+        return folder / f"{pod}.txt"
+
+    def log_of(self, pod: str, namespace: str | None = None) -> str:
+        """Everything every incarnation of pod `pod` printed."""
+        path = self._log_path(namespace or self.namespace or "default", pod)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def current_log(self, namespace: str, pod: str) -> tuple[bytes, bool] | None:
+        """The log of pod `pod`'s current container, and whether it still runs."""
+        path = self._log_path(namespace, pod)
+        # A log without a start ran under a previous incarnation of this node process.
+        start = self.log_starts.get(f"{namespace}/{pod}", 0 if path.exists() else None)
+        if start is None:
+            return None
+        # Asked before reading: a container seen exited has written everything read next.
+        running = any(r.name == pod and r.namespace == namespace for r in list(self.pods.values()))
+        with path.open("rb") as f:
+            f.seek(start)
+            return f.read(), running
+
+    def claim_dir(self, claim: str, namespace: str | None = None) -> Path:
+        """The folder standing for PersistentVolumeClaim `claim`'s volume."""
+        if self.namespace:
+            return self.root / "pvc" / claim
+        return self.root / "pvc" / (namespace or "default") / claim
+
+    def kill(self, pod: str, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to every process of pod `pod`'s container, as an OOM kill or a crash."""
+        for running in list(self.pods.values()):
+            if running.name == pod:
+                self._kill(running.proc, sig)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync()
+            except Exception as err:  # the test reads these; the loop must go on
+                self.errors.append(repr(err))
+                log.exception("process kubelet sync failed")
+            self._stop.wait(self.interval)
+
+    # -- one pass ---------------------------------------------------------------
+    def sync(self) -> None:
+        if self.node is not None:
+            self.node.heartbeat()
+        if self.namespace:
+            pods = self.core.list_namespaced_pod(
+                self.namespace, label_selector=self.label_selector
+            ).items
+        else:
+            pods = self.core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={self.node_name}",
+                label_selector=self.label_selector,
+            ).items
+        seen = set()
+        for pod in pods:
+            uid = pod.metadata.uid
+            seen.add(uid)
+            running = self.pods.get(uid)
+            if pod.metadata.deletion_timestamp is not None:
+                self._terminate(pod, running)
+            elif running is None and uid not in self.finished:
+                if self._adopt(pod):
+                    continue
+                self._start(pod)
+            elif running is not None and running.proc.poll() is not None:
+                self._report_exit(pod, running)
+        for uid in list(self.pods):
+            if uid not in seen:  # deleted by someone with grace 0: stop the process
+                self._kill(self.pods.pop(uid).proc, signal.SIGKILL)
+
+    def _adopt(self, pod: Any) -> bool:
+        """A pod a previous incarnation of this node process saw: never run it twice.
+
+        Its process is gone with that incarnation, so a pod it left Running is failed, as a
+        container lost with its node; one already finished only needs remembering."""
+        phase = pod.status.phase if pod.status else None
+        if self.namespace or phase not in ("Running", "Succeeded", "Failed"):
+            return False
+        if phase == "Running":
+            container = pod.spec.containers[0].name
+            lost = {
+                "exitCode": 137,
+                "reason": "NodeRestarted",
+                "message": f"node {self.node_name} restarted; this container's process was lost",
+                "finishedAt": _now(),
+            }
+            self._patch_status(pod, "Failed", {"terminated": lost}, container)
+        self.finished[pod.metadata.uid] = -1
+        return True
+
+    def _start(self, pod: Any) -> None:
+        name = pod.metadata.name
+        namespace = pod.metadata.namespace
+        pod_dir = self.root / "pods" / f"{name}-{pod.metadata.uid}"
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        container = pod.spec.containers[0]
+        mounts = self._volumes(pod, container, pod_dir)
+        termination_file = pod_dir / "termination-log"
+        mounts[container.termination_message_path or TERMINATION_DEFAULT] = str(termination_file)
+
+        def translate(value: str) -> str:
+            for mount_path, host_path in sorted(mounts.items(), key=lambda m: -len(m[0])):
+                if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                    value = host_path + value[len(mount_path) :]
+                    break
+            return SERVICE_HOST.sub(POD_IP, value)
+
+        command = [translate(a) for a in [*(container.command or []), *(container.args or [])]]
+        if command and command[0] in ("python", "python3"):
+            command[0] = sys.executable
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(pod_dir),
+            "PYTHONPATH": os.pathsep.join(SOURCE_DIRS),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+        for var in container.env or []:
+            env[var.name] = translate(var.value or "")
+        # Inherited by every process of the pod (torchrun's workers too): how `lmjob cluster`
+        # finds a killed node's orphans, and nothing else.
+        env[POD_DIR_ENV] = str(pod_dir)
+        if self.namespace and self.node is not None and not pod.spec.node_name:
+            self.node.bind(name, namespace)
+        log_path = self._log_path(namespace, name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log_path.open("ab")
+        self.log_starts[f"{namespace}/{name}"] = log_file.tell()
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            cwd=pod_dir,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log_file.close()
+        running = _Running(
+            proc,
+            namespace,
+            name,
+            container.name,
+            termination_file,
+            _now(),
+            fallback_to_logs=container.termination_message_policy == "FallbackToLogsOnError",
+        )
+        self.pods[pod.metadata.uid] = running
+        self._patch_status(
+            pod,
+            "Running",
+            {"running": {"startedAt": running.started}},
+            container.name,
+            ready=True,
+        )
+
+    def _volumes(self, pod: Any, container: Any, pod_dir: Path) -> dict[str, str]:
+        """mountPath -> host folder, with configMap keys written as files."""
+        volumes = {v.name: v for v in pod.spec.volumes or []}
+        mounts = {}
+        for mount in container.volume_mounts or []:
+            volume = volumes.get(mount.name)
+            claim = volume.persistent_volume_claim if volume is not None else None
+            host = (
+                self.claim_dir(claim.claim_name, pod.metadata.namespace)
+                if claim
+                else pod_dir / "volumes" / mount.name
+            )
+            host.mkdir(parents=True, exist_ok=True)
+            if volume is not None and volume.config_map is not None:
+                config_map = self.core.read_namespaced_config_map(
+                    volume.config_map.name, pod.metadata.namespace
+                )
+                for key, value in (config_map.data or {}).items():
+                    (host / key).write_text(value)
+            mounts[mount.mount_path] = str(host)
+        return mounts
+
+    def _report_exit(self, pod: Any, running: _Running) -> None:
+        code = running.proc.returncode
+        # A process killed by a signal shows as 128 + signal, as a container's does.
+        exit_code = 128 - code if code < 0 else code
+        message = ""
+        if running.termination_file.exists():
+            message = running.termination_file.read_bytes()[:MAX_MESSAGE].decode(errors="replace")
+        if not message and exit_code != 0 and running.fallback_to_logs:
+            # The kubelet's FallbackToLogsOnError: the log's last 80 lines, at most 2 KiB.
+            tail = self.log_of(running.name, running.namespace).splitlines()[-80:]
+            message = "\n".join(tail)[-2048:]
+        terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "startedAt": running.started,
+            "finishedAt": _now(),
+        }
+        if message:
+            terminated["message"] = message
+        phase = "Succeeded" if exit_code == 0 else "Failed"
+        self._patch_status(pod, phase, {"terminated": terminated}, running.container)
+        self.finished[pod.metadata.uid] = exit_code
+        self.exit_codes.setdefault(pod.metadata.name, []).append(exit_code)
+        del self.pods[pod.metadata.uid]
+
+    def _terminate(self, pod: Any, running: _Running | None) -> None:
+        """SIGTERM, SIGKILL after the grace period, then remove the pod (grace 0)."""
+        if running is not None and running.proc.poll() is None:
+            grace = pod.metadata.deletion_grace_period_seconds or 0
+            if running.stopping_since is None:
+                running.stopping_since = time.monotonic()
+                self._kill(running.proc, signal.SIGTERM)
+            if time.monotonic() - running.stopping_since < grace:
+                return
+            self._kill(running.proc, signal.SIGKILL)
+            running.proc.wait(10)
+        self.pods.pop(pod.metadata.uid, None)
+        try:
+            self.core.delete_namespaced_pod(
+                pod.metadata.name,
+                pod.metadata.namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0,
+                    preconditions=client.V1Preconditions(uid=pod.metadata.uid),
+                ),
+            )
+        except ApiException as err:
+            if err.status not in (404, 409):
+                raise
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes], sig: int) -> None:
+        """SIGTERM goes to the container's main process, as a kubelet sends it; SIGKILL to
+        every process the container started (a cgroup kill), since torchrun's workers run
+        in sessions of their own."""
+        if proc.poll() is not None and sig != signal.SIGKILL:
+            return
+        targets = [proc.pid] if sig != signal.SIGKILL else [proc.pid, *_descendants(proc.pid)]
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def _patch_status(
+        self, pod: Any, phase: str, state: dict[str, Any], container: str, ready: bool = False
+    ) -> None:
+        status = {
+            "phase": phase,
+            "podIP": POD_IP,
+            "podIPs": [{"ip": POD_IP}],
+            "startTime": _now(),
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "lastTransitionTime": _now(),
+                }
+            ],
+            "containerStatuses": [
+                {
+                    "name": container,
+                    "ready": ready,
+                    "restartCount": 0,
+                    "image": "process",
+                    "imageID": "",
+                    "state": state,
+                }
+            ],
+        }
+        try:
+            self.core.patch_namespaced_pod_status(
+                pod.metadata.name, pod.metadata.namespace, {"status": status}
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
