@@ -13,7 +13,12 @@ import sys
 from collections.abc import Sequence
 
 # Each module has `register(subparsers)`; optional ones may be absent from a slim install.
-SUBCOMMAND_MODULES = ("lmjob_cli.validate", "lmjob_cli.run", "lmjob_cli.cluster")
+SUBCOMMAND_MODULES = (
+    "lmjob_cli.validate",
+    "lmjob_cli.run",
+    "lmjob_cli.cluster",
+    "lmjob_cli.export",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
