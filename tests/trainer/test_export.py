@@ -237,3 +237,62 @@ def test_an_export_outside_tolerance_fails_with_the_numbers_and_leaves_nothing(
     with pytest.raises(ExportError, match=r"differ from lmjob's by \d.*tolerance 0"):
         export_checkpoint(run_dir, "gguf", tmp_path / "out", stage="lowrank")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_hugging_face_model_goes_out_through_its_own_save_pretrained(
+    tmp_path: Path, text_file: Path, data_cache: Path
+) -> None:
+    """`architecture: hf` (here a Llama, which no GPT-2 mapping could express) trains two
+    steps, then exports to a folder transformers loads with lmjob's logits; gguf refuses it
+    with a message that names the way out."""
+    import subprocess
+    import sys
+
+    from tests.trainer.conftest import subprocess_env
+
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=64,
+    )
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "llama")
+    training = tiny_training(
+        text_file,
+        data_cache,
+        model={"architecture": "hf", "path": str(tmp_path / "llama"), "seqLen": 32},
+        steps=2,
+        evaluation={"everySteps": 2, "steps": 1},
+        checkpoint={"everySteps": 2, "keep": 1},
+    )
+    config_path = write_config(tmp_path / "c.yaml", training)
+    cmd = [sys.executable, "-m", "lmjob_trainer", "--config", str(config_path)]
+    proc = subprocess.run(
+        [*cmd, "--checkpoint-dir", str(tmp_path / "run")],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    result = export_checkpoint(tmp_path / "run", "hf", tmp_path / "hf")
+    assert result.verification.max_abs_diff <= TOLERANCE
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "hf", local_files_only=True, dtype=torch.float32
+    ).eval()
+    assert type(theirs).__name__ == "LlamaForCausalLM"
+    ours = load_stage(tmp_path / "run", "train")
+    prompt = _prompt(2, 32, seed=3)
+    with torch.no_grad():
+        assert (theirs(input_ids=prompt).logits - ours(prompt)[0]).abs().max() <= TOLERANCE
+    # Trained: the export holds the checkpoint's weights, not the untouched starting model.
+    start = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "llama").eval()
+    with torch.no_grad():
+        assert (start(input_ids=prompt).logits - ours(prompt)[0]).abs().max() > 1e-3
+
+    code, stderr = _cli(str(tmp_path / "run"), "--format", "gguf", "--out", str(tmp_path / "g"))
+    assert code == 1 and "convert_hf_to_gguf" in stderr and "Traceback" not in stderr

@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from lmjob_trainer import storage
@@ -99,7 +98,7 @@ def load_source(path: Path, stage: str | None = None) -> ExportSource:
                 f"{folder}: a fine-tuning checkpoint of stage {meta['stage']}: export the "
                 f"stage's output ({folder.parent / FINAL}) instead"
             )
-        model = _load_train_checkpoint(folder, meta)
+        model = _load_train_checkpoint(folder)
         tokenizer = meta["config"]["training"].get("data", {}).get("tokenizer", "bytes")
         return ExportSource(model.eval(), stage, folder, tokenizer)
     from lmjob_trainer.compression.artifact import read_architecture
@@ -110,24 +109,13 @@ def load_source(path: Path, stage: str | None = None) -> ExportSource:
     return ExportSource(model, stage, folder, _job_tokenizer(folder.parent.parent), arch)
 
 
-def _load_train_checkpoint(folder: Path, meta: dict) -> nn.Module:
-    """One training checkpoint (DCP, any world size) into a plain CPU model."""
-    import torch.distributed.checkpoint as dcp
+def _load_train_checkpoint(folder: Path) -> nn.Module:
+    from lmjob_trainer.compression.load import load_checkpoint_model
 
-    from lmjob_api.trainer_config import parse_trainer_config
-    from lmjob_trainer.checkpoint import ModelState
-    from lmjob_trainer.model import build_model
-
-    spec = parse_trainer_config(meta["config"]).training.model
-    saved = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
-    vocab = saved.get("model.tok_emb.weight")
     try:
-        model = build_model(spec, vocab.size[0] if vocab is not None else 0)
-    except ValueError as err:  # an hf model whose path is gone
+        return load_checkpoint_model(folder)
+    except ValueError as err:  # e.g. an hf model whose training.model.path is gone
         raise ExportError(f"{folder}: {err}") from None
-    with torch.no_grad():
-        dcp.load({"model": ModelState(model)}, checkpoint_id=str(folder), no_dist=True)
-    return model
 
 
 def _job_tokenizer(root: Path) -> str | None:
