@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 STAGES = ["train", "prune", "lowrank", "int8"]
 TOLERANCE = 1e-4
-NEW_TOKENS = 24
+NEW_TOKENS = 50
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_hf_folder_loads_in_transformers_with_lmjob_logits(
         diff = (theirs(input_ids=prompt).logits - ours(prompt)[0]).abs().max().item()
     assert diff <= TOLERANCE
 
-    start = _prompt(1, 16, seed=2)
+    start = _prompt(1, 8, seed=2)  # 8 + 50 tokens fit the 64-token context
     generated = theirs.generate(
         start,
         attention_mask=torch.ones_like(start),

@@ -104,16 +104,16 @@ def _write_and_verify(
 ) -> Verification:
     """Write `fmt` into `folder`, then load it back with its runtime and compare."""
     if fmt == "hf":
-        from lmjob_trainer.export import hf
+        import lmjob_trainer.export.hf as hf
 
         hf.write(dense, folder, source.tokenizer, record)
         return hf.verify(folder, prompt, expected)
     if fmt == "onnx":
-        from lmjob_trainer.export import onnx
+        import lmjob_trainer.export.onnx as onnx
 
         onnx.write(dense, folder, prompt, _shape(dense)[0])
         return onnx.verify(folder, prompt, expected)
-    from lmjob_trainer.export import gguf
+    import lmjob_trainer.export.gguf as gguf
 
     if qtype not in gguf.TYPES:
         raise ExportError(f"--gguf-type {qtype}: choose one of {', '.join(gguf.TYPES)}")
