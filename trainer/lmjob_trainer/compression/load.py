@@ -14,6 +14,7 @@ checkpoint (DCP, any world size, no process group needed).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -106,7 +107,10 @@ def load_checkpoint_model(path: Path) -> nn.Module:
     saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     embedding = saved.get("model.tok_emb.weight")
     model = build_model(spec, embedding.size[0] if embedding is not None else 0)
-    dcp.load({"model": ModelState(model)}, checkpoint_id=str(path), no_dist=True)
+    with warnings.catch_warnings():
+        # no_dist=True is the intent (no process group needed); torch warns about it anyway.
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": ModelState(model)}, checkpoint_id=str(path), no_dist=True)
     return model
 
 

@@ -27,7 +27,6 @@ from lmjob_trainer.model import GPT
 
 RUNTIME = "gguf-reader"
 MODEL_FILE = "model.gguf"
-TYPES = ("f32", "f16", "q8_0")
 Q8_BLOCK = 32
 
 

@@ -19,6 +19,7 @@ from lmjob_trainer.compression.artifact import folder_bytes
 from lmjob_trainer.export.dense import build_dense
 from lmjob_trainer.export.result import (
     FORMATS,
+    GGUF_TYPES,
     RECORD_FILE,
     ExportError,
     ExportResult,
@@ -44,6 +45,8 @@ def export_checkpoint(
     """Export the model at `path` (run folder, stage folder or checkpoint) to `out` in `fmt`."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: unknown format; choose one of {', '.join(FORMATS)}")
+    if gguf_type is not None and gguf_type not in GGUF_TYPES:
+        raise ExportError(f"--gguf-type {gguf_type}: choose one of {', '.join(GGUF_TYPES)}")
     out = Path(out)
     if out.exists():
         raise ExportError(f"--out {out}: already exists; remove it or choose another folder")
@@ -115,8 +118,6 @@ def _write_and_verify(
         return onnx.verify(folder, prompt, expected)
     import lmjob_trainer.export.gguf as gguf
 
-    if qtype not in gguf.TYPES:
-        raise ExportError(f"--gguf-type {qtype}: choose one of {', '.join(gguf.TYPES)}")
     gguf.write(dense, folder, source.tokenizer, qtype, f"lmjob-{source.stage}")
     return gguf.verify(folder, dense, qtype, prompt, expected)
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 FORMATS = ("hf", "onnx", "gguf")
+GGUF_TYPES = ("f32", "f16", "q8_0")
 RECORD_FILE = "export.json"
 
 
