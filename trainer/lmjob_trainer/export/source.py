@@ -42,6 +42,11 @@ def resolve(path: Path, stage: str | None) -> tuple[str, Path]:
     complete checkpoint."""
     if not path.exists():
         raise ExportError(f"{path}: no such file or directory")
+    is_root = (path / storage.TRAIN_STAGE).is_dir()
+    if stage is not None and not is_root:
+        raise ExportError(
+            f"--stage {stage}: only for a run folder (one holding train/); {path} is not one"
+        )
     if (path / MANIFEST_FILE).exists() or path.name == FINAL:
         return _check_complete(path.parent.name, path)
     if storage.step_of(path) is not None:
