@@ -296,3 +296,26 @@ def test_a_hugging_face_model_goes_out_through_its_own_save_pretrained(
 
     code, stderr = _cli(str(tmp_path / "run"), "--format", "gguf", "--out", str(tmp_path / "g"))
     assert code == 1 and "convert_hf_to_gguf" in stderr and "Traceback" not in stderr
+
+
+def test_int8_dynamic_reports_its_activation_quantization_instead_of_failing(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """lmjob's int8-dynamic model quantizes activations at run time, which no dense format
+    does: the export goes out with the difference reported and the method recorded."""
+    from lmjob_trainer.compression.artifact import Architecture, write_output
+    from lmjob_trainer.compression.quantize import apply_quantization
+
+    model = load_stage(run_dir, "train")
+    apply_quantization(model, "int8-dynamic")
+    spec = json.loads((run_dir / "prune" / "final" / "stage.json").read_text())
+    arch = Architecture(
+        spec["architecture"]["model"], model.vocab_size, quantization="int8-dynamic"
+    )
+    write_output(tmp_path / "dyn" / "final", model.state_dict(), arch, sparse=False)
+    result = export_checkpoint(tmp_path / "dyn" / "final", "hf", tmp_path / "hf")
+    assert result.verification.tolerance is None
+    assert result.verification.max_abs_diff > 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["lmjob"]["quantization"]["method"] == "int8-dynamic"
+    assert "activations" in config["lmjob"]["quantization"]

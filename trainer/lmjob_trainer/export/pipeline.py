@@ -65,6 +65,8 @@ def export_checkpoint(
             if fmt == "gguf" and qtype == "q8_0"
             else f"{'F16' if fmt == 'gguf' and qtype == 'f16' else 'fp32'} (dequantized)"
         )
+    if _quantizes_activations(source):
+        record["quantization"]["activations"] = "int8 per token in lmjob, float here"
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -74,7 +76,6 @@ def export_checkpoint(
             # lmjob's model quantizes activations at run time; no dense format does, so the
             # difference is the method's and is reported, not enforced.
             verification.tolerance = None
-            record["quantization"]["activations"] = "int8 per token in lmjob, float here"
         if not verification.passed:
             raise ExportError(
                 f"format {fmt}: {verification.runtime} logits differ from lmjob's by "
