@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "lmjob_cli.run",
     "lmjob_cli.cluster",
     "lmjob_cli.localcluster.command",
+    "lmjob_cli.export",
 )
 
 

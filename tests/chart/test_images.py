@@ -266,7 +266,20 @@ def test_operator_image_installs_no_torch() -> None:
     assert extras == {"operator"}
     closure = requirement_closure(extras)
     assert "kopf" in closure
-    assert not closure & {"torch", "torchao", "lupa", "pytest"}
+    assert not closure & {"torch", "torchao", "lupa", "pytest", *EXPORT_LIBRARIES}
+
+
+# What `lmjob export` loads: in the trainer images (jobs export on their own storage), never
+# in the operator's.
+EXPORT_LIBRARIES = {"safetensors", "onnx", "onnxscript", "onnxruntime", "gguf", "transformers"}
+
+
+@pytest.mark.parametrize(
+    "dockerfile", TRAINER_DOCKERFILES, ids=[p.name for p in TRAINER_DOCKERFILES]
+)
+def test_trainer_images_install_the_export_libraries(dockerfile: Path) -> None:
+    closure = requirement_closure(read_installed_extras(dockerfile))
+    assert closure >= EXPORT_LIBRARIES, EXPORT_LIBRARIES - closure
 
 
 def test_operator_imports_are_installed_in_its_image() -> None:

@@ -14,6 +14,7 @@ checkpoint (DCP, any world size, no process group needed).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -83,21 +84,33 @@ def load_trained_model(checkpoint_dir: str | Path) -> nn.Module:
     The ModelSpec comes from the checkpoint's meta.json (the config that wrote it), the
     vocabulary size from the saved embedding; only the model's tensors are read.
     """
+    latest = storage.latest_complete(Path(checkpoint_dir), storage.TRAIN_STAGE)
+    if latest is None:
+        raise FileNotFoundError(f"{checkpoint_dir} has no complete training checkpoint")
+    return load_checkpoint_model(latest[1])
+
+
+def load_checkpoint_model(path: Path) -> nn.Module:
+    """One complete training checkpoint folder (`train/step-…`) as a plain CPU model.
+
+    The vocabulary size of lmjob's GPT is its saved embedding's; a Hugging Face model
+    (`architecture: hf`) takes its own from its config.
+    """
     import torch.distributed.checkpoint as dcp
 
     from lmjob_api.trainer_config import parse_trainer_config
     from lmjob_trainer.checkpoint import ModelState
     from lmjob_trainer.model import build_model
 
-    latest = storage.latest_complete(Path(checkpoint_dir), storage.TRAIN_STAGE)
-    if latest is None:
-        raise FileNotFoundError(f"{checkpoint_dir} has no complete training checkpoint")
-    path = latest[1]
     meta = json.loads((path / storage.META).read_text())
     spec = parse_trainer_config(meta["config"]).training.model
     saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    model = build_model(spec, saved["model.tok_emb.weight"].size[0])
-    dcp.load({"model": ModelState(model)}, checkpoint_id=str(path))
+    embedding = saved.get("model.tok_emb.weight")
+    model = build_model(spec, embedding.size[0] if embedding is not None else 0)
+    with warnings.catch_warnings():
+        # no_dist=True is the intent (no process group needed); torch warns about it anyway.
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": ModelState(model)}, checkpoint_id=str(path), no_dist=True)
     return model
 
 
