@@ -19,6 +19,7 @@ from conftest import REPO, SHAKESPEARE
 
 from lmjob_api.exit_codes import CONFIG_ERROR
 from lmjob_api.trainer_config import parse_trainer_config
+from lmjob_trainer.launch import descendants
 
 CONTRACT_METRICS = {"evalLoss", "params", "bytes", "latencyMs", "wallSeconds"}
 RUN_TIMEOUT = 240
@@ -75,27 +76,9 @@ def _torchrun(config: Path, root: Path) -> subprocess.Popen[str]:
     )
 
 
-def _descendants(pid: int) -> list[int]:
-    """Process ids below `pid` (torchrun starts its workers in sessions of their own, so a
-    process-group kill would miss them)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _kill_all(proc: subprocess.Popen[str]) -> None:
     """SIGKILL the launcher and every worker at once, like a lost node."""
-    for pid in [proc.pid, *_descendants(proc.pid)]:
+    for pid in [proc.pid, *descendants(proc.pid)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.communicate()

@@ -99,8 +99,9 @@ def report_config_error(error: str) -> int:
     return CONFIG_ERROR
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every living process below `pid` (torchrun's workers run in sessions of their own)."""
+def descendants(pid: int) -> list[int]:
+    """Every living process below `pid`, from /proc (torchrun's workers run in sessions of
+    their own, so a process group does not reach them). Also the local node's, for a pod."""
     children: dict[int, list[int]] = {}
     with contextlib.suppress(OSError):
         for entry in Path("/proc").iterdir():
@@ -129,7 +130,7 @@ def _stop(child: subprocess.Popen[bytes], grace: float) -> None:
         return
     except subprocess.TimeoutExpired:
         pass
-    for pid in [*_descendants(child.pid), child.pid]:
+    for pid in [*descendants(child.pid), child.pid]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     child.wait()

@@ -52,6 +52,7 @@ from kubernetes.client.rest import ApiException
 
 from lmjob_cli.localcluster.binaries import REPO_ROOT
 from lmjob_cli.localcluster.kubelet_node import KubeletNode
+from lmjob_trainer.launch import descendants
 
 log = logging.getLogger(__name__)
 
@@ -77,27 +78,6 @@ class _Running:
     started: str
     fallback_to_logs: bool
     stopping_since: float | None = None
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every living process below `pid`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: fields follow the last ')'.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, pending = [], [pid]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            out.append(child)
-            pending.append(child)
-    return out
 
 
 class ProcessKubelet:
@@ -395,7 +375,7 @@ class ProcessKubelet:
         in sessions of their own."""
         if proc.poll() is not None and sig != signal.SIGKILL:
             return
-        targets = [proc.pid] if sig != signal.SIGKILL else [proc.pid, *_descendants(proc.pid)]
+        targets = [proc.pid] if sig != signal.SIGKILL else [proc.pid, *descendants(proc.pid)]
         for pid in targets:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
