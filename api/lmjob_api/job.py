@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field
 from lmjob_api.base import ApiModel, Rule
 from lmjob_api.compression import CompressionSpec
 from lmjob_api.env import is_reserved_env, reserved_env_cel
+from lmjob_api.export import EXPORT_FIT_RULES, ExportSpec
 from lmjob_api.pod_template import PodTemplate, storage_mount_clear, storage_mount_clear_cel
 from lmjob_api.stage_fit import STAGE_FIT_RULES
 from lmjob_api.status import LargeModelJobStatus
@@ -248,6 +249,11 @@ class LargeModelJobSpec(ApiModel):
     compression: CompressionSpec | None = Field(
         None, description="Post-training compression stages (built-in trainer only)."
     )
+    export: ExportSpec | None = Field(
+        None,
+        description="Deployable artifacts (hf, onnx, gguf) of chosen stages, written after the "
+        "last stage under `<storage.path>/exports/` and verified by their runtimes.",
+    )
     storage: StorageSpec = Field(
         default_factory=StorageSpec, description="Shared checkpoint storage."
     )
@@ -288,6 +294,7 @@ class LargeModelJobSpec(ApiModel):
             field="workers.template.spec.containers",
         ),
         *STAGE_FIT_RULES,
+        *EXPORT_FIT_RULES,
     )
 
 

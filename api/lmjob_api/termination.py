@@ -22,8 +22,17 @@ PATH_ENV = "LMJOB_TERMINATION_LOG"
 DEFAULT_PATH = "/dev/termination-log"
 # Kubernetes truncates a container's termination message beyond this.
 MAX_BYTES = 4096
-# What survives when everything does not fit: the numbers `lmjob run` shows.
-ESSENTIAL_METRICS = ("evalLoss", "params", "bytes", "sparsity", "latencyMs", "wallSeconds")
+# What survives when everything does not fit: the numbers `lmjob run` shows, and how
+# close each export came to lmjob's logits.
+ESSENTIAL_METRICS = (
+    "evalLoss",
+    "params",
+    "bytes",
+    "sparsity",
+    "latencyMs",
+    "wallSeconds",
+    "maxAbsDiff",
+)
 # Room kept for the error that ended a failed run.
 MAX_ERROR = 600
 

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from lmjob_api.base import ApiModel
 from lmjob_api.compression import CompressionSpec
+from lmjob_api.export import EXPORT_FIT_RULES, ExportSpec
 from lmjob_api.job import LargeModelJob
 from lmjob_api.stage_fit import STAGE_FIT_RULES
 from lmjob_api.training import TrainingSpec
@@ -30,8 +31,9 @@ class TrainerConfig(ApiModel):
     compression: CompressionSpec = Field(
         default_factory=CompressionSpec, description="spec.compression of the job."
     )
+    export: ExportSpec | None = Field(None, description="spec.export of the job.")
 
-    rules = STAGE_FIT_RULES
+    rules = (*STAGE_FIT_RULES, *EXPORT_FIT_RULES)
 
 
 def build_trainer_config(job: LargeModelJob) -> TrainerConfig:
@@ -42,6 +44,7 @@ def build_trainer_config(job: LargeModelJob) -> TrainerConfig:
         job_name=job.metadata.name,
         training=job.spec.training,
         compression=job.spec.compression or CompressionSpec(),
+        export=job.spec.export,
     )
 
 

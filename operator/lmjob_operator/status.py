@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from lmjob_api import JobPhase, LargeModelJob, LargeModelJobStatus
+from lmjob_api.export import stage_order as export_stage_order
 from lmjob_api.status import (
     CheckpointStatus,
     Condition,
@@ -79,11 +80,9 @@ def stamp(now: datetime) -> str:
 
 
 def stage_order(job: LargeModelJob) -> list[str]:
-    """`train`, then the compression stages; empty for a job running its own command."""
-    if job.spec.training is None:
-        return []
-    stages = job.spec.compression.stages if job.spec.compression else []
-    return ["train", *(s.name for s in stages)]
+    """`train`, the compression stages, then the exports; empty for a job running its own
+    command."""
+    return export_stage_order(job.spec)
 
 
 def _condition(previous: LargeModelJobStatus, type_: str) -> Condition | None:

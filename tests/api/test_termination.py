@@ -87,3 +87,20 @@ def test_the_error_travels_cut_to_its_room() -> None:
     assert decode_stages(text)[0].phase == "Failed"
     assert decode_error(encode_stages([stage("train")])) is None
     assert decode_error("RuntimeError: plain text") is None
+
+
+def test_the_most_stages_a_job_may_have_fit_with_an_error() -> None:
+    """train, the most compression stages, and every format of the most exported stages,
+    all with the longest names: the phases of every one still arrive."""
+    from lmjob_api.compression import MAX_STAGES
+    from lmjob_api.export import EXPORT_FORMATS, MAX_EXPORT_STAGES, export_name
+
+    names = [f"s{i:02d}-" + "x" * 36 for i in range(MAX_STAGES)]
+    exports = [export_name(n, f) for n in names[:MAX_EXPORT_STAGES] for f in EXPORT_FORMATS]
+    stages = [stage(n) for n in ["train", *names, *exports]]
+    text = encode_stages(stages, "E" * (MAX_ERROR * 2))
+    assert len(text.encode()) <= MAX_BYTES
+    decoded = decode_stages(text)
+    assert decoded is not None
+    assert [s.name for s in decoded] == ["train", *names, *exports]
+    assert decode_error(text) is not None

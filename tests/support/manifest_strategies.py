@@ -196,6 +196,28 @@ def _training(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def _export(draw: st.DrawFn, spec: dict[str, Any]) -> dict[str, Any]:
+    """spec.export naming the job's own stages, sometimes a stage it lacks or a format twice."""
+    names = ["train", *(s.get("name") for s in spec.get("compression", {}).get("stages", []))]
+    formats = draw(
+        _rarely(
+            st.lists(st.sampled_from(["hf", "onnx", "gguf"]), min_size=1, max_size=3, unique=True),
+            st.sampled_from([[], ["hf", "hf"], ["safetensors"]]),
+        )
+    )
+    stages = draw(
+        _maybe(
+            _rarely(
+                st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True),
+                st.sampled_from([["nope"], ["train", "train"]]),
+            )
+        )
+    )
+    gguf_type = draw(_maybe(st.sampled_from(["auto", "f32", "f16", "q8_0"])))
+    return {"formats": formats, "stages": stages, "ggufType": gguf_type}
+
+
+@st.composite
 def plausible_jobs(draw: st.DrawFn) -> dict[str, Any]:
     """A manifest built field by field near every rule's boundary (many valid, many not)."""
     spec: dict[str, Any] = {"workers": draw(_workers())}
@@ -208,6 +230,8 @@ def plausible_jobs(draw: st.DrawFn) -> dict[str, Any]:
         stages = [draw(_stage(i)) for i in range(draw(st.integers(0, 4)))]
         if stages or draw(st.booleans()):
             spec["compression"] = {"stages": stages}
+    if draw(st.integers(0, 2)) == 0:
+        spec["export"] = draw(_export(spec))
     if draw(st.integers(0, 4)) == 0:
         spec["storage"] = {
             "path": draw(_rarely(st.just("/checkpoints"), st.sampled_from(["/data", "relative"])))

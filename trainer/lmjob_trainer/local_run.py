@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from lmjob_api.env import CONFIG_ERROR_FILE_ENV
+from lmjob_api.export import stage_order
 from lmjob_api.job import LargeModelJob
 from lmjob_api.trainer_config import (
     CONFIG_FILE_NAME,
@@ -179,7 +180,7 @@ def plan_local_run(
         args=["-m", "lmjob_trainer", "--config", str(config_path)],
         config=config,
         config_path=config_path,
-        stages=[storage.TRAIN_STAGE, *(s.name for s in config.compression.stages)],
+        stages=stage_order(config),
         **common,
     )
     return plan, []

@@ -12,6 +12,7 @@ from pathlib import Path
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import Problem
 from lmjob_trainer.compression.validate import check_compression
+from lmjob_trainer.export.result import missing_modules
 
 BYTE_VOCAB = 256
 
@@ -83,4 +84,23 @@ def check_runnable(
         )
     # The compression chain: hardware, data on disk, stage order, student sizes.
     problems += check_compression(config, cuda_devices=cuda_devices, prefix=prefix)
+    problems += check_export_runtimes(config, prefix=prefix)
+    return problems
+
+
+def check_export_runtimes(config: TrainerConfig, prefix: str = "") -> list[Problem]:
+    """spec.export's formats need their libraries here, found at start rather than after
+    hours of training (the trainer images have them; `pip install 'lmjob[export]'`)."""
+    if config.export is None:
+        return []
+    problems = []
+    for index, fmt in enumerate(config.export.formats):
+        if missing := missing_modules(fmt):
+            problems.append(
+                Problem(
+                    f"{prefix}export.formats[{index}]",
+                    f"{fmt} needs {', '.join(missing)}, not installed here: "
+                    "pip install 'lmjob[export]' (the lmjob trainer images have it)",
+                )
+            )
     return problems

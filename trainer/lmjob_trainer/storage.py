@@ -7,6 +7,7 @@ small files (reports, history, markers) read and written there.
 <root>/<stage>/history.jsonl     one JSON line per optimiser step (and evaluation)
 <root>/<stage>/final/            a compression stage's output
 <root>/data-cache/               tokenised shards
+<root>/exports/<stage>.<format>/ one verified export (spec.export); its export.json is its report
 ```
 No torch import: `lmjob run` reads reports and checkpoints with this module alone.
 """
@@ -27,6 +28,8 @@ META = "meta.json"
 REPORT = "report.json"
 HISTORY = "history.jsonl"
 DATA_CACHE = "data-cache"
+EXPORTS = "exports"
+EXPORT_RECORD = "export.json"
 _STEP_RE = re.compile(r"^step-(\d{9,})$")
 
 
@@ -96,13 +99,37 @@ def write_report(root: Path, report: StageReport) -> Path:
     return path
 
 
+def export_dir(root: Path, name: str) -> Path:
+    """Where the export `name` (`int8.gguf`) lives once it is complete and verified."""
+    return root / EXPORTS / name
+
+
+def is_export(stage: str) -> bool:
+    """Export names hold a dot (`int8.gguf`); stage names cannot."""
+    return "." in stage
+
+
 def read_report(root: Path, stage: str) -> StageReport | None:
-    """The stage's report; None when it has none (not finished) or it cannot be read."""
+    """The stage's report; None when it has none (not finished) or it cannot be read.
+    An export's report is its export.json, read as a stage."""
+    if is_export(stage):
+        return read_export_report(root, stage)
     try:
         text = (stage_dir(root, stage) / REPORT).read_text()
     except OSError:
         return None
     return StageReport.from_text(text)
+
+
+def read_export_report(root: Path, name: str) -> StageReport | None:
+    """A finished export as a stage report; None when it is not there (or torn)."""
+    from lmjob_trainer.export.result import ExportResult
+
+    try:
+        data = json.loads((export_dir(root, name) / EXPORT_RECORD).read_text())
+        return ExportResult.from_json(data).stage_report(name)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 class HistoryWriter:

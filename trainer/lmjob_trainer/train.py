@@ -25,6 +25,7 @@ from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import choose_on_rank0
 from lmjob_trainer.distributed import DistEnv, close_distributed, init_distributed
 from lmjob_trainer.evaluate import autocast
+from lmjob_trainer.export.run import export_names, run_exports
 from lmjob_trainer.launch import mark_config_error
 from lmjob_trainer.logs import configure_logging, set_log_context
 from lmjob_trainer.loop import StageResult, run_steps
@@ -165,6 +166,8 @@ def run(config: TrainerConfig, env: DistEnv, root: Path, metrics: TrainerMetrics
     _install_stop_handlers(session)
     for stage in config.compression.stages:
         metrics.set_stage_phase(stage.name, "Pending")
+    for name in export_names(session):
+        metrics.set_stage_phase(name, "Pending")
     result = train_stage(session)
     if result is not None:
         if result.interrupted:
@@ -172,6 +175,8 @@ def run(config: TrainerConfig, env: DistEnv, root: Path, metrics: TrainerMetrics
         finish_train_stage(session, result)
     set_log_context(stage=None)
     run_compression(session)
+    if not session.stop_requested.is_set():
+        run_exports(session)
     if session.stop_requested.is_set():
         return 128 + session.stop_signal
     return 0
