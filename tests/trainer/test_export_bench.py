@@ -1,0 +1,51 @@
+"""The export benchmark's latency table: each runtime's figure is its best round, and its
+ratio is against the eager lmjob model of the same stage (benchmarks/export_formats.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from export_formats import latency_rows, markdown
+
+MEDIANS = {
+    ("train", "lmjob"): [4.0, 3.0, 5.0],
+    ("train", "transformers"): [4.5, 6.0, 9.0],
+    ("train", "onnxruntime"): [1.6, 1.5, 2.0],
+    ("student", "lmjob"): [2.0, 2.5],
+    ("student", "onnxruntime"): [0.5, 0.6],
+}
+
+
+@pytest.mark.parametrize(
+    ("stage", "runtime", "ms", "ratio"),
+    [
+        ("train", "lmjob", 3.0, 1.0),
+        ("train", "transformers", 4.5, 1.5),
+        ("train", "onnxruntime", 1.5, 0.5),
+        ("student", "lmjob", 2.0, 1.0),
+        ("student", "onnxruntime", 0.5, 0.25),
+    ],
+)
+def test_best_round_and_ratio_to_the_same_stage(stage, runtime, ms, ratio):
+    row = next(r for r in latency_rows(MEDIANS) if r["stage"] == stage)
+    assert row[runtime] == pytest.approx({"ms": ms, "ratio": ratio})
+
+
+def test_table_shows_ratios_and_untimed_runtimes():
+    results = {
+        "exports": [],
+        "stageOutputBytes": {},
+        "latency": latency_rows(MEDIANS),
+        "conditions": dict.fromkeys(
+            ("seqLen", "threads", "warmup", "rounds", "repeats", "machine", "versions"), "x"
+        ),
+    }
+    lines = markdown(results).splitlines()
+    assert "| train | 3.00 (1.00×) | 4.50 (1.50×) | 1.50 (0.50×) | needs llama.cpp |" in lines
+    # student has no transformers figure: a dash, not a made-up ratio.
+    assert "| student | 2.00 (1.00×) | - | 0.50 (0.25×) | needs llama.cpp |" in lines
