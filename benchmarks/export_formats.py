@@ -1,7 +1,7 @@
 """Export-format benchmark: every stage of examples/shakespeare-cpu.yaml in every format.
 
     python benchmarks/export_formats.py [--run runs/shakespeare-cpu] [--out runs/bench-export]
-                                        [--threads 1] [--rounds 10] [--repeats 20]
+                                        [--threads 1] [--rounds 20] [--repeats 20]
 
 1. Takes a finished run of the example: `--run DIR`, or by default `lmjob run
    examples/shakespeare-cpu.yaml` from the repository root (storage `runs/shakespeare-cpu/`;
@@ -15,9 +15,10 @@
 3. Times one forward of one sequence (batch 1, the full seqLen context, logits only) on
    the CPU, in this one process with the same fixed thread count for every runtime: lmjob's
    eager model as `load_stage` loads it (the baseline), transformers' AutoModelForCausalLM
-   from the hf folder, and onnxruntime (CPU execution provider) on the onnx file. Rounds
-   visit every model in turn, so load from other processes hits all alike; each figure is
-   the best of its per-round medians. GGUF is not timed: that needs llama.cpp.
+   from the hf folder, and onnxruntime (CPU execution provider) on the onnx file. Within a
+   round a stage's runtimes take turns forward by forward, so load from other processes
+   hits the ones a ratio compares alike; ms is the best per-round median, the ratio the
+   median over rounds of the round's ratio. GGUF is not timed: that needs llama.cpp.
 4. Prints markdown tables (latency in ms and as a ratio to the eager model of the same
    stage) and writes them with the raw numbers to `<out>/results.md` and
    `<out>/results.json`. Exports are redone on every run (`<out>/exports/` is replaced).
@@ -190,35 +191,45 @@ def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def time_all(
-    calls: dict[Any, Callable[[], Any]], rounds: int, repeats: int, warmup: int
-) -> dict[Any, list[float]]:
-    """Per-round median milliseconds of every call; rounds visit every call in turn."""
+    calls: dict[tuple[str, str], Callable[[], Any]], rounds: int, repeats: int, warmup: int
+) -> dict[tuple[str, str], list[float]]:
+    """Per-round median milliseconds of every (stage, runtime) call.
+
+    Within a round, a stage's runtimes take turns forward by forward, so the runtimes a
+    ratio compares meet the same load from other processes (it drifts within seconds on
+    a shared machine); rounds visit every stage in turn."""
     for fn in calls.values():
         for _ in range(warmup):
             fn()
-    medians: dict[Any, list[float]] = {key: [] for key in calls}
+    stages = dict.fromkeys(stage for stage, _ in calls)
+    medians: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
     for _ in range(rounds):
-        for key, fn in calls.items():
-            times = []
+        for stage in stages:
+            group = {key: fn for key, fn in calls.items() if key[0] == stage}
+            times: dict[tuple[str, str], list[float]] = {key: [] for key in group}
             for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1000.0)
-            medians[key].append(statistics.median(times))
+                for key, fn in group.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[key].append((time.perf_counter() - start) * 1000.0)
+            for key, values in times.items():
+                medians[key].append(statistics.median(values))
     return medians
 
 
 def latency_rows(medians: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
-    """One row per stage: each runtime's best per-round median and its ratio to eager
-    lmjob's on the same stage (below 1: faster than the baseline)."""
+    """One row per stage: each runtime's best per-round median (the machine at its
+    quietest), and its ratio to eager lmjob on the same stage as the median over rounds
+    of the same round's ratio (below 1: faster than the baseline)."""
     rows = []
     for stage in dict.fromkeys(s for s, _ in medians):
         row: dict[str, Any] = {"stage": stage}
-        base = min(medians[stage, EAGER])
+        base = medians[stage, EAGER]
         for runtime in TIMED:
             if (stage, runtime) in medians:
-                ms = min(medians[stage, runtime])
-                row[runtime] = {"ms": ms, "ratio": ms / base}
+                ms = medians[stage, runtime]
+                ratios = [m / b for m, b in zip(ms, base, strict=True)]
+                row[runtime] = {"ms": min(ms), "ratio": statistics.median(ratios)}
         rows.append(row)
     return rows
 
@@ -268,8 +279,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"Latency: batch 1, {c['seqLen']} tokens, one forward returning logits, no KV cache, "
         f"torch.set_num_threads({c['threads']}) and onnxruntime intra-op threads "
         f"{c['threads']} (inter-op 1), {c['warmup']} warm-up forwards per model, then "
-        f"{c['rounds']} rounds visiting every model in turn; each figure is the best of the "
-        f"per-round medians of {c['repeats']} forwards. Machine: {c['machine']}; "
+        f"{c['rounds']} rounds visiting every stage in turn, a stage's runtimes taking "
+        f"turns forward by forward, {c['repeats']} forwards each; ms: the best of the "
+        "per-round medians; ratio: the median over rounds of the round's median over eager "
+        f"lmjob's. Machine: {c['machine']}; "
         f"{c['versions']}.",
     ]
     return "\n".join(lines) + "\n"
@@ -292,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, help="a finished run of the example (default: run it)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-export")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of every runtime")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args(argv)
