@@ -46,8 +46,6 @@ for sub in ("api", "trainer"):
 EXAMPLE = REPO / "examples" / "shakespeare-cpu.yaml"
 STAGES = ("train", "prune", "lowrank", "int8", "student")
 FORMATS = ("hf", "onnx", "gguf")
-# Runtime timed for each format; gguf's (llama.cpp) is not available here.
-RUNTIME_OF = {"hf": "transformers", "onnx": "onnxruntime", "gguf": "llama.cpp"}
 EAGER = "lmjob"
 TIMED = (EAGER, "transformers", "onnxruntime")
 EXTRA_GGUF = ("f16", "q8_0")  # the trained model in the other GGUF encodings
