@@ -3,7 +3,7 @@ PYTHON ?= python3
 
 .PHONY: run test install install-trainer k8s lint crd test-fast
 
-## run: install lmjob with the trainer and run the Shakespeare example on this machine
+## run: install lmjob with the trainer (and its exporters) and run the Shakespeare example here
 run: install-trainer
 	lmjob run examples/shakespeare-cpu.yaml
 
@@ -15,7 +15,7 @@ install:
 	$(PYTHON) -m pip install -q -e '.[dev]'
 
 install-trainer:
-	$(PYTHON) -m pip install -q -e '.[trainer]'
+	$(PYTHON) -m pip install -q -e '.[trainer,export]'
 
 k8s:
 	./scripts/build-k8s

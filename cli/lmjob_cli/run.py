@@ -235,14 +235,32 @@ def _size(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def _print_table(table: list[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
+        )
+
+
+def _difference(value: float | None, tolerance: float | None) -> str:
+    """`2.1e-06 (≤ 1e-04)`, or `0.163 (reported)` for a lossy encoding such as Q8_0."""
+    if value is None:
+        return "-"
+    return f"{value:.2g} " + (f"(≤ {tolerance:.0e})" if tolerance is not None else "(reported)")
+
+
 def _print_summary(plan: Any, out: TextIO) -> None:
     from lmjob_trainer.local_run import summarize
 
     rows, sample = summarize(plan)
+    exports = [r for r in rows if r.is_export]
     table = [
         ("stage", "phase", "steps", "eval loss", "params", "size", "sparsity", "latency", "output")
     ]
     for r in rows:
+        if r.is_export:
+            continue
         table.append(
             (
                 r.stage,
@@ -256,11 +274,27 @@ def _print_summary(plan: Any, out: TextIO) -> None:
                 "-" if r.output is None else _short(Path(r.output)),
             )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     print(file=out)
-    for row in table:
+    _print_table(table, out)
+    if exports:
         print(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
+            "\nexports, each loaded back by its runtime and compared with lmjob's logits:\n",
+            file=out,
+        )
+        _print_table(
+            [("export", "phase", "size", "verified by", "max |Δlogit|", "output")]
+            + [
+                (
+                    r.stage,
+                    r.phase,
+                    "-" if r.size_bytes is None else _size(r.size_bytes),
+                    r.runtime or "-",
+                    _difference(r.max_abs_diff, r.tolerance),
+                    "-" if r.output is None else _short(Path(r.output)),
+                )
+                for r in exports
+            ],
+            out,
         )
     if sample:
         print("\nsample from the trained model:\n", file=out)

@@ -343,6 +343,29 @@ def test_stages_listed_from_spec_before_progress() -> None:
     assert [(s.name, s.phase) for s in status.stages] == [("train", "Pending"), ("q", "Pending")]
 
 
+@pytest.mark.parametrize(
+    ("export", "names"),
+    [
+        ({"formats": ["gguf", "hf"]}, ["q.gguf", "q.hf"]),  # default: the last stage
+        ({"formats": ["onnx"], "stages": ["q", "train"]}, ["train.onnx", "q.onnx"]),
+    ],
+)
+def test_exports_are_stages_after_the_compression_chain(
+    export: dict[str, Any], names: list[str]
+) -> None:
+    """Each export of spec.export is a stage `<stage>.<format>`, in the job's stage order;
+    rank 0's termination message fills them in like any stage."""
+    job = make_job({**COMPRESSED, "export": export})
+    status = build_status(job, [], None, prev(), Verdict(), NOW)
+    assert [s.name for s in status.stages] == ["train", "q", *names]
+    done = [*FINAL, *({"name": n, "phase": "Succeeded", "metrics": {"bytes": 1.0}} for n in names)]
+    pods = [worker(0, "Succeeded", exit_code=0), _finished(1, list(reversed(done)))]
+    final = build_status(job, pods, None, prev(JobPhase.COMPRESSING), Verdict(), NOW)
+    assert [(s.name, s.phase) for s in final.stages] == [
+        (n, "Succeeded") for n in ["train", "q", *names]
+    ]
+
+
 def test_pure() -> None:
     args = (make_job(), [worker(0), worker(1), rendezvous()], PROGRESS, prev(), Verdict(), NOW)
     assert build_status(*args) == build_status(*args)

@@ -107,6 +107,27 @@ def test_lmjob_run_refuses_before_starting(
     assert not (tmp_path / "runs").exists(), "a process started or storage was created"
 
 
+def test_lmjob_run_refuses_an_export_whose_runtime_is_missing_before_training(
+    tmp_path: Path,
+    text_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """spec.export's onnx needs onnxruntime: without it the run stops before training, not
+    after it, naming the format and the extra that brings it."""
+    manifest = _manifest(tmp_path, text_file)
+    manifest["spec"]["export"] = {"formats": ["hf", "onnx"]}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an uninstalled package reads as
+    assert lmjob(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "spec.export.formats[1]" in err and "onnxruntime" in err and "lmjob[export]" in err
+    assert "spec.export.formats[0]" not in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_trainer_refuses_bad_config_file(tmp_path: Path, text_file: Path) -> None:
     """`python -m lmjob_trainer` on an invalid config: exit 78, the field named, no traceback."""
     training = tiny_training(text_file, tmp_path / "cache")

@@ -254,6 +254,14 @@ class StageSummary:
     size_bytes: float | None = None
     sparsity: float | None = None
     latency_ms: float | None = None
+    # Exports (spec.export): the runtime that loaded the artifact back, and how close it came.
+    runtime: str | None = None
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+
+    @property
+    def is_export(self) -> bool:
+        return storage.is_export(self.stage)
 
 
 def summarize(plan: LocalRunPlan) -> tuple[list[StageSummary], str | None]:
@@ -290,6 +298,9 @@ def summarize(plan: LocalRunPlan) -> tuple[list[StageSummary], str | None]:
                 size_bytes=numbers.get("bytes"),
                 sparsity=numbers.get("sparsity"),
                 latency_ms=numbers.get("latencyMs"),
+                runtime=report.details.get("runtime"),
+                max_abs_diff=numbers.get("maxAbsDiff"),
+                tolerance=numbers.get("tolerance"),
             )
         )
     return rows, sample
