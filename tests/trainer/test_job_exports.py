@@ -174,6 +174,10 @@ def test_gguf_carries_what_llama_cpp_needs(example_run: tuple[Path, Path], stage
     assert fields["gpt2.context_length"] == model["n_positions"] == 64
     assert fields["tokenizer.ggml.model"] == "gpt2"
     assert len(fields["tokenizer.ggml.tokens"]) == model["vocab_size"]
+    # llama.cpp refuses a gpt2 vocabulary without merges ("cannot find tokenizer merges");
+    # ours holds one that byte-level BPE can never apply.
+    (merge,) = fields["tokenizer.ggml.merges"]
+    assert all(len(part) > 1 for part in merge.split(" ", 1))
     types = {t.tensor_type.name for t in reader.tensors if len(t.shape) == 2}
     assert types == ({"Q8_0"} if stage == "int8" else {"F32"})
     # Every block's tensors under llama.cpp's names, and the head written again.

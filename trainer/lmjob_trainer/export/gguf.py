@@ -28,6 +28,7 @@ from lmjob_trainer.model import GPT
 RUNTIME = "gguf-reader"
 MODEL_FILE = "model.gguf"
 Q8_BLOCK = 32
+NO_MERGE = "lmjob:no merges"
 
 
 def write(model: GPT, folder: Path, tokenizer: str | None, qtype: str, name: str) -> None:
@@ -114,7 +115,11 @@ def _add_byte_vocab(writer: Any, vocab_size: int) -> None:
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges([])
+    # llama.cpp refuses a gpt2 vocabulary without a merges array, and the gguf library drops
+    # an empty one: one merge of two multi-character strings, which byte-level BPE can never
+    # form (it starts from single characters and has no other merge), keeps the vocabulary
+    # merge-free while the file loads.
+    writer.add_token_merges([NO_MERGE])
 
 
 def read_tensors(path: Path) -> dict[str, tuple[np.ndarray, str]]:
