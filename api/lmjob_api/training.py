@@ -273,6 +273,21 @@ class CheckpointSpec(ApiModel):
     )
 
 
+class NonFiniteSpec(ApiModel):
+    """What a step whose loss or gradients are NaN or infinite does."""
+
+    action: Literal["fail", "skip"] = Field(
+        "fail",
+        description="`fail`: stop at that step, keep the checkpoints (all written before it) "
+        "and fail the job, never retried (the same data would diverge again). `skip`: leave "
+        "the weights as they were, go on with the next batch, and fail once "
+        "`maxSkippedSteps` steps of a stage were skipped.",
+    )
+    max_skipped_steps: int = Field(
+        10, ge=1, le=1_000_000, description="With `skip`: skipped steps a stage may have."
+    )
+
+
 BYTE_VOCAB = 256
 """Vocabulary of the `bytes` tokenizer."""
 
@@ -321,6 +336,11 @@ class TrainingSpec(ApiModel):
         None, description="Stop early when eval loss plateaus (absent: train all `steps`)."
     )
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing.")
+    non_finite: NonFiniteSpec = Field(
+        default_factory=NonFiniteSpec,
+        description="A NaN or infinite loss or gradient norm: fail (default) or skip the step. "
+        "With fp16, overflowing gradients are the loss scaler's to skip; a non-finite loss is not.",
+    )
     seed: int = Field(1337, ge=0, description="Seed for weights, data order and dropout.")
 
     rules = (

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from lmjob_api.exit_codes import NON_FINITE
+
 EXIT_INVALID = 1
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -112,6 +114,9 @@ def _run(plan: Any, *, tee: bool) -> int:
             bar.stop()
         if config_error.message is not None:
             print(f"\nlmjob run: {plan.job_name}: {config_error.message}", file=out)
+            if config_error.code == NON_FINITE:  # training ran: say what is kept
+                _print_checkpoints(plan, out, resume=False)
+                return EXIT_FAILED
             return EXIT_INVALID
         if deadline.passed.is_set():
             print(
@@ -194,14 +199,16 @@ class _ConfigErrorWatch:
         marker.unlink(missing_ok=True)  # a previous run's
         self.marker = marker
         self.message: str | None = None
+        self.code: int | None = None
         self._stop = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.POLL_SECONDS):
             if self.marker.exists():
-                text = self.marker.read_text(errors="replace").strip()
-                self.message = text or "a worker reported a configuration error"
+                from lmjob_trainer.launch import read_marker
+
+                self.code, self.message = read_marker(self.marker.read_text(errors="replace"))
                 os.kill(os.getpid(), signal.SIGINT)
                 return
 
@@ -209,14 +216,15 @@ class _ConfigErrorWatch:
         self._stop.set()
 
 
-def _print_checkpoints(plan: Any, out: TextIO) -> None:
+def _print_checkpoints(plan: Any, out: TextIO, *, resume: bool = True) -> None:
     from lmjob_trainer import storage
 
     for stage in plan.stages:
         latest = storage.latest_complete(plan.run_dir, stage)
         if latest:
             print(f"  {stage}: checkpoint at step {latest[0]}: {_short(latest[1])}", file=out)
-    print("  run the same command again to resume.", file=out)
+    if resume:
+        print("  run the same command again to resume.", file=out)
 
 
 def _count(n: float) -> str:

@@ -14,7 +14,9 @@ a pod create → what to do about it (judge_create_error). The rules (docs/opera
 - Losing the rendezvous store while workers run restarts the group the same way. Counted.
 - A worker that exited with CONFIG_ERROR (78, lmjob_api.exit_codes) found a configuration
   error at start-up: running it again cannot help, so the job fails at once (ConfigError)
-  under every restartPolicy, with the trainer's message, and no restart is counted.
+  under every restartPolicy, with the trainer's message, and no restart is counted. So does
+  one that exited with NON_FINITE (79): its loss became NaN or infinite (NonFiniteLoss), and
+  the same batches after the same checkpoint would do it again.
 - `runPolicy.restartPolicy` decides which other failures may restart:
   `OnFailure` every exit code; `ExitCode` only retryable ones (0 and 128+N — killed by a
   signal, e.g. 137 OOM-killed, 143 terminated); 1–127 fail the job (PermanentExitCode);
@@ -34,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from lmjob_api.exit_codes import CONFIG_ERROR, is_permanent
+from lmjob_api.exit_codes import CONFIG_ERROR, NON_FINITE, PERMANENT_REASONS, is_permanent
 from lmjob_api.job import RunPolicy
 from lmjob_api.termination import decode_error, decode_stages
 from lmjob_operator.pod_view import PodView
@@ -58,6 +60,13 @@ class Verdict:
     message: str = ""
     replace: tuple[str, ...] = field(default_factory=tuple)
     """Names of disrupted pods to replace (for REPLACE, and alongside RESTART_GROUP)."""
+
+
+_PERMANENT_MEANING = {
+    CONFIG_ERROR: "a configuration error, never retried; fix the job's spec and create it again",
+    NON_FINITE: "the loss became NaN or infinite, never retried: the same batches would "
+    "follow the same checkpoint; the checkpoints before it are kept",
+}
 
 
 def exit_code_retryable(code: int) -> bool:
@@ -125,11 +134,11 @@ def judge_failures(
     if failed:
         permanent = [p for p in failed if is_permanent(p.exit_code)]
         if permanent:
+            code = permanent[0].exit_code or CONFIG_ERROR
             return Verdict(
                 Action.FAIL,
-                "ConfigError",
-                f"{describe(permanent[0])} (exit code {CONFIG_ERROR}: a configuration error, "
-                "never retried; fix the job's spec and create it again)",
+                PERMANENT_REASONS[code],
+                f"{describe(permanent[0])} (exit code {code}: {_PERMANENT_MEANING[code]})",
             )
         detail = "; ".join(describe(p) for p in failed)
         if policy.restart_policy == "Never":

@@ -45,6 +45,7 @@ WARNING_REASONS = frozenset(
         "WorkerDisrupted",
         "PermanentExitCode",
         "ConfigError",
+        "NonFiniteLoss",
         "BackoffLimitExceeded",
         "DeadlineExceeded",
         "InvalidSpec",

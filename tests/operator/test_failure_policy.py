@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmjob_api.exit_codes import CONFIG_ERROR
+from lmjob_api.exit_codes import CONFIG_ERROR, NON_FINITE
 from lmjob_api.job import RunPolicy
 from lmjob_api.status import StageStatus
 from lmjob_api.termination import encode_stages
@@ -200,6 +200,19 @@ CASES = [
             0,
             Action.FAIL,
             "ConfigError",
+        )
+        for policy in ("OnFailure", "ExitCode", "Never")
+    ),
+    # A loss that turned NaN (exit 79) would do so again from the same checkpoint.
+    *(
+        (
+            f"{policy}: exit 79 fails at once",
+            [worker(0), failed(1, NON_FINITE)],
+            policy,
+            3,
+            0,
+            Action.FAIL,
+            "NonFiniteLoss",
         )
         for policy in ("OnFailure", "ExitCode", "Never")
     ),

@@ -13,7 +13,8 @@ restarting the workers PET_MAX_RESTARTS times and exiting 1:
    CONFIG_ERROR writes the marker first, its one-line error inside (`mark_config_error`:
    the built-in trainer does; a program of your own under spec.command may too). Seeing
    it (checked every POLL_SECONDS), the launcher stops torchrun — SIGTERM, then SIGKILL to
-   torchrun and its workers after GRACE_SECONDS — and exits 78.
+   torchrun and its workers after GRACE_SECONDS — and exits 78. A loss that turned NaN
+   (lmjob_api.exit_codes.NON_FINITE, 79) is reported the same way, with its own code.
 3. Otherwise exit with torchrun's code (128+N when a signal N ended it). SIGTERM and
    SIGINT are passed on to torchrun, which passes them to the workers (checkpoint, then exit).
 
@@ -35,7 +36,7 @@ from types import FrameType
 
 from lmjob_api import termination
 from lmjob_api.env import CONFIG_ERROR_FILE_ENV
-from lmjob_api.exit_codes import CONFIG_ERROR
+from lmjob_api.exit_codes import CONFIG_ERROR, is_permanent
 from lmjob_api.trainer_config import load_trainer_config
 from lmjob_api.validation import ManifestError
 from lmjob_trainer.preflight import check_data_source
@@ -79,17 +80,28 @@ def write_error_message(error: str) -> None:
         target.write_text(termination.encode_stages(termination.decode_stages(text) or [], error))
 
 
-def mark_config_error(error: str) -> None:
-    """For a worker process about to exit CONFIG_ERROR: tell the launcher (if any) not to let
-    torchrun restart it. Written whole (a rename), so the launcher never reads half a line."""
+def mark_config_error(error: str, code: int = CONFIG_ERROR) -> None:
+    """For a worker process about to exit with a permanent code (CONFIG_ERROR, NON_FINITE):
+    tell the launcher (if any) not to let torchrun restart it. The marker holds the code on
+    its first line and the one-line error after it; written whole (a rename), so the
+    launcher never reads half of it."""
     path = os.environ.get(CONFIG_ERROR_FILE_ENV)
     if not path:
         return
     target = Path(path)
     with contextlib.suppress(OSError):
         partial = target.with_name(f"{target.name}.{os.getpid()}")
-        partial.write_text(error)
+        partial.write_text(f"{code}\n{error}")
         partial.replace(target)
+
+
+def read_marker(text: str) -> tuple[int, str]:
+    """(exit code, error) of a marker; a program of your own may write the error alone,
+    which reads as a configuration error."""
+    first, _, rest = text.strip().partition("\n")
+    if first.isdigit() and is_permanent(int(first)):
+        return int(first), rest.strip() or "a worker failed permanently"
+    return CONFIG_ERROR, text.strip() or "a worker reported a configuration error"
 
 
 def report_config_error(error: str) -> int:
@@ -144,10 +156,10 @@ def supervise(child: subprocess.Popen[bytes], marker: Path, grace: float = GRACE
     if marker.exists():
         if child.poll() is None:
             _stop(child, grace)
-        error = marker.read_text(errors="replace").strip() or "a configuration error"
+        code, error = read_marker(marker.read_text(errors="replace"))
         write_error_message(error)
         print(f"lmjob_trainer.launch: {error}", file=sys.stderr)
-        return CONFIG_ERROR
+        return code
     code = child.returncode
     return 128 - code if code < 0 else code
 

@@ -11,6 +11,7 @@ As in torchtitan, setup (`build_stage_loop`), one step (`train_step`) and record
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class TrainState(Stateful):
     evals_without_improvement: int = 0
     last_eval: float | None = None
     stopped_early: bool = False
+    skipped_steps: int = 0
+    """Steps whose update was skipped for a non-finite loss or gradient norm."""
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +69,7 @@ class TrainState(Stateful):
             "evals_without_improvement": self.evals_without_improvement,
             "last_eval": -1.0 if self.last_eval is None else self.last_eval,
             "stopped_early": self.stopped_early,
+            "skipped_steps": self.skipped_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -75,6 +79,12 @@ class TrainState(Stateful):
         last = float(state["last_eval"])
         self.last_eval = None if last < 0 else last
         self.stopped_early = bool(state["stopped_early"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))  # absent before nonFinite
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradient norm of a step became NaN or infinite and the stage cannot go on
+    (`training.nonFinite`); the weights were not updated with it. Carries the user's message."""
 
 
 @dataclass
@@ -212,16 +222,26 @@ def _build_scaler(
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one optimiser step reports."""
+    """What one optimiser step reports (the same on every rank)."""
 
-    loss_share: float
-    """This rank's weighted loss; summed over all ranks it is world size × the global mean."""
+    loss: float
+    """The global mean loss of the step's batch."""
     grad_norm: float
     lr: float
+    stop: bool = False
+    """Some rank was asked to stop (SIGTERM/SIGINT): every rank saves this step and returns."""
+    skipped: bool = False
+    """The loss or gradient norm was not finite: the weights were left as they were."""
 
 
-def train_step(loop: StageLoop, device: torch.device) -> StepResult:
-    """One optimiser step: every micro-batch of this rank, then clip, step and schedule."""
+def train_step(
+    loop: StageLoop, device: torch.device, world_size: int, *, stop_requested: bool = False
+) -> StepResult:
+    """One optimiser step: every micro-batch of this rank, then clip, step and schedule.
+
+    A step whose global loss (or, without fp16's loss scaler, gradient norm) is NaN or
+    infinite updates nothing: the gradient norm is global after clipping's reduction and
+    the loss after the step's one all-reduce, so every rank decides alike."""
     t, model, plan = loop.training, loop.model, loop.plan
     _seed_step(t.seed, loop.state.step, loop.loader.dp_rank)
     micro_batches = loop.loader.next_step()
@@ -238,25 +258,67 @@ def train_step(loop: StageLoop, device: torch.device) -> StepResult:
         loop.scaler.scale(loss).backward()
         loss_share += loss.detach()
     loop.scaler.unscale_(loop.optimizer)
-    grad_norm = _grad_norm(model, t.optimizer.grad_clip)
+    grad_norm = float(_grad_norm(model, t.optimizer.grad_clip))
+    # One small collective per step: the global mean loss, and agreement on a stop request
+    # so that all ranks save the same step and none is left waiting.
+    # loss_share = Σ b·D/G·L over this rank's micro-batches. Summed over the D dp ranks that
+    # is D × the global mean Σ b·L / G; tensor-parallel peers (world = D·tp) hold the same
+    # value, so the sum over all ranks divided by the world size is the global mean.
+    loss_total, stops = all_reduce_sum([float(loss_share), float(stop_requested)], device)
+    loss = loss_total / world_size
+    # fp16's scaler skips overflowing gradients itself (and lowers its scale): routine.
+    skipped = not math.isfinite(loss) or (
+        not loop.scaler.is_enabled() and not math.isfinite(grad_norm)
+    )
     loop.checkpoints.wait_staged()  # an async save must have copied the weights first
-    loop.scaler.step(loop.optimizer)
-    loop.scaler.update()
+    if not skipped:
+        loop.scaler.step(loop.optimizer)
+    loop.scaler.update()  # after unscale_, with or without a step: the scale follows the grads
     loop.optimizer.zero_grad(set_to_none=True)
     lr = loop.scheduler.get_last_lr()[0]
     loop.scheduler.step()
     loop.state.step += 1
-    # loss_share = Σ b·D/G·L over this rank's micro-batches. Summed over the D dp ranks that
-    # is D × the global mean Σ b·L / G; tensor-parallel peers (world = D·tp) hold the same
-    # value, so the sum over all ranks divided by the world size is the global mean.
-    return StepResult(float(loss_share), float(grad_norm), lr)
+    return StepResult(loss, grad_norm, lr, stop=bool(stops), skipped=skipped)
+
+
+def _non_finite(session: TrainerSession, loop: StageLoop, result: StepResult) -> None:
+    """A skipped step under `training.nonFinite`: count it, or stop the stage (raises
+    NonFiniteLoss) before anything is saved after it. Every rank decides alike."""
+    policy, state = loop.training.non_finite, loop.state
+    state.skipped_steps += 1
+    session.metrics.record_skipped_steps(loop.stage, state.skipped_steps)
+    what = f"loss {result.loss:g}, gradient norm {result.grad_norm:g}"
+    saved = loop.checkpoints.last_saved_step
+    kept = f"checkpoint at step {saved} kept" if saved is not None else "no checkpoint yet"
+    if policy.action == "skip" and state.skipped_steps <= policy.max_skipped_steps:
+        log.warning(
+            "non-finite step skipped",
+            extra={
+                "skipped": state.skipped_steps,
+                "loss": result.loss,
+                "grad_norm": result.grad_norm,
+            },
+        )
+        return
+    if policy.action == "skip":
+        reason = (
+            f"{state.skipped_steps} steps skipped (training.nonFinite.maxSkippedSteps is "
+            f"{policy.max_skipped_steps}), the last at step {state.step} ({what})"
+        )
+    else:
+        reason = f"the loss became non-finite at step {state.step} ({what})"
+    raise NonFiniteLoss(
+        f"stage {loop.stage}: {reason}; weights not updated with it, {kept}. Lower "
+        "training.optimizer.lr or set training.optimizer.gradClip, or skip such steps with "
+        "training.nonFinite.action: skip"
+    )
 
 
 def _record_step(
-    session: TrainerSession, loop: StageLoop, result: StepResult, loss: float, seconds: float
+    session: TrainerSession, loop: StageLoop, result: StepResult, seconds: float
 ) -> None:
     """Metrics, a history line (rank 0) and, every LOG_EVERY steps, a log line."""
-    env, step = session.env, loop.state.step
+    env, step, loss = session.env, loop.state.step, result.loss
     tps = loop.plan.global_batch * loop.training.model.seq_len / seconds
     utilisation = mfu(tps / env.world_size, loop.flops_per_token, loop.peak_flops)
     session.metrics.record_step(
@@ -281,6 +343,7 @@ def _record_step(
                 "world_size": env.world_size,
                 "mfu": utilisation,
                 "time": time.time(),
+                **({"skipped": True} if result.skipped else {}),
             }
         )
     if step == 1 or step % LOG_EVERY == 0 or step == loop.steps:
@@ -355,20 +418,13 @@ def run_steps(
         while state.step < steps and not state.stopped_early and not interrupted:
             step_started = time.perf_counter()
             set_log_context(step=state.step + 1)
-            result = train_step(loop, env.device)
-            # One small collective per step: the global mean loss, and agreement on a stop
-            # request so that all ranks save the same step and none is left waiting.
-            loss_total, stops = all_reduce_sum(
-                [result.loss_share, float(session.stop_requested.is_set())], env.device
+            result = train_step(
+                loop, env.device, env.world_size, stop_requested=session.stop_requested.is_set()
             )
-            _record_step(
-                session,
-                loop,
-                result,
-                loss_total / env.world_size,
-                time.perf_counter() - step_started,
-            )
-            interrupted = _after_step(session, loop, bool(stops))
+            _record_step(session, loop, result, time.perf_counter() - step_started)
+            if result.skipped:
+                _non_finite(session, loop, result)
+            interrupted = _after_step(session, loop, result.stop)
         if not interrupted:
             checkpoints.save(state.step, blocking=True)
         checkpoints.wait()

@@ -60,6 +60,12 @@ class TrainerMetrics:
         self.grad_norm = Gauge(
             names.series(names.GRAD_NORM), "Global gradient norm before clipping", js, registry=r
         )
+        self.skipped_steps = Gauge(
+            names.series(names.SKIPPED_STEPS),
+            "Steps whose update was skipped: NaN or infinite loss or gradient norm",
+            js,
+            registry=r,
+        )
         self.tokens_per_second = Gauge(
             names.series(names.TOKENS_PER_SECOND),
             "Training throughput over all ranks",
@@ -150,6 +156,10 @@ class TrainerMetrics:
     def record_total_steps(self, stage: str, total: int) -> None:
         if self.exports_job:
             self.total_steps.labels(self.job, stage).set(total)
+
+    def record_skipped_steps(self, stage: str, skipped: int) -> None:
+        if self.exports_job:
+            self.skipped_steps.labels(self.job, stage).set(skipped)
 
     def record_step(
         self,

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lmjob_api.stage_report import StageReport
+from lmjob_trainer.export.result import RECORD_FILE as EXPORT_RECORD
+from lmjob_trainer.export.result import ExportResult
 
 TRAIN_STAGE = "train"
 COMPLETE = "COMPLETE"
@@ -29,7 +31,6 @@ REPORT = "report.json"
 HISTORY = "history.jsonl"
 DATA_CACHE = "data-cache"
 EXPORTS = "exports"
-EXPORT_RECORD = "export.json"
 _STEP_RE = re.compile(r"^step-(\d{9,})$")
 
 
@@ -123,8 +124,6 @@ def read_report(root: Path, stage: str) -> StageReport | None:
 
 def read_export_report(root: Path, name: str) -> StageReport | None:
     """A finished export as a stage report; None when it is not there (or torn)."""
-    from lmjob_trainer.export.result import ExportResult
-
     try:
         data = json.loads((export_dir(root, name) / EXPORT_RECORD).read_text())
         return ExportResult.from_json(data).stage_report(name)

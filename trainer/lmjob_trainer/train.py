@@ -17,7 +17,7 @@ from types import FrameType
 import torch
 
 from lmjob_api import termination
-from lmjob_api.exit_codes import CONFIG_ERROR
+from lmjob_api.exit_codes import CONFIG_ERROR, NON_FINITE
 from lmjob_api.stage_report import TRAIN_TYPE, StageReport
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import ManifestError
@@ -28,7 +28,7 @@ from lmjob_trainer.evaluate import autocast
 from lmjob_trainer.export.run import export_names, run_exports
 from lmjob_trainer.launch import mark_config_error
 from lmjob_trainer.logs import configure_logging, set_log_context
-from lmjob_trainer.loop import StageResult, run_steps
+from lmjob_trainer.loop import NonFiniteLoss, StageResult, run_steps
 from lmjob_trainer.metrics import TrainerMetrics
 from lmjob_trainer.model import count_params
 from lmjob_trainer.preflight import check_runnable
@@ -189,7 +189,7 @@ def main(config: TrainerConfig, *, checkpoint_dir: Path, metrics_port: int | Non
     metrics = TrainerMetrics(config.job_name, env, metrics_port)
     started = time.perf_counter()
     error = None
-    config_error = False
+    permanent: int | None = None
     try:
         code = run(config, env, checkpoint_dir, metrics)
         log.info(
@@ -197,11 +197,17 @@ def main(config: TrainerConfig, *, checkpoint_dir: Path, metrics_port: int | Non
             extra={"exit_code": code, "seconds": round(time.perf_counter() - started, 1)},
         )
         return code
+    except NonFiniteLoss as err:
+        # Every rank sees it at the same step; restarting replays the same batches from the
+        # same checkpoint, so neither torchrun nor the operator may retry it.
+        error, permanent = str(err), NON_FINITE
+        log.error(error)
+        return NON_FINITE
     except ValueError as err:
         # Bad user input (ManifestError is a ValueError, and so is every check the trainer
         # makes of its config and data): one clear line, no traceback, and an exit code
         # neither torchrun (through the launcher) nor the operator retries.
-        error, config_error = f"cannot run this config: {err}", True
+        error, permanent = f"cannot run this config: {err}", CONFIG_ERROR
         log.error(error)
         return CONFIG_ERROR
     except Exception as err:
@@ -209,9 +215,9 @@ def main(config: TrainerConfig, *, checkpoint_dir: Path, metrics_port: int | Non
         raise
     finally:
         write_termination_message(metrics, error)
-        if config_error:
+        if permanent is not None:
             # After the termination message: the launcher may stop torchrun once it sees this.
-            mark_config_error(error or "")
+            mark_config_error(error or "", permanent)
         metrics.close()
         close_distributed()
 

@@ -11,9 +11,8 @@ from typing import Any
 
 from lmjob_api.export import EXPORT_FORMATS, EXPORT_TYPE
 from lmjob_api.stage_report import StageReport
-from lmjob_trainer.storage import EXPORT_RECORD
 
-RECORD_FILE = EXPORT_RECORD
+RECORD_FILE = "export.json"
 
 FORMATS = EXPORT_FORMATS
 GGUF_TYPES = ("f32", "f16", "q8_0")
