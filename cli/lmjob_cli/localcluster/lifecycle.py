@@ -257,6 +257,7 @@ def describe(state_dir: Path) -> tuple[list[str], bool]:
     healthy = plane.healthy()
     lines.append(f"apiserver {plane.server}: {'ready' if healthy else 'NOT READY'}")
     lines.append(f"node folders: {state_dir / 'nodes'}")
+    lines.append(f"volumes (claims, example data): {state_dir / 'volumes'}")
     return lines, healthy and all(node_alive(n) for n in nodes)
 
 
