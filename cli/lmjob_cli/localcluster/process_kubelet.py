@@ -104,13 +104,15 @@ def image_command(image: str, command: list[str], args: list[str]) -> list[str] 
     return None
 
 
-def _path_pattern(mounts: dict[str, str]) -> re.Pattern[str] | None:
-    """Mount paths as they appear inside text: whole path components, longest first."""
-    if not mounts:
-        return None
-    paths = sorted((m.rstrip("/") or "/" for m in mounts), key=len, reverse=True)
-    alternatives = "|".join(re.escape(p) for p in paths if p != "/")
-    return re.compile(rf"(?<![\w./-])({alternatives})(?![\w.-])") if alternatives else None
+def rewrite_mount_paths(text: str, mounts: dict[str, str]) -> str:
+    """`text` with every mount path in it (whole path components: `/data` in `/data/x.txt`,
+    not in `/database` or `/srv/data`) replaced by its host folder."""
+    hosts = {(m.rstrip("/") or "/"): h for m, h in mounts.items()}
+    paths = sorted((p for p in hosts if p != "/"), key=len, reverse=True)
+    if not paths:
+        return text
+    pattern = rf"(?<![\w./-])({'|'.join(re.escape(p) for p in paths)})(?![\w.-])"
+    return re.sub(pattern, lambda m: hosts[m[1]], text)
 
 
 def _now() -> str:
@@ -448,9 +450,6 @@ class ProcessKubelet:
 
     def _translate_config_maps(self, pod: Any, container: Any, mounts: dict[str, str]) -> None:
         """Mount paths inside the pod's configMap files name the host folders too."""
-        pattern = _path_pattern(mounts)
-        if pattern is None:
-            return
         volumes = {v.name: v for v in pod.spec.volumes or []}
         for mount in container.volume_mounts or []:
             volume = volumes.get(mount.name)
@@ -458,16 +457,7 @@ class ProcessKubelet:
                 continue
             for file in Path(mounts[mount.mount_path]).iterdir():
                 if file.is_file():
-                    text = file.read_text()
-                    # A mount path itself, or a path under it: the host folder plus the rest.
-                    file.write_text(pattern.sub(lambda m: self._host_of(mounts, m[1]), text))
-
-    @staticmethod
-    def _host_of(mounts: dict[str, str], path: str) -> str:
-        for mount_path, host in mounts.items():
-            if (mount_path.rstrip("/") or "/") == path:
-                return host
-        return path
+                    file.write_text(rewrite_mount_paths(file.read_text(), mounts))
 
     def _service_env(self) -> dict[str, str]:
         """The `kubernetes` Service's env, naming the API server this node talks to."""
