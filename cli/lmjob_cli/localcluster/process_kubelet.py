@@ -115,6 +115,11 @@ def rewrite_mount_paths(text: str, mounts: dict[str, str]) -> str:
     return re.sub(pattern, lambda m: hosts[m[1]], text)
 
 
+class _NotYet(Exception):
+    """A pod's volume source does not exist yet (a kubelet leaves such a pod in
+    ContainerCreating and tries again)."""
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -265,7 +270,10 @@ class ProcessKubelet:
             elif running is None and uid not in self.finished:
                 if self._adopt(pod):
                     continue
-                self._start(pod)
+                try:
+                    self._start(pod)
+                except _NotYet as wait:
+                    log.info("pod %s/%s waits: %s", pod.metadata.namespace, pod.metadata.name, wait)
             elif running is not None and running.proc.poll() is not None:
                 self._report_exit(pod, running)
         for uid in list(self.pods):
@@ -427,7 +435,15 @@ class ProcessKubelet:
                 selected = getattr(source, kind)
                 if selected is None:
                     continue
-                found = reader(selected.name, namespace)
+                try:
+                    found = reader(selected.name, namespace)
+                except ApiException as err:
+                    if err.status != 404:
+                        raise
+                    if selected.optional:
+                        continue
+                    # kube-root-ca.crt appears once the controller-manager saw the namespace.
+                    raise _NotYet(f"{kind} {selected.name} not found") from None
                 data = dict(found.data or {})
                 if kind == "secret":
                     data = {k: base64.b64decode(v).decode() for k, v in data.items()}
