@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate",
         help="check LargeModelJob manifests offline",
         description="Check LargeModelJob manifests (multi-document YAML allowed) against the same "
-        "schema and rules the API server enforces. Exit 1 if any is invalid.",
+        "schema and rules the API server enforces. Exit 1 if any is invalid. Documents of other "
+        "APIs beside a job (its PersistentVolumeClaims) are skipped.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.set_defaults(handler=run)
@@ -32,8 +33,14 @@ def run(args: argparse.Namespace) -> int:
         if not docs:
             invalid += 1
             sys.stdout.write(f"{path}: no documents\n")
+        # Beside a job, documents of other APIs are what kubectl applies with it; a file
+        # with no job at all is most likely the wrong file, and reported.
+        has_job = any(not _other_api(doc) for doc in docs)
         for index, doc in enumerate(docs):
             where = path if len(docs) == 1 else f"{path}[{index}]"
+            if has_job and _other_api(doc):
+                sys.stdout.write(f"{where}: {doc['kind']} skipped (not a LargeModelJob)\n")
+                continue
             _, problems = validate_job(doc)
             if problems:
                 invalid += 1
@@ -43,3 +50,12 @@ def run(args: argparse.Namespace) -> int:
                 name = doc.get("metadata", {}).get("name", "?")
                 sys.stdout.write(f"{where}: LargeModelJob {name} is valid\n")
     return 1 if invalid else 0
+
+
+def _other_api(doc: object) -> bool:
+    """A document of another API group (kubectl applies it beside the job); a wrong kind or
+    version within lmjob.dev is still reported."""
+    if not isinstance(doc, dict) or not doc.get("kind"):
+        return False
+    api_version = str(doc.get("apiVersion") or "")
+    return not api_version.startswith("lmjob.dev/")

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from lmjob_api import GROUP, PLURAL, VERSION
+from lmjob_operator.credentials import named_in_cluster
 from lmjob_operator.naming import JOB_LABEL
 from lmjob_operator.pod_view import PodView, view_pod
 from lmjob_operator.reconcile import run_job_daemon
@@ -25,6 +26,22 @@ JOBS = (GROUP, VERSION, PLURAL)
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     apply_settings(settings, memo.options)
     memo.ctx = await build_context(memo.config)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # kopf's own login reads the fixed ServiceAccount path; a local cluster's node names
+    # the pod's folder instead (credentials.py). Read again on every re-login (a 401).
+    named = named_in_cluster()
+    if named is None:
+        return kopf.login_via_client(**kwargs)
+    return kopf.ConnectionInfo(
+        server=named.server,
+        ca_path=str(named.ca_file),
+        token=named.token_file.read_text().strip(),
+        scheme="Bearer",
+        default_namespace=named.namespace_file.read_text().strip(),
+    )
 
 
 @kopf.on.cleanup()

@@ -16,8 +16,10 @@ from urllib.parse import quote
 
 from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
+from kubernetes.aio.config.incluster_config import InClusterConfigLoader
 
 from lmjob_operator import metrics
+from lmjob_operator.credentials import named_in_cluster
 from lmjob_operator.naming import FIELD_MANAGER
 
 APPLY = "application/apply-patch+yaml"
@@ -70,12 +72,19 @@ class Kube:
 
     @classmethod
     async def connect(cls) -> Kube:
-        """Kubeconfig (KUBECONFIG or ~/.kube/config) if there is one, else in-cluster."""
+        """The ServiceAccount folder a local cluster's node names (credentials.py), else
+        kubeconfig (KUBECONFIG or ~/.kube/config) if there is one, else in-cluster."""
         configuration = aio_client.Configuration()
-        try:
-            await aio_config.load_kube_config(client_configuration=configuration)
-        except aio_config.ConfigException:
-            aio_config.load_incluster_config(client_configuration=configuration)
+        named = named_in_cluster()
+        if named is not None:
+            InClusterConfigLoader(
+                token_filename=str(named.token_file), cert_filename=str(named.ca_file)
+            ).load_and_set(configuration)
+        else:
+            try:
+                await aio_config.load_kube_config(client_configuration=configuration)
+            except aio_config.ConfigException:
+                aio_config.load_incluster_config(client_configuration=configuration)
         # Enough parallel connections to create a large job's pods at once.
         configuration.connection_pool_maxsize = 32
         return cls(aio_client.ApiClient(configuration))

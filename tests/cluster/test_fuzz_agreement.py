@@ -30,9 +30,10 @@ pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = [
-    yaml.safe_load(p.read_text())
+    doc
     for p in sorted((REPO / "examples").glob("*.yaml"))
-    if "kind: LargeModelJob" in p.read_text()
+    for doc in yaml.safe_load_all(p.read_text())
+    if doc and doc.get("kind") == "LargeModelJob"
 ]
 SEEDS = [load_base(), *EXAMPLES]
 EXAMPLES_COUNT = int(os.environ.get("LMJOB_FUZZ_EXAMPLES", "300"))

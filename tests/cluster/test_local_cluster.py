@@ -164,6 +164,66 @@ def test_gpu_pod_pends_until_a_node_with_gpus_joins(cluster: Path, core: client.
     assert core.read_namespaced_pod("gpu", NAMESPACE).spec.node_name == "local-1"
 
 
+def test_claims_of_the_default_class_and_host_paths_are_folders(
+    cluster: Path, core: client.CoreV1Api, tmp_path: Path
+) -> None:
+    """`up`'s StorageClass: the node provisions a claim, the real controller-manager binds it,
+    so the scheduler places its pod; that volume and a hostPath are folders the pod writes."""
+    claim = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}
+    core.create_namespaced_persistent_volume_claim(
+        NAMESPACE, {"metadata": {"name": "scratch"}, "spec": claim}
+    )
+    host = tmp_path / "host"
+    code = "import os; [open(os.environ[v], 'w').write(v) for v in ('CLAIM', 'HOST')]"
+    pod = {
+        "metadata": {"name": "writer"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "python:3.12",
+                    "command": ["python", "-c", code],
+                    "env": [
+                        {"name": "CLAIM", "value": "/scratch/out"},
+                        {"name": "HOST", "value": "/host/out"},
+                    ],
+                    "volumeMounts": [
+                        {"name": "scratch", "mountPath": "/scratch"},
+                        {"name": "host", "mountPath": "/host"},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": "scratch", "persistentVolumeClaim": {"claimName": "scratch"}},
+                {"name": "host", "hostPath": {"path": str(host), "type": "DirectoryOrCreate"}},
+            ],
+        },
+    }
+    core.create_namespaced_pod(NAMESPACE, pod)
+    eventually(lambda: phase(core, "writer") == "Succeeded", "pod writer to succeed")
+    bound = core.read_namespaced_persistent_volume_claim("scratch", NAMESPACE)
+    volume = core.read_persistent_volume(bound.spec.volume_name)
+    assert (bound.status.phase, volume.spec.storage_class_name) == ("Bound", "local-path")
+    folder = Path(volume.spec.host_path.path)
+    assert folder.parent == cluster / "volumes"
+    assert ((folder / "out").read_text(), (host / "out").read_text()) == ("CLAIM", "HOST")
+    # The example data `up` put on the cluster's storage, for examples/*local-cluster*.yaml.
+    examples = core.read_persistent_volume("lmjob-examples").spec.host_path.path
+    assert (Path(examples) / "tinyshakespeare.txt").read_bytes() == SHAKESPEARE.read_bytes()
+    # Reclaim policy Delete: the claim gone, its volume and folder go too.
+    core.delete_namespaced_pod("writer", NAMESPACE)
+    core.delete_namespaced_persistent_volume_claim("scratch", NAMESPACE)
+    eventually(lambda: not folder.exists(), "the released volume's folder to go")
+    eventually(
+        lambda: (
+            volume.metadata.name
+            not in {v.metadata.name for v in core.list_persistent_volume().items}
+        ),
+        f"volume {volume.metadata.name} to go",
+    )
+
+
 @pytest.mark.slow
 def test_operator_job_trains_on_scheduler_placed_pods(
     cluster: Path, core: client.CoreV1Api, tmp_path: Path

@@ -28,9 +28,10 @@ REPO = Path(__file__).resolve().parents[2]
 SEEDS = [
     load_base(),
     *(
-        yaml.safe_load(p.read_text())
+        doc
         for p in sorted((REPO / "examples").glob("*.yaml"))
-        if "kind: LargeModelJob" in p.read_text()
+        for doc in yaml.safe_load_all(p.read_text())
+        if doc and doc.get("kind") == "LargeModelJob"
     ),
 ]
 FUZZ = settings(

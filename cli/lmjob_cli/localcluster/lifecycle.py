@@ -2,7 +2,8 @@
 detached from the command that started them and found again through the state folder.
 
 `state.json` (controlplane.py) records the control plane's components and `nodes.json` the
-node processes; `nodes/<name>/` holds each node's pods (folders, logs, claims).
+node processes; `nodes/<name>/` holds each node's pods (folders, logs, claims) and
+`volumes/` the cluster's PersistentVolumes (storage.py), kept by `down` as disks are.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lmjob_cli.localcluster.binaries import REPO_ROOT
 from lmjob_cli.localcluster.controlplane import ControlPlane, Options
 from lmjob_cli.localcluster.node import MODULE as NODE_MODULE
 from lmjob_cli.localcluster.node import node_root
@@ -208,7 +210,20 @@ def up(state_dir: Path, options: Options, *, num_nodes: int, gpus: int) -> Contr
     nodes = sorted(by_name.values(), key=lambda n: n.name)
     _save_nodes(state_dir, nodes)
     wait_nodes_ready(plane, nodes, NODE_READY_TIMEOUT_S)
+    _ensure_storage(plane, state_dir)
     return plane
+
+
+def _ensure_storage(plane: ControlPlane, state_dir: Path) -> None:
+    from kubernetes import config
+
+    from lmjob_cli.localcluster.storage import ensure_storage
+
+    api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+    try:
+        ensure_storage(api, state_dir, REPO_ROOT / "examples" / "data")
+    finally:
+        api.close()
 
 
 def down(state_dir: Path) -> bool:
@@ -242,6 +257,7 @@ def describe(state_dir: Path) -> tuple[list[str], bool]:
     healthy = plane.healthy()
     lines.append(f"apiserver {plane.server}: {'ready' if healthy else 'NOT READY'}")
     lines.append(f"node folders: {state_dir / 'nodes'}")
+    lines.append(f"volumes (claims, example data): {state_dir / 'volumes'}")
     return lines, healthy and all(node_alive(n) for n in nodes)
 
 

@@ -2,7 +2,8 @@
 as bound by kube-scheduler, run as processes (`python -m lmjob_cli.localcluster.node`).
 
 `lmjob cluster up` starts one per node, detached; SIGTERM (`lmjob cluster down`) stops its
-pods' processes, deletes its Node and exits.
+pods' processes, deletes its Node and exits. Each node also runs the provisioner of the
+cluster's StorageClass (storage.py).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def run_node(kubeconfig: Path, state_dir: Path, name: str, capacity: dict) -> No
     from kubernetes import client, config
 
     from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
+    from lmjob_cli.localcluster.storage import Provisioner
 
     api = config.new_client_from_config(config_file=str(kubeconfig))
     kubelet = ProcessKubelet(
@@ -62,8 +64,10 @@ def run_node(kubeconfig: Path, state_dir: Path, name: str, capacity: dict) -> No
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     kubelet.start()
+    provisioner = Provisioner(client.CoreV1Api(api), state_dir).start()
     logging.getLogger(__name__).info("node %s up with capacity %s", name, capacity)
     stop.wait()
+    provisioner.stop()
     kubelet.stop()
     api.close()
 

@@ -9,10 +9,26 @@ plain process can:
   configMap's keys as files; a persistentVolumeClaim is one folder per claim that outlives
   pods, as its volume would (under `pvc/<namespace>/` for a node's pods). A process cannot mount, so paths under a volume's
   `mountPath` in the container's command and env are rewritten to that folder, and the
-  termination-message path to a file of the pod's own;
+  termination-message path to a file of the pod's own; so are such paths inside the files
+  of the pod's configMap volumes (the trainer's config names `data.source` under a mount);
+- a hostPath volume is that folder of this machine; a claim bound to a hostPath or local
+  PersistentVolume (a local cluster's StorageClass provisions those: storage.py) is that
+  volume's folder;
+- the ServiceAccount token: the projected `kube-api-access-*` volume is written as the kubelet
+  writes it (a token bound to the pod from the TokenRequest API for its serviceAccountName,
+  kube-root-ca.crt's `ca.crt`, the `namespace`), into the pod's folder. Clients read those
+  files at a fixed path a process cannot mount, so the node names the folder in
+  LMJOB_SERVICE_ACCOUNT_DIR, which the operator's in-cluster login honours
+  (lmjob_operator/credentials.py), and KUBERNETES_SERVICE_HOST/PORT name the API server's
+  own address (there is no kube-proxy for the `kubernetes` Service). Not rotated: the API
+  server extends these tokens to a year (--service-account-extend-token-expiration);
 - networking: every pod shares this machine's loopback (as with hostNetwork), so its IP is
   127.0.0.1 and a Service name `<svc>.<ns>.svc[.cluster.local]` resolves to 127.0.0.1;
-- images: the container's `python` is this interpreter, with the checkout on PYTHONPATH
+- images: a container without `command` runs its image's entrypoint and cmd from
+  IMAGE_ENTRYPOINTS below (the operator image runs `python -m lmjob_operator`, as
+  images/operator/Dockerfile does), matched by repository whatever the registry and tag; an
+  image missing there waits in ErrImagePull naming this table;
+- the container's `python` is this interpreter, with the checkout on PYTHONPATH
   (the worker's launcher, `python -m lmjob_trainer.launch`, starts torchrun with it too,
   and its configuration-error marker lands in the pod's /dev/shm folder); `HOME` and the
   working folder are the pod's folder, named in `LMJOB_POD_DIR` too (inherited by all the
@@ -33,6 +49,7 @@ owner references, garbage collection, the operator's RBAC) is the real control p
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -46,12 +63,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from lmjob_cli.localcluster.binaries import REPO_ROOT
 from lmjob_cli.localcluster.kubelet_node import KubeletNode
+from lmjob_operator.credentials import DEFAULT_SERVICE_ACCOUNT_DIR, SERVICE_ACCOUNT_DIR_ENV
 from lmjob_trainer.launch import descendants
 
 log = logging.getLogger(__name__)
@@ -62,6 +81,43 @@ SERVICE_HOST = re.compile(r"\b[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9-]+\.svc(\.c
 TERMINATION_DEFAULT = "/dev/termination-log"
 MAX_MESSAGE = 4096
 POD_DIR_ENV = "LMJOB_POD_DIR"
+
+# What each image runs when a container names no `command`, as its Dockerfile says:
+# repository (after any registry) -> (ENTRYPOINT, CMD). `python` is this interpreter.
+IMAGE_ENTRYPOINTS: dict[str, tuple[list[str], list[str]]] = {
+    "lmjob/operator": (["python", "-m", "lmjob_operator"], []),
+    "lmjob/trainer": ([], ["python", "-m", "lmjob_trainer.launch", "--", "-m", "lmjob_trainer"]),
+}
+
+
+def image_command(image: str, command: list[str], args: list[str]) -> list[str] | None:
+    """The argv of a container, as a runtime builds it from the pod and the image's
+    ENTRYPOINT/CMD; None when it needs an image IMAGE_ENTRYPOINTS does not know."""
+    if command:
+        return [*command, *args]
+    repository = image.split("@", 1)[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    for known, (entrypoint, cmd) in IMAGE_ENTRYPOINTS.items():
+        if repository == known or repository.endswith("/" + known):
+            return [*entrypoint, *(args or cmd)]
+    return None
+
+
+def rewrite_mount_paths(text: str, mounts: dict[str, str]) -> str:
+    """`text` with every mount path in it (whole path components: `/data` in `/data/x.txt`,
+    not in `/database` or `/srv/data`) replaced by its host folder."""
+    hosts = {(m.rstrip("/") or "/"): h for m, h in mounts.items()}
+    paths = sorted((p for p in hosts if p != "/"), key=len, reverse=True)
+    if not paths:
+        return text
+    pattern = rf"(?<![\w./-])({'|'.join(re.escape(p) for p in paths)})(?![\w.-])"
+    return re.sub(pattern, lambda m: hosts[m[1]], text)
+
+
+class _NotYet(Exception):
+    """A pod's volume source does not exist yet (a kubelet leaves such a pod in
+    ContainerCreating and tries again)."""
 
 
 def _now() -> str:
@@ -160,7 +216,18 @@ class ProcessKubelet:
             return f.read(), running
 
     def claim_dir(self, claim: str, namespace: str | None = None) -> Path:
-        """The folder standing for PersistentVolumeClaim `claim`'s volume."""
+        """The folder standing for PersistentVolumeClaim `claim`'s volume: the folder of the
+        hostPath or local PersistentVolume it is bound to, else one of this kubelet's."""
+        if self.node_name is not None:
+            with contextlib.suppress(ApiException):
+                found = self.core.read_namespaced_persistent_volume_claim(
+                    claim, namespace or "default"
+                )
+                if found.spec.volume_name:
+                    volume = self.core.read_persistent_volume(found.spec.volume_name).spec
+                    source = volume.host_path or volume.local
+                    if source is not None:
+                        return Path(source.path)
         if self.namespace:
             return self.root / "pvc" / claim
         return self.root / "pvc" / (namespace or "default") / claim
@@ -203,7 +270,10 @@ class ProcessKubelet:
             elif running is None and uid not in self.finished:
                 if self._adopt(pod):
                     continue
-                self._start(pod)
+                try:
+                    self._start(pod)
+                except _NotYet as wait:
+                    log.info("pod %s/%s waits: %s", pod.metadata.namespace, pod.metadata.name, wait)
             elif running is not None and running.proc.poll() is not None:
                 self._report_exit(pod, running)
         for uid in list(self.pods):
@@ -247,7 +317,12 @@ class ProcessKubelet:
                     break
             return SERVICE_HOST.sub(POD_IP, value)
 
-        command = [translate(a) for a in [*(container.command or []), *(container.args or [])]]
+        argv = image_command(container.image or "", container.command or [], container.args or [])
+        if not argv:
+            self._image_unknown(pod, container)
+            return
+        self._translate_config_maps(pod, container, mounts)
+        command = [translate(a) for a in argv]
         if command and command[0] in ("python", "python3"):
             command[0] = sys.executable
         env = {
@@ -256,7 +331,10 @@ class ProcessKubelet:
             "PYTHONPATH": os.pathsep.join(SOURCE_DIRS),
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": "1",
+            **self._service_env(),
         }
+        if DEFAULT_SERVICE_ACCOUNT_DIR in mounts:
+            env[SERVICE_ACCOUNT_DIR_ENV] = mounts[DEFAULT_SERVICE_ACCOUNT_DIR]
         for var in container.env or []:
             env[var.name] = translate(var.value or "")
         # Inherited by every process of the pod (torchrun's workers too): how `lmjob cluster`
@@ -302,6 +380,13 @@ class ProcessKubelet:
         for mount in container.volume_mounts or []:
             volume = volumes.get(mount.name)
             claim = volume.persistent_volume_claim if volume is not None else None
+            host_path = volume.host_path if volume is not None else None
+            if host_path is not None:
+                host = Path(host_path.path)
+                if host_path.type in (None, "", "DirectoryOrCreate"):
+                    host.mkdir(parents=True, exist_ok=True)
+                mounts[mount.mount_path] = str(host)
+                continue
             host = (
                 self.claim_dir(claim.claim_name, pod.metadata.namespace)
                 if claim
@@ -314,8 +399,101 @@ class ProcessKubelet:
                 )
                 for key, value in (config_map.data or {}).items():
                     (host / key).write_text(value)
+            if volume is not None and volume.projected is not None:
+                self._project(pod, volume.projected, host)
             mounts[mount.mount_path] = str(host)
         return mounts
+
+    def _project(self, pod: Any, projected: Any, folder: Path) -> None:
+        """A projected volume's files, as the kubelet writes `kube-api-access-*`."""
+        namespace = pod.metadata.namespace
+        for source in projected.sources or []:
+            if source.service_account_token is not None:
+                wanted = source.service_account_token
+                request = {
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenRequest",
+                    "spec": {
+                        "audiences": [wanted.audience] if wanted.audience else [],
+                        "expirationSeconds": wanted.expiration_seconds or 3600,
+                        "boundObjectRef": {
+                            "apiVersion": "v1",
+                            "kind": "Pod",
+                            "name": pod.metadata.name,
+                            "uid": pod.metadata.uid,
+                        },
+                    },
+                }
+                answer = self.core.create_namespaced_service_account_token(
+                    pod.spec.service_account_name or "default", namespace, request
+                )
+                (folder / wanted.path).write_text(answer.status.token)
+            for kind, reader in (
+                ("config_map", self.core.read_namespaced_config_map),
+                ("secret", self.core.read_namespaced_secret),
+            ):
+                selected = getattr(source, kind)
+                if selected is None:
+                    continue
+                try:
+                    found = reader(selected.name, namespace)
+                except ApiException as err:
+                    if err.status != 404:
+                        raise
+                    if selected.optional:
+                        continue
+                    # kube-root-ca.crt appears once the controller-manager saw the namespace.
+                    raise _NotYet(f"{kind} {selected.name} not found") from None
+                data = dict(found.data or {})
+                if kind == "secret":
+                    data = {k: base64.b64decode(v).decode() for k, v in data.items()}
+                items = selected.items or [client.V1KeyToPath(key=k, path=k) for k in data]
+                for item in items:
+                    if item.key in data:
+                        (folder / item.path).parent.mkdir(parents=True, exist_ok=True)
+                        (folder / item.path).write_text(data[item.key])
+            if source.downward_api is not None:
+                fields = {
+                    "metadata.namespace": namespace,
+                    "metadata.name": pod.metadata.name,
+                    "metadata.uid": pod.metadata.uid,
+                    "spec.serviceAccountName": pod.spec.service_account_name or "",
+                    "spec.nodeName": pod.spec.node_name or "",
+                }
+                for item in source.downward_api.items or []:
+                    if item.field_ref is not None and item.field_ref.field_path in fields:
+                        (folder / item.path).write_text(fields[item.field_ref.field_path])
+
+    def _translate_config_maps(self, pod: Any, container: Any, mounts: dict[str, str]) -> None:
+        """Mount paths inside the pod's configMap files name the host folders too."""
+        volumes = {v.name: v for v in pod.spec.volumes or []}
+        for mount in container.volume_mounts or []:
+            volume = volumes.get(mount.name)
+            if volume is None or volume.config_map is None:
+                continue
+            for file in Path(mounts[mount.mount_path]).iterdir():
+                if file.is_file():
+                    file.write_text(rewrite_mount_paths(file.read_text(), mounts))
+
+    def _service_env(self) -> dict[str, str]:
+        """The `kubernetes` Service's env, naming the API server this node talks to."""
+        server = urlparse(self.core.api_client.configuration.host)
+        return {
+            "KUBERNETES_SERVICE_HOST": server.hostname or POD_IP,
+            "KUBERNETES_SERVICE_PORT": str(server.port or 443),
+        }
+
+    def _image_unknown(self, pod: Any, container: Any) -> None:
+        """A container this node cannot run: waiting, as a kubelet whose pull failed."""
+        known = ", ".join(IMAGE_ENTRYPOINTS)
+        waiting = {
+            "reason": "ErrImagePull",
+            "message": f"container {container.name} sets no command and image "
+            f"{container.image!r} is none this local node knows ({known}): set command, or "
+            "add the image to IMAGE_ENTRYPOINTS in lmjob_cli/localcluster/process_kubelet.py",
+        }
+        self._patch_status(pod, "Pending", {"waiting": waiting}, container.name)
+        self.finished[pod.metadata.uid] = -1
 
     def _report_exit(self, pod: Any, running: _Running) -> None:
         code = running.proc.returncode
