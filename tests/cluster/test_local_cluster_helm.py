@@ -66,6 +66,7 @@ def tiny_example(path: Path) -> None:
     spec["compression"]["stages"] = [
         {"name": "prune", "type": "prune", "sparsity": 0.5, "finetuneSteps": 2}
     ]
+    spec["export"] = {"formats": ["hf"]}  # the last stage, verified by transformers
     spec["metrics"]["port"] = free_port()
     path.write_text(yaml.safe_dump_all([*claims, job]))
 
@@ -134,8 +135,10 @@ def test_helm_installed_operator_trains_a_kubectl_applied_job(
         assert [(s["name"], s["phase"]) for s in status["stages"]] == [
             ("train", "Succeeded"),
             ("prune", "Succeeded"),
+            ("prune.hf", "Succeeded"),
         ], status
-        assert all("evalLoss" in s["metrics"] for s in status["stages"]), status
+        assert all("evalLoss" in s["metrics"] for s in status["stages"][:2]), status
+        assert status["stages"][2]["metrics"]["maxAbsDiff"] <= 1e-4, status
 
         # Outputs on the claim the default StorageClass provisioned, a folder of the cluster.
         claim = core.read_namespaced_persistent_volume_claim("shakespeare-checkpoints", NAMESPACE)
@@ -145,6 +148,9 @@ def test_helm_installed_operator_trains_a_kubectl_applied_job(
         assert outputs.parent == cluster / "volumes"
         assert status["stages"][1]["checkpoint"].startswith(str(outputs / "prune"))
         assert any((outputs / "prune").iterdir())
+        exported = Path(status["stages"][2]["checkpoint"])
+        assert exported == outputs / "exports" / "prune.hf"
+        assert (exported / "config.json").is_file() and (exported / "model.safetensors").is_file()
 
         # The operator pod did it, as its ServiceAccount with a token bound to that pod.
         log = core.read_namespaced_pod_log(operator.metadata.name, NAMESPACE)
