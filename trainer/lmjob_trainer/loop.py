@@ -35,6 +35,7 @@ from lmjob_trainer.mfu import flops_per_token, mfu, peak_flops
 from lmjob_trainer.optim import build_optimizer, build_scheduler
 from lmjob_trainer.parallelize import gradient_sync, parallelize, unwrap
 from lmjob_trainer.session import TrainerSession
+from lmjob_trainer.tensorboard import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ class StageLoop:
     checkpoints: CheckpointManager
     scaler: torch.amp.GradScaler
     history: storage.HistoryWriter | None
+    events: EventLog | None
+    """TensorBoard scalars (rank 0)."""
     flops_per_token: float
     peak_flops: float | None
 
@@ -205,6 +208,7 @@ def build_stage_loop(
         checkpoints=checkpoints,
         scaler=scaler,
         history=storage.HistoryWriter(session.root, stage) if env.is_main else None,
+        events=EventLog(session.root, stage) if env.is_main else None,
         flops_per_token=flops_token,
         peak_flops=peak_flops(env.device, t.precision),
     )
@@ -271,7 +275,9 @@ def train_step(
         not loop.scaler.is_enabled() and not math.isfinite(grad_norm)
     )
     loop.checkpoints.wait_staged()  # an async save must have copied the weights first
-    if not skipped:
+    if skipped:
+        loop.state.skipped_steps += 1
+    else:
         loop.scaler.step(loop.optimizer)
     loop.scaler.update()  # after unscale_, with or without a step: the scale follows the grads
     loop.optimizer.zero_grad(set_to_none=True)
@@ -285,7 +291,6 @@ def _non_finite(session: TrainerSession, loop: StageLoop, result: StepResult) ->
     """A skipped step under `training.nonFinite`: count it, or stop the stage (raises
     NonFiniteLoss) before anything is saved after it. Every rank decides alike."""
     policy, state = loop.training.non_finite, loop.state
-    state.skipped_steps += 1
     session.metrics.record_skipped_steps(loop.stage, state.skipped_steps)
     what = f"loss {result.loss:g}, gradient norm {result.grad_norm:g}"
     saved = loop.checkpoints.last_saved_step
@@ -346,6 +351,18 @@ def _record_step(
                 **({"skipped": True} if result.skipped else {}),
             }
         )
+    if loop.events is not None:
+        loop.events.scalars(
+            step,
+            {
+                "loss": loss,
+                "lr": result.lr,
+                "grad_norm": result.grad_norm,
+                "tokens_per_second": tps,
+                "mfu": utilisation,
+                "skipped_steps": float(loop.state.skipped_steps) if result.skipped else None,
+            },
+        )
     if step == 1 or step % LOG_EVERY == 0 or step == loop.steps:
         session.metrics.record_memory(loop.stage, env.device)
         log.info(
@@ -367,6 +384,8 @@ def _after_step(session: TrainerSession, loop: StageLoop, stop: bool) -> bool:
         _evaluate(session, loop.model, t, loop.stage, state, loop.strategy)
         if loop.history is not None:
             loop.history.write({"step": state.step, "eval_loss": state.last_eval})
+        if loop.events is not None:
+            loop.events.scalars(state.step, {"eval_loss": state.last_eval})
     if stop:
         loop.checkpoints.save(state.step, blocking=True)
         log.warning("stopped by a signal; checkpoint saved", extra={"step": state.step})
@@ -435,6 +454,8 @@ def run_steps(
         checkpoints.close()
         if loop.history is not None:
             loop.history.close()
+        if loop.events is not None:
+            loop.events.close()
         set_log_context(step=None)
     saved = checkpoints.last_saved_step
     return StageResult(
