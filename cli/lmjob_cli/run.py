@@ -93,7 +93,12 @@ def _run(plan: Any, *, tee: bool) -> int:
         f"lmjob run: {plan.job_name}: {plan.num_procs} process(es) running {what}\n"
         f"  storage  {_short(plan.run_dir)}/\n"
         f"  metrics  http://127.0.0.1:{plan.metrics_port}/metrics\n"
-        f"  logs     {_short(plan.run_dir / 'logs')}/",
+        f"  logs     {_short(plan.run_dir / 'logs')}/"
+        + (
+            f"\n  curves   tensorboard --logdir {_short(plan.run_dir / 'tensorboard')}"
+            if plan.config is not None
+            else ""
+        ),
         file=out,
     )
     bar = None if tee else ProgressBar(plan.metrics_port, out, stages=plan.stages)
