@@ -20,7 +20,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support.binaries import BinariesMissing
+from lmjob_cli.localcluster.binaries import BinariesMissing
+from lmjob_cli.localcluster.controlplane import ControlPlane, ControlPlaneError, Options
 from tests.support.clients import (
     KubeClients,
     MintedToken,
@@ -29,7 +30,6 @@ from tests.support.clients import (
     mint_service_account_token,
     wait_for_service_account,
 )
-from tests.support.controlplane import ControlPlane, ControlPlaneError, Options
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 MintToken = Callable[..., MintedToken]
