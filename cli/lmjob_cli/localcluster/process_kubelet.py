@@ -36,6 +36,9 @@ plain process can:
 - status: Running with its IP once started; Succeeded or Failed with the exit code and
   the termination message once the process exits; a pod being deleted gets SIGTERM, then
   SIGKILL after its grace period, and is then removed from the API;
+- GPUs: a node's `--gpus` are capacity for the scheduler, not devices: every container
+  gets CUDA_VISIBLE_DEVICES="" (as a pod the NVIDIA device plugin gave no GPU), so torch
+  sees none and the trainer runs the processes a GPU manifest asks for on CPU with gloo;
 - logs: the Node's endpoint serves each container's log to the API server (`kubectl logs`,
   `lmjob logs`; kubelet_node.py).
 
@@ -71,6 +74,7 @@ from lmjob_cli.localcluster.kubelet_node import KubeletNode
 from lmjob_operator.credentials import DEFAULT_SERVICE_ACCOUNT_DIR, SERVICE_ACCOUNT_DIR_ENV
 from lmjob_trainer.launch import descendants
 
+NO_GPUS_ENV = "CUDA_VISIBLE_DEVICES"
 log = logging.getLogger(__name__)
 
 SOURCE_DIRS = [str(REPO_ROOT / d) for d in ("api", "cli", "operator", "trainer")]
@@ -309,6 +313,9 @@ class ProcessKubelet:
             env[SERVICE_ACCOUNT_DIR_ENV] = mounts[DEFAULT_SERVICE_ACCOUNT_DIR]
         for var in container.env or []:
             env[var.name] = translate(var.value or "")
+        # The node's nvidia.com/gpu exist for the scheduler only: like a pod the device plugin
+        # gave no GPU, every process sees none, so the trainer runs its processes on CPU.
+        env[NO_GPUS_ENV] = ""
         # Inherited by every process of the pod (torchrun's workers too): how `lmjob cluster`
         # finds a killed node's orphans, and nothing else.
         env[POD_DIR_ENV] = str(pod_dir)
