@@ -7,18 +7,25 @@
    into the reconcile loop): the Workload built for a LargeModelJob is accepted and
    admitted by Kueue, a higher-priority one preempts it, `decide` reads each verdict, and
    the status patches it prescribes move Kueue on (requeue, finish), as an operator would.
+3. `lmjob cluster up --kueue`: users get the same Kueue on their dev cluster.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from lmjob_cli.localcluster import lifecycle
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.kueue_workload import (
     QUEUE_LABEL,
@@ -299,3 +306,43 @@ def test_largemodeljob_workload_admitted_preempted_requeued_finished(
             custom.delete_cluster_custom_object(
                 GROUP, VERSION, "workloadpriorityclasses", f"{namespace}-{level}"
             )
+
+
+def test_cluster_up_kueue_runs_kueue_until_down(tmp_path: Path) -> None:
+    source = os.pathsep.join(str(Path(__file__).parents[2] / d) for d in ("api", "cli"))
+
+    def lmjob_cluster(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lmjob_cli.main", "cluster", "--state-dir", str(tmp_path),
+             *args],
+            capture_output=True, text=True, timeout=240,
+            env=dict(os.environ, PYTHONPATH=source),
+        )  # fmt: skip
+
+    try:
+        up = lmjob_cluster("up", "--nodes", "0", "--kueue")
+        assert up.returncode == 0, up.stderr
+        status = lmjob_cluster("status")
+        assert status.returncode == 0 and "kueue" in status.stdout, status.stdout
+        # Kueue's mutating webhook answers: it gives a new ClusterQueue Kueue's finalizer.
+        plane = lifecycle.running_plane(tmp_path)
+        assert plane is not None
+        created = plane.kubectl(
+            "create", "-o", "json", "-f", "-",
+            input=json.dumps(kueue_object("ClusterQueue", "cq", {"resourceGroups": []})),
+        )  # fmt: skip
+        finalizers = json.loads(created.stdout)["metadata"].get("finalizers", [])
+        assert RESOURCE_IN_USE_FINALIZER in finalizers, created.stdout
+        pids = lifecycle.pids(tmp_path)
+    finally:
+        lmjob_cluster("down")
+    assert not [pid for pid in pids if running(pid)], "left running"
+
+
+def running(pid: int) -> bool:
+    """True while `pid` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

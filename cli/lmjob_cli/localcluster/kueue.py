@@ -219,8 +219,13 @@ class Kueue:
     def base_url(self) -> str:
         return f"https://{LOOPBACK}:{self.ports['webhook']}"
 
-    def start(self, *, timeout: float = 90.0, bind_to_parent: bool = True) -> None:
-        """Install CRDs, cert Secret and webhooks, start the process, wait for /readyz."""
+    def start(
+        self, *, timeout: float = 90.0, bind_to_parent: bool = True, record: bool = False
+    ) -> None:
+        """Install CRDs, cert Secret and webhooks, start the process, wait for /readyz.
+
+        `record` adds the process to the control plane's components (and its state file),
+        so `lmjob cluster status|down` see and stop it with the rest."""
         t0 = self._t0 = time.monotonic()
         deadline = t0 + timeout
         binary = find_binaries(["kueue"])["kueue"]
@@ -279,6 +284,9 @@ class Kueue:
                 self.log_path,
             )
             self.component.start(bind_to_parent=bind_to_parent)
+            if record:
+                self.plane.components.append(self.component)
+                self.plane._save_state()
             self._wait_ready(deadline)
             self._milestone("ready")
         except BaseException:
