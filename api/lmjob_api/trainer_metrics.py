@@ -55,6 +55,7 @@ STAGE_RESULT = "stage_result"
 RANK_STEP_SECONDS = "rank_step_seconds"
 RANK_DATA_WAIT_SECONDS = "rank_data_wait_seconds"
 STRAGGLER = "straggler"
+STALLED_SECONDS = "stalled_seconds"
 
 # Per-stage gauges the progress reader takes for the current stage.
 _PROGRESS_SERIES = (STEP, TOTAL_STEPS, LOSS, EVAL_LOSS, TOKENS_PER_SECOND)

@@ -314,6 +314,19 @@ class StragglerSpec(ApiModel):
     )
 
 
+class HangSpec(ApiModel):
+    """When a rank whose step stopped advancing saves its stacks (docs/trainer.md)."""
+
+    timeout_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=86_400,
+        description="Seconds without a completed step before each rank saves its Python stacks "
+        "under <storage>/hangs/ and reports itself stalled. Absent: derived, max(300, 3 × the "
+        "longest step-to-step interval seen), which includes checkpoint saves and evaluations.",
+    )
+
+
 BYTE_VOCAB = 256
 """Vocabulary of the `bytes` tokenizer."""
 
@@ -370,6 +383,10 @@ class TrainingSpec(ApiModel):
     stragglers: StragglerSpec = Field(
         default_factory=StragglerSpec,
         description="Naming ranks whose steps are slower than the others' (status.stragglers).",
+    )
+    hang: HangSpec = Field(
+        default_factory=HangSpec,
+        description="Detecting a step that stopped advancing (a rank stuck in a collective).",
     )
     seed: int = Field(1337, ge=0, description="Seed for weights, data order and dropout.")
 

@@ -30,6 +30,7 @@ from lmjob_trainer.checkpoint import CheckpointManager, ModelState, OptimizerSta
 from lmjob_trainer.data import BatchPlan, TrainLoader, build_batch_plan
 from lmjob_trainer.distributed import all_gather_floats
 from lmjob_trainer.evaluate import autocast
+from lmjob_trainer.hang import HangWatchdog
 from lmjob_trainer.logs import set_log_context
 from lmjob_trainer.mfu import flops_per_token, mfu, peak_flops
 from lmjob_trainer.optim import build_optimizer, build_scheduler
@@ -493,8 +494,16 @@ def run_steps(
     )
     state, checkpoints = loop.state, loop.checkpoints
     interrupted = False
+    watchdog: HangWatchdog | None = None
     try:
         _start_stage(session, loop)
+        watchdog = HangWatchdog(
+            session.root,
+            stage,
+            env.rank,
+            t.hang.timeout_seconds,
+            report=metrics.record_stalled,
+        ).start(state.step)
         while state.step < steps and not state.stopped_early and not interrupted:
             step_started = time.perf_counter()
             set_log_context(step=state.step + 1)
@@ -505,6 +514,7 @@ def run_steps(
             if result.skipped:
                 _non_finite(session, loop, result)
             interrupted = _after_step(session, loop, result.stop)
+            watchdog.beat(state.step)
         if not interrupted:
             checkpoints.save(state.step, blocking=True)
         checkpoints.wait()
@@ -512,6 +522,8 @@ def run_steps(
         metrics.set_stage_phase(stage, "Failed")
         raise
     finally:
+        if watchdog is not None:
+            watchdog.close()
         checkpoints.close()
         if loop.history is not None:
             loop.history.close()

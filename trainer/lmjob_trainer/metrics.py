@@ -153,6 +153,12 @@ class TrainerMetrics:
             registry=r,
         )
         self._stragglers: dict[str, set[tuple[str, str, str]]] = {}
+        self.stalled_seconds = Gauge(
+            names.series(names.STALLED_SECONDS),
+            "Seconds since this pod's local rank 0 last completed a step (hang watchdog)",
+            js,
+            registry=r,
+        )
         if self.exports_job:
             self.world_size.labels(job).set(env.world_size)
             self.restarts.labels(job).set(env.restart_count)
@@ -292,7 +298,13 @@ class TrainerMetrics:
             for stage, phase in self._phase.items()
         ]
 
-    # --- memory (per pod) ---
+    # --- per pod ---
+
+    def record_stalled(self, stage: str, seconds: float) -> None:
+        """From the hang watchdog's thread: every pod says how long it has been stuck, since
+        the rank that serves the job-level series may be the frozen one."""
+        if self.exports_pod:
+            self.stalled_seconds.labels(self.job, stage).set(seconds)
 
     def record_memory(self, stage: str, device: torch.device) -> None:
         if not self.exports_pod:
