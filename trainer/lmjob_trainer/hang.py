@@ -141,14 +141,17 @@ class HangWatchdog:
             from torch._C._distributed_c10d import _dump_nccl_trace
 
             trace = _dump_nccl_trace()
-        except (ImportError, RuntimeError) as err:
+        except Exception as err:  # a private torch API: whatever it raises, stacks come first
             log.info("no NCCL flight recorder dump", extra={"error": str(err)})
             return
         (folder / f"rank-{self.rank}.nccl-trace.pkl").write_bytes(trace)
 
     def _run(self) -> None:
         while not self._stop.wait(self._poll):
-            self.check()
+            try:
+                self.check()
+            except Exception:  # a watchdog that died silently would watch nothing
+                log.exception("hang watchdog check failed")
 
     def close(self) -> None:
         self._stop.set()
