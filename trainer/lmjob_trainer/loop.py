@@ -148,6 +148,8 @@ class StageLoop:
     """(pod, node) of each global rank."""
     slow_seconds: float = 0.0
     """Test hook (stragglers.TEST_SLOW_RANK_ENV): sleep this long in every step."""
+    named_stragglers: tuple[int, ...] = ()
+    """The ranks the last verdict named: a log line when that changes, not every time."""
 
 
 def build_stage_loop(
@@ -269,7 +271,7 @@ def train_step(
 
     A step whose global loss (or, without fp16's loss scaler, gradient norm) is NaN or
     infinite updates nothing: the gradient norm is global after clipping's reduction and
-    the loss after the step's one all-reduce, so every rank decides alike."""
+    the loss after the step's one collective, so every rank decides alike."""
     t, model, plan = loop.training, loop.model, loop.plan
     started = time.perf_counter()
     _seed_step(t.seed, loop.state.step, loop.loader.dp_rank)
@@ -417,8 +419,9 @@ def _record_step(
         if verdict is not None:
             # Every LOG_EVERY steps: thousands of ranks' series are too many to set per step.
             session.metrics.record_ranks(loop.stage, verdict, loop.placements)
-            if verdict.stragglers:
-                log.warning(
+            if verdict.stragglers != loop.named_stragglers:
+                loop.named_stragglers = verdict.stragglers
+                (log.warning if verdict.stragglers else log.info)(
                     "stragglers",
                     extra={
                         "ranks": list(verdict.stragglers),
