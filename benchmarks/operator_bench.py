@@ -1,4 +1,4 @@
-"""Operator benchmarks on the real control plane (tests/support): create latency, API calls, memory.
+"""Operator benchmarks on the real control plane (lmjob_cli.localcluster): create latency, API calls, memory.
 
     python benchmarks/operator_bench.py [--workers 8 64] [--repeats 3] [--jobs 200]
 
@@ -31,6 +31,7 @@ for _dir in (REPO_ROOT, *(REPO_ROOT / d for d in ("operator", "trainer", "cli", 
 
 from kubernetes import client, watch  # noqa: E402
 
+from lmjob_cli.localcluster.controlplane import ControlPlane, Options  # noqa: E402
 from tests.operator.harness import (  # noqa: E402
     OPERATOR_ENV,
     OperatorProcess,
@@ -42,7 +43,6 @@ from tests.operator.harness import (  # noqa: E402
     wait_for,
 )
 from tests.support.clients import build_kube_clients  # noqa: E402
-from tests.support.controlplane import ControlPlane, Options  # noqa: E402
 
 OPERATOR_USER = "system:serviceaccount:lmjob-operator-tests:lmjob-operator"
 
@@ -233,7 +233,7 @@ def main() -> int:
     cpu = platform.processor() or platform.machine()
     print(
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({cpu}), Python "
-        f"{platform.python_version()}, control plane from tests/support (unlimited in-flight), "
+        f"{platform.python_version()}, control plane from lmjob_cli.localcluster (unlimited in-flight), "
         "operator cluster-wide under its own ServiceAccount.\n"
     )
     print("\n".join(job_lines))

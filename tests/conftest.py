@@ -20,7 +20,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support.binaries import BinariesMissing
+from lmjob_cli.localcluster.binaries import BinariesMissing
+from lmjob_cli.localcluster.controlplane import ControlPlane, ControlPlaneError, Options
+from lmjob_cli.localcluster.kueue import Kueue, KueueOptions
 from tests.support.clients import (
     KubeClients,
     MintedToken,
@@ -29,12 +31,12 @@ from tests.support.clients import (
     mint_service_account_token,
     wait_for_service_account,
 )
-from tests.support.controlplane import ControlPlane, ControlPlaneError, Options
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 MintToken = Callable[..., MintedToken]
 
 _started: list[ControlPlane] = []
+_kueues: list[Kueue] = []
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,6 +52,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:
         if plane.startup_s is not None:
             steps = ", ".join(f"{k} {v:.1f}s" for k, v in plane.milestones.items())
             terminalreporter.write_line(f"control-plane start-up: {plane.startup_s:.1f}s ({steps})")
+    for kueue in _kueues:
+        if exitstatus != 0:
+            terminalreporter.write_line(f"kueue log: {kueue.log_path}")
+        if kueue.startup_s is not None:
+            steps = ", ".join(f"{k} {v:.1f}s" for k, v in kueue.milestones.items())
+            terminalreporter.write_line(f"kueue start-up: {kueue.startup_s:.1f}s ({steps})")
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +77,21 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     _started.append(plane)
     yield plane
     plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kueue(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
+    """Kueue's controller manager on the session's control plane (its CRDs and webhooks
+    installed), started on first use: only tests that ask for it pay its ~start-up."""
+    options = KueueOptions(external_frameworks=("LargeModelJob.v1alpha1.lmjob.dev",))
+    instance = Kueue(control_plane, tmp_path_factory.mktemp("kueue"), options)
+    try:
+        instance.start()
+    except (BinariesMissing, ControlPlaneError) as e:
+        pytest.fail(f"kueue failed to start: {e}", pytrace=False)
+    _kueues.append(instance)
+    yield instance
+    instance.stop()
 
 
 @pytest.fixture

@@ -249,11 +249,21 @@ def _size(n: float) -> str:
 
 
 def _print_table(table: list[tuple[str, ...]], out: TextIO) -> None:
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
-        )
+    from lmjob_cli.terminal import print_table
+
+    print_table(out, table[0], table[1:])
+
+
+def _print_curve(plan: Any, out: TextIO) -> None:
+    """The training loss by step (and the evaluations) from the train stage's history."""
+    from lmjob_cli.terminal import loss_curve
+    from lmjob_trainer import storage
+
+    history = storage.read_history(plan.run_dir, storage.TRAIN_STAGE)
+    losses = [(s, r["loss"]) for s, r in sorted(history.items()) if "loss" in r]
+    evals = [(s, r["eval_loss"]) for s, r in sorted(history.items()) if "eval_loss" in r]
+    print(file=out)
+    loss_curve(out, f"{plan.job_name}: training loss", losses, evals)
 
 
 def _difference(value: float | None, tolerance: float | None) -> str:
@@ -309,13 +319,29 @@ def _print_summary(plan: Any, out: TextIO) -> None:
             ],
             out,
         )
+    _print_curve(plan, out)
     if sample:
         print("\nsample from the trained model:\n", file=out)
         print(sample.strip(), file=out)
 
 
+def _numbers(p: Any) -> list[str]:
+    """Loss, evaluation and throughput of a progress reading, as the bar shows them."""
+    parts = []
+    if p.loss is not None:
+        parts.append(f"loss {p.loss:.3f}")
+    if p.eval_loss is not None:
+        parts.append(f"eval {p.eval_loss:.3f}")
+    if p.tokens_per_second:
+        parts.append(f"{p.tokens_per_second / 1000:.1f}k tok/s")
+    if p.restarts:
+        parts.append(f"restarts {p.restarts}")
+    return parts
+
+
 class ProgressBar:
-    """A one-line progress display fed by the rank-0 metrics endpoint (a thread)."""
+    """Progress fed by the rank-0 metrics endpoint (a thread): rich's live bars in a
+    terminal, one plain line every 10 s at most in a log."""
 
     WIDTH = 24
 
@@ -333,17 +359,23 @@ class ProgressBar:
         self._first: dict[str, tuple[float, int]] = {}
         self._last_print = 0.0
         self._last_line = ""
+        self._live: Any = None
+        if self.tty:
+            from lmjob_cli.terminal import LiveProgress
+
+            self._live = LiveProgress(out)
 
     def start(self) -> None:
+        if self._live is not None:
+            self._live.start()
         self._thread.start()
 
     def stop(self) -> None:
         if not self._stop.is_set():
             self._stop.set()
             self._thread.join(timeout=2)
-            if self.tty and self._last_line:
-                self.out.write("\n")
-                self.out.flush()
+            if self._live is not None:
+                self._live.stop()
 
     def _loop(self) -> None:
         from lmjob_trainer.local_run import read_progress
@@ -351,8 +383,19 @@ class ProgressBar:
         started = time.monotonic()
         while not self._stop.wait(self.interval):
             progress = read_progress(self.port, self.stages)
+            if self._live is not None:
+                self._update_live(progress, time.monotonic() - started)
+                continue
             line = self._render(progress, time.monotonic() - started)
             self._show(line)
+
+    def _update_live(self, p: Any, elapsed: float) -> None:
+        if p is None or not p.total_steps:
+            waiting = "waiting for workers" if self._first else "starting workers"
+            self._live.waiting_for(f"{waiting}... {_duration(elapsed)}")
+            return
+        self._first.setdefault(p.stage, (time.monotonic(), p.step))
+        self._live.update(p.stage, p.step, p.total_steps, "  ".join(_numbers(p)))
 
     def _render(self, p: Any, elapsed: float) -> str:
         if p is None or not p.total_steps:
@@ -364,26 +407,16 @@ class ProgressBar:
         done = min(1.0, p.step / p.total_steps)
         filled = int(done * self.WIDTH)
         parts = [
-            f"{p.stage:<8} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {p.step}/{p.total_steps}"
+            f"{p.stage:<8} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {p.step}/{p.total_steps}",
+            *_numbers(p),
         ]
-        if p.loss is not None:
-            parts.append(f"loss {p.loss:.3f}")
-        if p.eval_loss is not None:
-            parts.append(f"eval {p.eval_loss:.3f}")
-        if p.tokens_per_second:
-            parts.append(f"{p.tokens_per_second / 1000:.1f}k tok/s")
         rate = (p.step - first[1]) / max(now - first[0], 1e-6)
         if rate > 0 and p.step < p.total_steps:
             parts.append(f"ETA {_duration((p.total_steps - p.step) / rate)}")
-        if p.restarts:
-            parts.append(f"restarts {p.restarts}")
         return "  ".join(parts)
 
     def _show(self, line: str) -> None:
-        if self.tty:
-            self.out.write("\r\x1b[K" + line)
-            self.out.flush()
-        elif line != self._last_line and time.monotonic() - self._last_print > 10:
+        if line != self._last_line and time.monotonic() - self._last_print > 10:
             # Logs and CI: a line every 10 s at most, not one per poll.
             self.out.write(line + "\n")
             self.out.flush()

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from lmjob_cli.localcluster.binaries import BinariesMissing, find_binaries
 from tests.chart.helm_runs import CHART, REPO, Render, run_helm, write_values
-from tests.support.binaries import BinariesMissing, find_binaries
 
 # Import the packages of the checkout under test, even where the editable install points at
 # another worktree of the repository (the chart is checked against *this* operator's CLI).

@@ -426,7 +426,7 @@ def test_operator_runs_under_the_chart(
 def own_control_plane(tmp_path: Path) -> Iterator[Any]:
     """An API server of this test's own (no controllers needed: the CRD finalizer runs in
     kube-apiserver), for a test that deletes the CRD every other test relies on."""
-    from tests.support.controlplane import ControlPlane, Options
+    from lmjob_cli.localcluster.controlplane import ControlPlane, Options
 
     plane = ControlPlane(
         tmp_path / "plane", Options(controller_manager=False, scheduler=False, crd_dir=None)

@@ -15,9 +15,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support.binaries import find_binaries, pinned_k8s_version
+from lmjob_cli.localcluster.binaries import find_binaries, pinned_k8s_version
+from lmjob_cli.localcluster.controlplane import ControlPlane
 from tests.support.clients import KubeClients, build_kube_clients
-from tests.support.controlplane import ControlPlane
 
 pytestmark = pytest.mark.cluster
 

@@ -144,8 +144,15 @@ def test_scheduler_places_a_pod_on_the_local_node_which_runs_it(
     assert core.read_namespaced_pod_log("hello", NAMESPACE) == "hello\n"
 
 
+# What the trainer is told: no device is visible, whatever the node advertises.
+SEES_GPUS = (
+    "import os; open(os.environ['MESSAGE_FILE'], 'w')"
+    ".write(repr(os.environ.get('CUDA_VISIBLE_DEVICES')))"
+)
+
+
 def test_gpu_pod_pends_until_a_node_with_gpus_joins(cluster: Path, core: client.CoreV1Api) -> None:
-    create_pod(core, "gpu", HELLO, gpus=1)
+    create_pod(core, "gpu", SEES_GPUS, gpus=1)
     eventually(
         lambda: any(
             reason == "FailedScheduling" and "Insufficient nvidia.com/gpu" in message
@@ -161,7 +168,9 @@ def test_gpu_pod_pends_until_a_node_with_gpus_joins(cluster: Path, core: client.
         core.read_node("local-0").status.capacity
     )
     eventually(lambda: phase(core, "gpu") == "Succeeded", "pod gpu to succeed")
-    assert core.read_namespaced_pod("gpu", NAMESPACE).spec.node_name == "local-1"
+    pod = core.read_namespaced_pod("gpu", NAMESPACE)
+    assert pod.spec.node_name == "local-1"
+    assert pod.status.container_statuses[0].state.terminated.message == "''"
 
 
 def test_claims_of_the_default_class_and_host_paths_are_folders(

@@ -1,8 +1,15 @@
 """End to end on the real control plane: a LargeModelJob is created, the operator (under
-its own ServiceAccount) makes the pods, and a process kubelet runs them — the real
+its own ServiceAccount) makes the pods, the real kube-scheduler places them on a local node
+and that node's process kubelet runs them, as `lmjob cluster up`'s nodes do — the real
 rendezvous store and a real torchrun with the built-in trainer. The job trains, compresses
 and succeeds; its progress comes from the running trainer's metrics endpoint and its final
-stage numbers from rank 0's termination message."""
+stage numbers from rank 0's termination message.
+
+Each test has a node of its own, tainted NoSchedule: no other test's pods (those whose
+status the harness plays, Pending for want of a node) are placed there, and the job's
+template tolerates the taint and selects that node by name. The checkpoint claim is bound to
+a hostPath PersistentVolume of the test's own, since the scheduler places no pod whose claim
+is unbound."""
 
 from __future__ import annotations
 
@@ -14,9 +21,11 @@ from pathlib import Path
 import pytest
 
 from lmjob_api.termination import decode_stages
+from lmjob_cli.localcluster.kubelet_node import TAINT
+from lmjob_cli.localcluster.node import build_capacity
+from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
 from lmjob_cli.main import main
 from tests.operator.harness import create_job, free_port, job_status, phase_is, wait_for
-from tests.support.process_kubelet import ProcessKubelet
 
 REPO = Path(__file__).resolve().parents[2]
 SHAKESPEARE = REPO / "examples" / "data" / "tinyshakespeare.txt"
@@ -24,10 +33,17 @@ SHAKESPEARE = REPO / "examples" / "data" / "tinyshakespeare.txt"
 pytestmark = pytest.mark.slow
 
 
-def job_spec(text: Path, steps: int) -> dict:
-    """A tiny GPT on one worker pod of two processes, checkpointing to a claim `ckpt`."""
+def on_node(node: str) -> dict:
+    """workers.template placing the job's pods (the store's too) on test node `node` only."""
+    toleration = {"key": TAINT["key"], "operator": "Exists", "effect": TAINT["effect"]}
+    selector = {"kubernetes.io/hostname": node}
+    return {"spec": {"tolerations": [toleration], "nodeSelector": selector}}
+
+
+def job_spec(text: Path, steps: int, node: str) -> dict:
+    """A tiny GPT on one worker pod of two processes on `node`, checkpointing to claim `ckpt`."""
     return {
-        "workers": {"replicas": 1, "procsPerWorker": 2},
+        "workers": {"replicas": 1, "procsPerWorker": 2, "template": on_node(node)},
         "training": {
             "model": {"layers": 2, "heads": 2, "hidden": 32, "seqLen": 32},
             "data": {"source": str(text)},
@@ -53,14 +69,63 @@ def corpus(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def kubelet(operator, kube, namespace, tmp_path: Path) -> Iterator[ProcessKubelet]:
-    """Runs job `e2e`'s pods on a Node of its own that serves their logs to the API server;
-    stopped (every process killed) after the test."""
+    """This test's node, named as its namespace, with this machine's capacity (as a local
+    cluster's node): runs the pods the scheduler binds to it and serves their logs to the API
+    server; stopped (every process killed, the Node deleted) after the test."""
     node = ProcessKubelet(
-        kube.core, namespace, tmp_path / "node", "lmjob.dev/job-name=e2e", serve_logs=True
+        kube.core,
+        tmp_path / "node",
+        node_name=namespace,
+        capacity=build_capacity(gpus=0),
+        taint=True,
     )
     node.start()
     yield node
     node.stop()
+
+
+@pytest.fixture
+def storage(kubelet: ProcessKubelet, kube, namespace) -> Iterator[Path]:
+    """Claim `ckpt`, bound to a PersistentVolume whose hostPath is the folder the node keeps
+    for that claim; returns that folder."""
+    folder = kubelet.claim_dir("ckpt", namespace)
+    folder.mkdir(parents=True)
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": namespace},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": str(folder)},
+            "claimRef": {"namespace": namespace, "name": "ckpt"},
+        },
+    }
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "ckpt"},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "volumeName": namespace,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    kube.core.create_persistent_volume(volume)
+    kube.core.create_namespaced_persistent_volume_claim(namespace, claim)
+
+    def bound() -> bool:
+        return (
+            kube.core.read_namespaced_persistent_volume_claim("ckpt", namespace).status.phase
+            == "Bound"
+        )
+
+    wait_for(bound, timeout=30, what="claim ckpt bound")
+    yield folder
+    kube.core.delete_persistent_volume(namespace)
 
 
 def wait_for_status(kube, namespace: str, ready: Callable[[dict], bool], what: str) -> dict:
@@ -85,9 +150,9 @@ def lmjob(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str
 
 
 def test_job_trains_compresses_and_succeeds(
-    kubelet: ProcessKubelet, kube, namespace, corpus: Path, control_plane, capsys
+    kubelet: ProcessKubelet, storage: Path, kube, namespace, corpus: Path, control_plane, capsys
 ) -> None:
-    create_job(kube.custom, namespace, "e2e", job_spec(corpus, steps=300))
+    create_job(kube.custom, namespace, "e2e", job_spec(corpus, node=namespace, steps=300))
     running = wait_for_status(
         kube,
         namespace,
@@ -99,13 +164,13 @@ def test_job_trains_compresses_and_succeeds(
     kc = ["--kubeconfig", str(control_plane.kubeconfig), "-n", namespace]
     code, tail, err = lmjob(capsys, "logs", "e2e", "--tail", "3", *kc)
     assert code == 0, err
-    assert len(tail.splitlines()) == 3 and tail in kubelet.log_of("e2e-worker-0"), tail
+    assert len(tail.splitlines()) == 3 and tail in kubelet.log_of("e2e-worker-0", namespace), tail
     code, followed, err = lmjob(capsys, "logs", "e2e", "--follow", *kc)
     assert code == 0, err
     assert " msg=step " in followed and 'msg="trainer done"' in followed, followed[-3000:]
-    assert followed == kubelet.log_of("e2e-worker-0")
+    assert followed == kubelet.log_of("e2e-worker-0", namespace)
     final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=240)
-    worker_log = kubelet.log_of("e2e-worker-0")
+    worker_log = kubelet.log_of("e2e-worker-0", namespace)
     assert kubelet.errors == [], kubelet.errors
     assert kubelet.exit_codes.get("e2e-worker-0") == [0], worker_log[-3000:]
 
@@ -113,7 +178,6 @@ def test_job_trains_compresses_and_succeeds(
     assert running["progress"]["totalSteps"] == 300
     assert running["worldSize"] == 2
 
-    storage = kubelet.claim_dir("ckpt")
     train = json.loads((storage / "train" / "report.json").read_text())
     int8 = json.loads((storage / "int8" / "report.json").read_text())
     assert train["steps"] == 300 and train["worldSize"] == 2
@@ -125,6 +189,7 @@ def test_job_trains_compresses_and_succeeds(
         assert stages["int8"]["metrics"][metric] == pytest.approx(value, rel=1e-5), metric
     # The kubelet's copy of rank 0's last word, which status.stages was read from.
     pod = kube.core.read_namespaced_pod("e2e-worker-0", namespace)
+    assert pod.spec.node_name == namespace  # bound there by the scheduler, not the test
     message = pod.status.container_statuses[0].state.terminated.message
     assert {s.name: s.phase for s in decode_stages(message) or []} == {
         "train": "Succeeded",
@@ -135,16 +200,16 @@ def test_job_trains_compresses_and_succeeds(
 
 
 def test_killed_worker_pod_restarts_the_group_and_resumes(
-    kubelet: ProcessKubelet, kube, namespace, corpus: Path
+    kubelet: ProcessKubelet, storage: Path, kube, namespace, corpus: Path
 ) -> None:
     """SIGKILL of the worker pod's processes (an OOM kill, a crash) mid-training: the pod
     fails with 137, the operator starts a new rendezvous round, and the new workers resume
     from the latest complete checkpoint and finish."""
-    create_job(kube.custom, namespace, "e2e", job_spec(corpus, steps=600))
+    create_job(kube.custom, namespace, "e2e", job_spec(corpus, node=namespace, steps=600))
     at_kill = wait_for_status(kube, namespace, checkpointed, "a first checkpoint")
     kubelet.kill("e2e-worker-0")
     final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=300)
-    worker_log = kubelet.log_of("e2e-worker-0")
+    worker_log = kubelet.log_of("e2e-worker-0", namespace)
     assert kubelet.errors == [], kubelet.errors
     assert kubelet.exit_codes.get("e2e-worker-0") == [137, 0], worker_log[-3000:]
     assert final["restarts"] == 1
@@ -157,30 +222,29 @@ def test_killed_worker_pod_restarts_the_group_and_resumes(
         if "resumed from checkpoint" in line
     ]
     assert resumed and resumed[0] >= at_kill["checkpoint"]["step"], worker_log[-3000:]
-    train = json.loads((kubelet.claim_dir("ckpt") / "train" / "report.json").read_text())
+    train = json.loads((storage / "train" / "report.json").read_text())
     assert train["steps"] == 600 and train["phase"] == "Succeeded"
 
 
 def test_scale_up_mid_training_grows_the_world(
-    kubelet: ProcessKubelet, kube, namespace, kubectl, corpus: Path
+    kubelet: ProcessKubelet, storage: Path, kube, namespace, kubectl, corpus: Path
 ) -> None:
     """`kubectl scale` 1 → 2 while training: the operator adds a pod to the same rendezvous,
     torchrun re-forms the group at the larger size, and training carries on from its
     checkpoint with two processes."""
-    spec = job_spec(corpus, steps=900)
-    spec["workers"] = {"replicas": 1, "minReplicas": 1, "maxReplicas": 2, "procsPerWorker": 1}
+    spec = job_spec(corpus, node=namespace, steps=900)
+    spec["workers"].update(replicas=1, minReplicas=1, maxReplicas=2, procsPerWorker=1)
     create_job(kube.custom, namespace, "e2e", spec)
     wait_for_status(kube, namespace, checkpointed, "a first checkpoint")
     kubectl("scale", "lmj/e2e", "--replicas=2", "-n", namespace)
     final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=300)
-    logs = kubelet.log_of("e2e-worker-0") + kubelet.log_of("e2e-worker-1")
+    logs = kubelet.log_of("e2e-worker-0", namespace) + kubelet.log_of("e2e-worker-1", namespace)
     assert kubelet.errors == [], kubelet.errors
     assert kubelet.exit_codes.get("e2e-worker-0") == [0], logs[-3000:]
     assert kubelet.exit_codes.get("e2e-worker-1") == [0], logs[-3000:]
     assert final["restarts"] == 0  # a resize is not a failure
     history = [
-        json.loads(line)
-        for line in (kubelet.claim_dir("ckpt") / "train" / "history.jsonl").read_text().splitlines()
+        json.loads(line) for line in (storage / "train" / "history.jsonl").read_text().splitlines()
     ]
     sizes = [h["world_size"] for h in history if "world_size" in h]
     assert sizes[0] == 1 and sizes[-1] == 2, sorted(set(sizes))
@@ -203,6 +267,7 @@ def test_scale_up_mid_training_grows_the_world(
 )
 def test_startup_config_error_fails_the_job_fast(
     kubelet: ProcessKubelet,
+    storage: Path,
     kube,
     namespace,
     corpus: Path,
@@ -215,14 +280,14 @@ def test_startup_config_error_fails_the_job_fast(
     recreated — neither torchrun nor the operator retries it."""
     (corpus.parent / "empty-folder").mkdir()
     (corpus.parent / "tiny.txt").write_text("To be.\n")
-    spec = job_spec(corpus, steps=300)
+    spec = job_spec(corpus, node=namespace, steps=300)
     spec["training"]["data"]["source"] = str(corpus.parent / source)
     spec["workers"]["procsPerWorker"] = 1  # one torch import less on a busy 2-core machine
     started = time.monotonic()
     create_job(kube.custom, namespace, "e2e", spec)
     final = wait_for(phase_is(kube.custom, namespace, "e2e", "Failed"), timeout=60)
     seconds = time.monotonic() - started
-    worker_log = kubelet.log_of("e2e-worker-0")
+    worker_log = kubelet.log_of("e2e-worker-0", namespace)
     assert kubelet.errors == [], kubelet.errors
     failed = next(c for c in final["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "ConfigError", failed

@@ -11,7 +11,7 @@ from pathlib import Path
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from tests.support.kubeconfig import build_kubeconfig, write_kubeconfig
+from lmjob_cli.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 
 
 @dataclass

@@ -14,10 +14,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = dt.timedelta(days=7)
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True)
@@ -54,21 +56,25 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> KeyPair:
+def _write(path: Path, cert: x509.Certificate, key: PrivateKey) -> KeyPair:
     cert_path, key_path = path.with_suffix(".crt"), path.with_suffix(".key")
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    # RSA keys as PKCS#1 ("RSA PRIVATE KEY"): the only form some readers take (cert-controller).
+    key_format = (
+        serialization.PrivateFormat.TraditionalOpenSSL
+        if isinstance(key, rsa.RSAPrivateKey)
+        else serialization.PrivateFormat.PKCS8
+    )
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        key.private_bytes(serialization.Encoding.PEM, key_format, serialization.NoEncryption())
     )
     key_path.chmod(0o600)
     return KeyPair(cert_path, key_path)
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key) -> x509.CertificateBuilder:
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key, validity: dt.timedelta = VALIDITY
+) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
@@ -78,18 +84,26 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key) -> x509.Certific
         .serial_number(x509.random_serial_number())
         # Backdate a little: components on the same host can disagree by a clock tick.
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
+        .not_valid_after(now + validity)
     )
 
 
 def _ca(
-    path: Path, common_name: str
-) -> tuple[KeyPair, x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _new_key()
+    path: Path,
+    common_name: str,
+    validity: dt.timedelta = VALIDITY,
+    dns_name: str | None = None,
+    key: PrivateKey | None = None,
+) -> tuple[KeyPair, x509.Certificate, PrivateKey]:
+    key = key or _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = _builder(name, name, key.public_key(), validity)
+    if dns_name:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False
+        )
     cert = (
-        _builder(name, name, key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -113,18 +127,19 @@ def _ca(
 def _leaf(
     path: Path,
     ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
+    ca_key: PrivateKey,
     *,
     common_name: str,
     organizations: tuple[str, ...] = (),
     usage: x509.ObjectIdentifier,
     sans: list[x509.GeneralName] | None = None,
+    validity: dt.timedelta = VALIDITY,
 ) -> KeyPair:
     key = _new_key()
     attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
     attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
     builder = (
-        _builder(x509.Name(attrs), ca_cert.subject, key.public_key())
+        _builder(x509.Name(attrs), ca_cert.subject, key.public_key(), validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
@@ -228,4 +243,61 @@ def build_kubelet_serving(directory: Path) -> KeyPair:
         common_name="lmjob-test-kubelet",
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
         sans=[x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
+    )
+
+
+def build_webhook_serving(
+    directory: Path,
+    common_name: str,
+    *,
+    ca_name: str | None = None,
+    dns_names: tuple[str, ...] = (),
+    validity: dt.timedelta = VALIDITY,
+    rsa_ca: bool = False,
+) -> tuple[KeyPair, KeyPair]:
+    """(CA, serving cert) for a webhook server on 127.0.0.1, written as `ca.crt`/`ca.key` and
+    `tls.crt`/`tls.key` (controller-runtime's default file names) in `directory`.
+
+    The API server dials webhooks by the URL in their configuration and checks the serving
+    cert against that configuration's caBundle: the CA's PEM. `ca_name` (the CA's CN and
+    DNS name), `dns_names`, `validity` and `rsa_ca` (an RSA CA key, in PKCS#1) let a
+    component's own cert manager accept the pair as one it could have made (Kueue's:
+    docs/testing.md, "Kueue")."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if rsa_ca else None
+    ca, ca_cert, ca_key = _ca(
+        directory / "ca", ca_name or f"{common_name}-ca", validity, dns_name=ca_name, key=ca_key
+    )
+    sans: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+        *(x509.DNSName(n) for n in dns_names),
+    ]
+    serving = _leaf(
+        directory / "tls",
+        ca_cert,
+        ca_key,
+        common_name=common_name,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        sans=sans,
+        validity=validity,
+    )
+    return ca, serving
+
+
+def issue_client_cert(pki_dir: Path, name: str, common_name: str, *organizations: str) -> KeyPair:
+    """A client cert signed by the control plane's client CA (in `pki_dir`, as `build_pki`
+    left it), for a component started after the control plane (e.g. Kueue)."""
+    ca_cert = x509.load_pem_x509_certificate((pki_dir / "client-ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key(
+        (pki_dir / "client-ca.key").read_bytes(), password=None
+    )
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+    return _leaf(
+        pki_dir / name,
+        ca_cert,
+        ca_key,
+        common_name=common_name,
+        organizations=organizations,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
     )

@@ -42,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--no-controller-manager", action="store_true")
     up.add_argument("--no-scheduler", action="store_true")
     up.add_argument("--no-crds", action="store_true", help="do not install crds/")
+    up.add_argument(
+        "--kueue",
+        action="store_true",
+        help="also run Kueue (scripts/build-k8s --only kueue) with its CRDs and webhooks",
+    )
     actions.add_parser("down", help="stop the nodes, their pods and the control plane")
     actions.add_parser("status", help="what runs, with pids and logs")
     actions.add_parser("env", help="print the export KUBECONFIG line again")
@@ -72,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         )
         try:
             with contextlib.suppress(KeyboardInterrupt):
-                plane = lifecycle.up(state_dir, options, num_nodes=args.nodes, gpus=args.gpus)
+                plane = lifecycle.up(
+                    state_dir, options, num_nodes=args.nodes, gpus=args.gpus, kueue=args.kueue
+                )
                 print(
                     f"logs: {plane.log_dir}; node folders: {state_dir / 'nodes'}", file=sys.stderr
                 )

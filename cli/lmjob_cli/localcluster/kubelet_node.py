@@ -6,8 +6,9 @@ containerLogs/<ns>/<pod>/<container>` on the node the pod is bound to. So this m
 registers a Node (InternalIP 127.0.0.1, the log server's port as its kubelet endpoint,
 capacity when given), keeps it Ready with lease and status heartbeats (else the node lifecycle
 controller would mark its pods NotReady), and serves each pod's current container log, with
-`tailLines` and `follow`. The test suite's per-namespace kubelet taints its Node NoSchedule, so
-the scheduler never picks it for anyone else's pods; a local cluster's nodes are untainted.
+`tailLines` and `follow`. An end-to-end test's node is tainted NoSchedule, so the scheduler
+places only that test's job there (its pods tolerate the taint and select the node by name);
+a local cluster's nodes are untainted.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class KubeletNode:
         folder: Path,
         source: LogSource,
         *,
-        taint: bool = True,
+        taint: bool = False,
         capacity: dict[str, str] | None = None,
     ) -> None:
         self.core = core
@@ -190,18 +191,6 @@ class KubeletNode:
                     ],
                 }
             },
-        )
-
-    def bind(self, pod: str, namespace: str) -> None:
-        """Bind `pod` to this node, as the scheduler would have."""
-        self.core.create_namespaced_pod_binding(
-            pod,
-            namespace,
-            client.V1Binding(
-                metadata=client.V1ObjectMeta(name=pod),
-                target=client.V1ObjectReference(kind="Node", name=self.name),
-            ),
-            _preload_content=False,  # the answer is a Status, which the client cannot parse
         )
 
     def stop(self) -> None:

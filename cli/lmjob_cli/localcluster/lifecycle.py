@@ -178,8 +178,11 @@ def running_plane(state_dir: Path) -> ControlPlane | None:
     return plane if plane is not None and plane.healthy() else None
 
 
-def up(state_dir: Path, options: Options, *, num_nodes: int, gpus: int) -> ControlPlane:
-    """Start what is not running: the control plane, then nodes local-0..N-1 (`gpus` each).
+def up(
+    state_dir: Path, options: Options, *, num_nodes: int, gpus: int, kueue: bool = False
+) -> ControlPlane:
+    """Start what is not running: the control plane, Kueue if asked, then nodes
+    local-0..N-1 (`gpus` each).
 
     Running nodes are kept as they are (their GPUs included); after a crash, whatever is left
     of the previous cluster is stopped first."""
@@ -196,6 +199,12 @@ def up(state_dir: Path, options: Options, *, num_nodes: int, gpus: int) -> Contr
         plane = ControlPlane(state_dir, options)
         plane.start(bind_to_parent=False)
         log.info("control plane started in %.1fs at %s", plane.startup_s, plane.server)
+    if kueue and not any(c.name == "kueue" and c.alive() for c in plane.components):
+        from lmjob_cli.localcluster.kueue import Kueue
+
+        manager = Kueue(plane, state_dir / "kueue")
+        manager.start(bind_to_parent=False, record=True)
+        log.info("kueue started in %.1fs", manager.startup_s)
     by_name = {n.name: n for n in nodes if node_alive(n)}
     for node in nodes:
         if node.name not in by_name:

@@ -54,11 +54,7 @@ def run_node(kubeconfig: Path, state_dir: Path, name: str, capacity: dict) -> No
 
     api = config.new_client_from_config(config_file=str(kubeconfig))
     kubelet = ProcessKubelet(
-        client.CoreV1Api(api),
-        None,
-        node_root(state_dir, name),
-        node_name=name,
-        capacity=capacity,
+        client.CoreV1Api(api), node_root(state_dir, name), node_name=name, capacity=capacity
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

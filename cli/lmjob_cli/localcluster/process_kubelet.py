@@ -1,5 +1,5 @@
-"""A kubelet that runs pods as local processes: those the scheduler bound to its Node (a local
-cluster's node, `lmjob cluster up`), or every pod of one namespace (the end-to-end tests).
+"""A kubelet that runs pods as local processes: those the real kube-scheduler bound to its Node
+(a local cluster's node, `lmjob cluster up`, and each end-to-end test's node).
 
 There is no container runtime on these machines, so this is the one part of the cluster
 that is played rather than run. It does what a kubelet does for our pods, as far as a
@@ -7,7 +7,7 @@ plain process can:
 
 - volumes: a folder per volume and pod (gone with the pod, as an emptyDir is), holding a
   configMap's keys as files; a persistentVolumeClaim is one folder per claim that outlives
-  pods, as its volume would (under `pvc/<namespace>/` for a node's pods). A process cannot mount, so paths under a volume's
+  pods, as its volume would (`pvc/<namespace>/<claim>`). A process cannot mount, so paths under a volume's
   `mountPath` in the container's command and env are rewritten to that folder, and the
   termination-message path to a file of the pod's own; so are such paths inside the files
   of the pod's configMap volumes (the trainer's config names `data.source` under a mount);
@@ -36,15 +36,16 @@ plain process can:
 - status: Running with its IP once started; Succeeded or Failed with the exit code and
   the termination message once the process exits; a pod being deleted gets SIGTERM, then
   SIGKILL after its grace period, and is then removed from the API;
-- logs (with `serve_logs`, always for a node): pods are bound to a Node of this kubelet's,
-  whose endpoint serves each container's log to the API server (`kubectl logs`,
+- GPUs: a node's `--gpus` are capacity for the scheduler, not devices: every container
+  gets CUDA_VISIBLE_DEVICES="" (as a pod the NVIDIA device plugin gave no GPU), so torch
+  sees none and the trainer runs the processes a GPU manifest asks for on CPU with gloo;
+- logs: the Node's endpoint serves each container's log to the API server (`kubectl logs`,
   `lmjob logs`; kubelet_node.py).
 
-Which pods: with `node_name`, those bound to that Node (spec.nodeName) in every namespace,
-placed there by the real kube-scheduler against the Node's capacity; with `namespace`, every
-pod of that namespace, bound to the kubelet's own tainted Node by the kubelet itself (tests
-that want their pods isolated from the rest of the cluster). Everything else (scheduling,
-owner references, garbage collection, the operator's RBAC) is the real control plane's.
+Which pods: those bound to its Node (spec.nodeName) in every namespace, placed there by the
+real kube-scheduler against the Node's capacity (and its taint, when it has one: the tests'
+nodes do, so only their own job's pods land there). Everything else (scheduling, owner
+references, garbage collection, the operator's RBAC) is the real control plane's.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from lmjob_cli.localcluster.kubelet_node import KubeletNode
 from lmjob_operator.credentials import DEFAULT_SERVICE_ACCOUNT_DIR, SERVICE_ACCOUNT_DIR_ENV
 from lmjob_trainer.launch import descendants
 
+NO_GPUS_ENV = "CUDA_VISIBLE_DEVICES"
 log = logging.getLogger(__name__)
 
 SOURCE_DIRS = [str(REPO_ROOT / d) for d in ("api", "cli", "operator", "trainer")]
@@ -137,27 +139,22 @@ class _Running:
 
 
 class ProcessKubelet:
-    """Runs the pods of `namespace` (those matching `label_selector`), or with `node_name` the
-    pods bound to that Node, until `stop()`."""
+    """Registers Node `node_name` (with `capacity`; tainted NoSchedule with `taint`) and runs
+    the pods bound to it, until `stop()`."""
 
     def __init__(
         self,
         core: client.CoreV1Api,
-        namespace: str | None,
         root: Path,
-        label_selector: str = "",
-        interval: float = 0.2,
         *,
-        serve_logs: bool = False,
-        node_name: str | None = None,
+        node_name: str,
         capacity: dict[str, str] | None = None,
+        taint: bool = False,
+        interval: float = 0.2,
     ) -> None:
-        assert (namespace is None) != (node_name is None), "a namespace or a node, not both"
         self.core = core
-        self.namespace = namespace
         self.node_name = node_name
         self.root = root
-        self.label_selector = label_selector
         self.interval = interval
         self.pods: dict[str, _Running] = {}  # by pod uid
         self.finished: dict[str, int] = {}  # pod uid -> exit code
@@ -167,19 +164,13 @@ class ProcessKubelet:
         self.errors: list[str] = []
         # Where each pod's current incarnation starts in its log file (what `logs` shows).
         self.log_starts: dict[str, int] = {}
-        self.node: KubeletNode | None = None
-        if node_name is not None:
-            self.node = KubeletNode(
-                core, node_name, root / "kubelet", self.current_log, taint=False, capacity=capacity
-            )
-        elif serve_logs:
-            name = f"process-{namespace}"[:63]
-            self.node = KubeletNode(core, name, root / "kubelet", self.current_log)
+        self.node = KubeletNode(
+            core, node_name, root / "kubelet", self.current_log, taint=taint, capacity=capacity
+        )
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> ProcessKubelet:
-        if self.node is not None:
-            self.node.start()
+        self.node.start()
         self._thread.start()
         return self
 
@@ -188,18 +179,15 @@ class ProcessKubelet:
         self._thread.join(10)
         for running in self.pods.values():
             self._kill(running.proc, signal.SIGKILL)
-        if self.node is not None:
-            self.node.stop()
+        self.node.stop()
 
     def _log_path(self, namespace: str, pod: str) -> Path:
-        # A namespace's kubelet keeps its flat layout (tests read it); a node's pods come
-        # from every namespace, where names repeat.
-        folder = self.root / "logs" if self.namespace else self.root / "logs" / namespace
-        return folder / f"{pod}.txt"
+        # A node's pods come from every namespace, where names repeat.
+        return self.root / "logs" / namespace / f"{pod}.txt"
 
-    def log_of(self, pod: str, namespace: str | None = None) -> str:
+    def log_of(self, pod: str, namespace: str) -> str:
         """Everything every incarnation of pod `pod` printed."""
-        path = self._log_path(namespace or self.namespace or "default", pod)
+        path = self._log_path(namespace, pod)
         return path.read_text(errors="replace") if path.exists() else ""
 
     def current_log(self, namespace: str, pod: str) -> tuple[bytes, bool] | None:
@@ -215,22 +203,17 @@ class ProcessKubelet:
             f.seek(start)
             return f.read(), running
 
-    def claim_dir(self, claim: str, namespace: str | None = None) -> Path:
+    def claim_dir(self, claim: str, namespace: str) -> Path:
         """The folder standing for PersistentVolumeClaim `claim`'s volume: the folder of the
         hostPath or local PersistentVolume it is bound to, else one of this kubelet's."""
-        if self.node_name is not None:
-            with contextlib.suppress(ApiException):
-                found = self.core.read_namespaced_persistent_volume_claim(
-                    claim, namespace or "default"
-                )
-                if found.spec.volume_name:
-                    volume = self.core.read_persistent_volume(found.spec.volume_name).spec
-                    source = volume.host_path or volume.local
-                    if source is not None:
-                        return Path(source.path)
-        if self.namespace:
-            return self.root / "pvc" / claim
-        return self.root / "pvc" / (namespace or "default") / claim
+        with contextlib.suppress(ApiException):
+            found = self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+            if found.spec.volume_name:
+                volume = self.core.read_persistent_volume(found.spec.volume_name).spec
+                source = volume.host_path or volume.local
+                if source is not None:
+                    return Path(source.path)
+        return self.root / "pvc" / namespace / claim
 
     def kill(self, pod: str, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to every process of pod `pod`'s container, as an OOM kill or a crash."""
@@ -249,17 +232,10 @@ class ProcessKubelet:
 
     # -- one pass ---------------------------------------------------------------
     def sync(self) -> None:
-        if self.node is not None:
-            self.node.heartbeat()
-        if self.namespace:
-            pods = self.core.list_namespaced_pod(
-                self.namespace, label_selector=self.label_selector
-            ).items
-        else:
-            pods = self.core.list_pod_for_all_namespaces(
-                field_selector=f"spec.nodeName={self.node_name}",
-                label_selector=self.label_selector,
-            ).items
+        self.node.heartbeat()
+        pods = self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={self.node_name}"
+        ).items
         seen = set()
         for pod in pods:
             uid = pod.metadata.uid
@@ -286,7 +262,7 @@ class ProcessKubelet:
         Its process is gone with that incarnation, so a pod it left Running is failed, as a
         container lost with its node; one already finished only needs remembering."""
         phase = pod.status.phase if pod.status else None
-        if self.namespace or phase not in ("Running", "Succeeded", "Failed"):
+        if phase not in ("Running", "Succeeded", "Failed"):
             return False
         if phase == "Running":
             container = pod.spec.containers[0].name
@@ -337,11 +313,12 @@ class ProcessKubelet:
             env[SERVICE_ACCOUNT_DIR_ENV] = mounts[DEFAULT_SERVICE_ACCOUNT_DIR]
         for var in container.env or []:
             env[var.name] = translate(var.value or "")
+        # The node's nvidia.com/gpu exist for the scheduler only: like a pod the device plugin
+        # gave no GPU, every process sees none, so the trainer runs its processes on CPU.
+        env[NO_GPUS_ENV] = ""
         # Inherited by every process of the pod (torchrun's workers too): how `lmjob cluster`
         # finds a killed node's orphans, and nothing else.
         env[POD_DIR_ENV] = str(pod_dir)
-        if self.namespace and self.node is not None and not pod.spec.node_name:
-            self.node.bind(name, namespace)
         log_path = self._log_path(namespace, name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = log_path.open("ab")
