@@ -9,6 +9,8 @@ from __future__ import annotations
 
 CONFIG_ERROR_FILE_ENV = "LMJOB_CONFIG_ERROR_FILE"
 """Names the configuration-error marker (lmjob_trainer.launch)."""
+POD_NAME_ENV = "LMJOB_POD_NAME"
+NODE_NAME_ENV = "LMJOB_NODE_NAME"
 
 WORKER_ENV: dict[str, str] = {
     "PET_NNODES": "Elastic bounds `min:max` of the number of worker pods (torchrun --nnodes).",
@@ -29,6 +31,11 @@ WORKER_ENV: dict[str, str] = {
     "LMJOB_METRICS_PORT": "Port of the trainer's Prometheus endpoint (rank 0 of each pod serves it).",
     "LMJOB_TERMINATION_LOG": "The container's terminationMessagePath: global rank 0 writes every "
     "stage's final phase and results there (lmjob_api.termination), for the operator.",
+    POD_NAME_ENV: "The worker pod's own name (downward API `metadata.name`): the `pod` label of "
+    "the trainer's straggler series.",
+    NODE_NAME_ENV: "The node the pod runs on (downward API `spec.nodeName`): the `node` label of "
+    "the trainer's straggler series. Both come from the pod's own spec, so workers need no "
+    "Kubernetes credentials.",
     CONFIG_ERROR_FILE_ENV: "A file a worker process writes (its one-line error inside) when it "
     "exits with CONFIG_ERROR (78, lmjob_api.exit_codes): the launcher that runs torchrun "
     "(lmjob_trainer.launch) then stops torchrun instead of letting it restart the workers, and "

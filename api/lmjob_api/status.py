@@ -93,6 +93,21 @@ class StageStatus(ApiModel):
     )
 
 
+class StragglerStatus(ApiModel):
+    """A rank whose steps are slower than `training.stragglers.threshold` × the median rank."""
+
+    rank: int = Field(..., ge=0, description="Global rank of the slow process.")
+    pod: str = Field("", description="Its worker pod.")
+    node: str = Field("", description="The node that pod runs on.")
+    step_seconds: float = Field(
+        ..., ge=0, description="Its median step time over the window (its own work, not waits)."
+    )
+    data_wait_seconds: float = Field(
+        0.0, ge=0, description="Of which waiting for its batch (data loading)."
+    )
+    median_seconds: float = Field(..., ge=0, description="The median of all ranks' step times.")
+
+
 class LargeModelJobStatus(ApiModel):
     """Observed state of a LargeModelJob."""
 
@@ -111,6 +126,11 @@ class LargeModelJobStatus(ApiModel):
     progress: ProgressStatus | None = Field(None, description="Training progress.")
     checkpoint: CheckpointStatus | None = Field(None, description="Newest complete checkpoint.")
     stages: list[StageStatus] = Field(default_factory=list, description="Per-stage results.")
+    stragglers: list[StragglerStatus] = Field(
+        default_factory=list,
+        description="Ranks slower than training.stragglers.threshold × the median, as the "
+        "latest scrape says (empty: none); also the Stragglers condition.",
+    )
     start_time: str | None = Field(None, description="When the job first ran (RFC 3339).")
     completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
     observed_generation: int | None = Field(

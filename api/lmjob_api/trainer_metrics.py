@@ -8,12 +8,13 @@ only code that reads them back. No torch, no kopf: both sides import it.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from lmjob_api.status import STAGE_PHASES, StageStatus
+from lmjob_api.status import STAGE_PHASES, StageStatus, StragglerStatus
 
 PREFIX = "lmjob_trainer_"
 
@@ -24,8 +25,13 @@ PHASE = "phase"
 PATH = "path"
 METRIC = "metric"
 KIND = "kind"
+RANK = "rank"
+POD = "pod"
+NODE = "node"
 JOB_LABELS = (JOB,)
 STAGE_LABELS = (JOB, STAGE)
+RANK_LABELS = (JOB, STAGE, RANK)
+STRAGGLER_LABELS = (JOB, STAGE, RANK, POD, NODE)
 
 # Series names (without PREFIX), with their labels in docs/contracts.md.
 STEP = "step"
@@ -46,6 +52,10 @@ WORLD_SIZE = "world_size"
 RESTARTS = "restarts"
 STAGE_INFO = "stage_info"
 STAGE_RESULT = "stage_result"
+RANK_STEP_SECONDS = "rank_step_seconds"
+RANK_DATA_WAIT_SECONDS = "rank_data_wait_seconds"
+STRAGGLER = "straggler"
+STALLED_SECONDS = "stalled_seconds"
 
 # Per-stage gauges the progress reader takes for the current stage.
 _PROGRESS_SERIES = (STEP, TOTAL_STEPS, LOSS, EVAL_LOSS, TOKENS_PER_SECOND)
@@ -71,6 +81,10 @@ class TrainerProgress:
     checkpoint_path: str = ""
     checkpoint_step: int = 0
     stages: tuple[StageStatus, ...] = ()
+    rank_step_seconds: dict[int, float] | None = None
+    """Every rank's median step time in the current stage; None before a full window."""
+    stragglers: tuple[StragglerStatus, ...] = ()
+    """The current stage's stragglers, by rank."""
 
 
 def _finite(value: float | None) -> float | None:
@@ -94,6 +108,9 @@ def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | Non
     results: dict[str, dict[str, float]] = {}
     world_size = restarts = 0
     found = False
+    rank_steps: dict[str, dict[int, float]] = {}
+    rank_waits: dict[str, dict[int, float]] = {}
+    slow: dict[str, dict[int, tuple[str, str]]] = {}
     for family in text_string_to_metric_families(text):
         if not family.name.startswith(PREFIX):
             continue
@@ -119,6 +136,15 @@ def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | Non
                 value = _finite(sample.value)
                 if value is not None:
                     results.setdefault(stage, {})[labels.get(METRIC, "")] = value
+            elif key in (RANK_STEP_SECONDS, RANK_DATA_WAIT_SECONDS, STRAGGLER):
+                rank = _rank(labels)
+                if rank is None:
+                    continue
+                if key == STRAGGLER:
+                    slow.setdefault(stage, {})[rank] = (labels.get(POD, ""), labels.get(NODE, ""))
+                elif math.isfinite(sample.value):
+                    into = rank_steps if key == RANK_STEP_SECONDS else rank_waits
+                    into.setdefault(stage, {})[rank] = sample.value
             elif key in _PROGRESS_SERIES:
                 per_stage.setdefault(stage, {})[key] = sample.value
                 found = True
@@ -142,7 +168,10 @@ def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | Non
         )
         for s in stage_order
     )
+    steps = rank_steps.get(current) or None
     return TrainerProgress(
+        rank_step_seconds=steps,
+        stragglers=_stragglers(steps or {}, rank_waits.get(current, {}), slow.get(current, {})),
         stage=current,
         step=int(values.get(STEP, 0)),
         total_steps=int(values.get(TOTAL_STEPS, 0)),
@@ -154,4 +183,29 @@ def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | Non
         checkpoint_path=path,
         checkpoint_step=ckpt_step,
         stages=stages,
+    )
+
+
+def _rank(labels: dict[str, str]) -> int | None:
+    try:
+        return int(labels.get(RANK, ""))
+    except ValueError:
+        return None
+
+
+def _stragglers(
+    steps: dict[int, float], waits: dict[int, float], slow: dict[int, tuple[str, str]]
+) -> tuple[StragglerStatus, ...]:
+    """The `straggler` series named by rank, with the step times behind the verdict."""
+    median = statistics.median_low(steps.values()) if steps else 0.0
+    return tuple(
+        StragglerStatus(
+            rank=rank,
+            pod=pod,
+            node=node,
+            step_seconds=steps.get(rank, 0.0),
+            data_wait_seconds=waits.get(rank, 0.0),
+            median_seconds=median,
+        )
+        for rank, (pod, node) in sorted(slow.items())
     )

@@ -288,6 +288,45 @@ class NonFiniteSpec(ApiModel):
     )
 
 
+class StragglerSpec(ApiModel):
+    """When a rank counts as a straggler (docs/operator.md, status.stragglers)."""
+
+    threshold: float = Field(
+        1.5,
+        gt=1.0,
+        le=100.0,
+        description="A rank is a straggler when its median step time over the window exceeds "
+        "this many times the median over all ranks.",
+    )
+    window_steps: int = Field(
+        20,
+        ge=2,
+        le=10_000,
+        description="Steps each rank's median is taken over; nobody is named before a full "
+        "window, so one slow step (a checkpoint, a page fault) never is.",
+    )
+    min_excess_seconds: float = Field(
+        0.01,
+        ge=0.0,
+        le=3600.0,
+        description="A straggler is also at least this many seconds per step slower than the "
+        "median: below it, differences are timer and scheduler noise (tiny steps on CPU).",
+    )
+
+
+class HangSpec(ApiModel):
+    """When a rank whose step stopped advancing saves its stacks (docs/trainer.md)."""
+
+    timeout_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=86_400,
+        description="Seconds without a completed step before each rank saves its Python stacks "
+        "under <storage>/hangs/ and reports itself stalled. Absent: derived, max(300, 3 × the "
+        "longest step-to-step interval seen), which includes checkpoint saves and evaluations.",
+    )
+
+
 BYTE_VOCAB = 256
 """Vocabulary of the `bytes` tokenizer."""
 
@@ -340,6 +379,14 @@ class TrainingSpec(ApiModel):
         default_factory=NonFiniteSpec,
         description="A NaN or infinite loss or gradient norm: fail (default) or skip the step. "
         "With fp16, overflowing gradients are the loss scaler's to skip; a non-finite loss is not.",
+    )
+    stragglers: StragglerSpec = Field(
+        default_factory=StragglerSpec,
+        description="Naming ranks whose steps are slower than the others' (status.stragglers).",
+    )
+    hang: HangSpec = Field(
+        default_factory=HangSpec,
+        description="Detecting a step that stopped advancing (a rank stuck in a collective).",
     )
     seed: int = Field(1337, ge=0, description="Seed for weights, data order and dropout.")
 

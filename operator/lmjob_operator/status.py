@@ -53,6 +53,7 @@ WARNING_REASONS = frozenset(
         "PodGroupAPIMissing",
         "PodMonitorAPIMissing",
         "PodCreationForbidden",
+        "StragglersFound",
     }
 )
 
@@ -204,6 +205,18 @@ def build_status(
     ):
         _set(conditions, previous, "Created", True, "WorkersCreated", "worker pods created", now)
 
+    if progress is not None and progress.rank_step_seconds is not None:
+        straggling = bool(progress.stragglers)
+        _set(
+            conditions,
+            previous,
+            "Stragglers",
+            straggling,
+            "StragglersFound" if straggling else "NoStragglers",
+            _stragglers_message(job, progress),
+            now,
+        )
+
     start_time = previous.start_time
     if start_time is None and workers and phase not in (JobPhase.SUSPENDED, JobPhase.FAILED):
         start_time = stamp(now)
@@ -231,9 +244,35 @@ def build_status(
             else previous.checkpoint
         ),
         stages=_stages(job, progress, previous, final_stages(pods, stage_order(job))),
+        stragglers=list(progress.stragglers) if progress is not None else previous.stragglers,
         start_time=start_time,
         completion_time=completion_time,
         observed_generation=(job.metadata.model_extra or {}).get("generation"),
+    )
+
+
+def _stragglers_message(job: LargeModelJob, progress: TrainerProgress) -> str:
+    """Names each straggler, its pod and node and how much slower it is (docs/operator.md)."""
+    t = job.spec.training
+    threshold = t.stragglers.threshold if t is not None else 0.0
+    steps = progress.rank_step_seconds or {}
+    median = progress.stragglers[0].median_seconds if progress.stragglers else 0.0
+    if not progress.stragglers:
+        return (
+            f"no rank slower than {threshold:g}× the median step time over {len(steps)} ranks"
+            f" in stage {progress.stage}"
+        )
+    named = []
+    for s in progress.stragglers:
+        where = " on ".join(x for x in (f"pod {s.pod}" if s.pod else "", s.node) if x)
+        ratio = s.step_seconds / median if median > 0 else float("inf")
+        named.append(
+            f"rank {s.rank}{f' ({where})' if where else ''}: {s.step_seconds:.3g}s per step "
+            f"({s.data_wait_seconds:.3g}s of it waiting for data), {ratio:.1f}× the median"
+        )
+    return (
+        f"stage {progress.stage}, median step {median:.3g}s over {len(steps)} ranks, "
+        f"threshold {threshold:g}×: " + "; ".join(named)
     )
 
 

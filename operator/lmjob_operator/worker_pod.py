@@ -32,7 +32,7 @@ import copy
 from typing import Any
 
 from lmjob_api import LargeModelJob, termination
-from lmjob_api.env import CONFIG_ERROR_FILE_ENV
+from lmjob_api.env import CONFIG_ERROR_FILE_ENV, NODE_NAME_ENV, POD_NAME_ENV
 from lmjob_api.trainer_config import CONFIG_FILE_NAME
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.config_map import needs_config_map
@@ -95,7 +95,7 @@ def build_worker_command(job: LargeModelJob) -> list[str]:
 
 def build_worker_env(
     job: LargeModelJob, rendezvous_round: int, termination_path: str = termination.DEFAULT_PATH
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """The env contract (lmjob_api.env.WORKER_ENV), then the user's workers.env."""
     name, namespace = job.metadata.name, job_namespace(job)
     low, high = job.spec.workers.bounds
@@ -121,7 +121,11 @@ def build_worker_env(
         termination.PATH_ENV: termination_path,
         CONFIG_ERROR_FILE_ENV: CONFIG_ERROR_FILE,
     }
-    out = [{"name": k, "value": v} for k, v in env.items()]
+    out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
+    out += [
+        {"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+        for var, path in ((POD_NAME_ENV, "metadata.name"), (NODE_NAME_ENV, "spec.nodeName"))
+    ]
     out += [{"name": e.name, "value": e.value} for e in job.spec.workers.env]
     return out
 

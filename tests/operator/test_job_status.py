@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from lmjob_api import JobPhase
-from lmjob_api.status import Condition, LargeModelJobStatus, ProgressStatus, StageStatus
+from lmjob_api.status import (
+    Condition,
+    LargeModelJobStatus,
+    ProgressStatus,
+    StageStatus,
+    StragglerStatus,
+)
 from lmjob_api.termination import encode_stages
 from lmjob_api.trainer_metrics import TrainerProgress as Progress
 from lmjob_operator.failures import Action, Verdict
@@ -443,3 +450,58 @@ def test_a_message_that_is_not_ours_is_ignored() -> None:
     ]
     status = build_status(job, pods, None, prev(JobPhase.RUNNING), Verdict(), NOW)
     assert [(s.name, s.phase) for s in status.stages] == [("train", "Pending"), ("q", "Pending")]
+
+
+SLOW = StragglerStatus(
+    rank=3,
+    pod="demo-worker-1",
+    node="node-b",
+    step_seconds=0.5,
+    data_wait_seconds=0.4,
+    median_seconds=0.1,
+)
+TIMES = {0: 0.1, 1: 0.1, 2: 0.1, 3: 0.5}
+
+
+@pytest.mark.parametrize(
+    ("progress", "stragglers", "condition_status", "words"),
+    [
+        (PROGRESS, [], None, []),  # no verdict yet (window not full): no condition
+        (
+            replace(PROGRESS, rank_step_seconds=TIMES, stragglers=(SLOW,)),
+            [SLOW],
+            "True",
+            ["rank 3", "pod demo-worker-1 on node-b", "0.5s per step", "5.0×", "0.4s"],
+        ),
+        (
+            replace(PROGRESS, rank_step_seconds=dict.fromkeys(range(4), 0.1)),
+            [],
+            "False",
+            ["no rank slower than 1.5×", "4 ranks"],
+        ),
+    ],
+    ids=["no-window-yet", "one-straggler", "none"],
+)
+def test_stragglers_reach_status(
+    progress: Progress, stragglers: list, condition_status: str | None, words: list[str]
+) -> None:
+    status = build_status(make_job(), [worker(0), worker(1)], progress, prev(), Verdict(), NOW)
+    assert status.stragglers == stragglers
+    cond = condition(status, "Stragglers")
+    assert (cond.status if cond else None) == condition_status
+    for word in words:
+        assert word in cond.message, cond.message
+
+
+def test_straggler_condition_clears_and_events_say_so() -> None:
+    job, pods = make_job(), [worker(0), worker(1)]
+    slow = replace(PROGRESS, rank_step_seconds=TIMES, stragglers=(SLOW,))
+    first = build_status(job, pods, slow, prev(JobPhase.RUNNING), Verdict(), NOW)
+    [event] = [e for e in transition_events(prev(JobPhase.RUNNING), first) if "rank 3" in e.message]
+    assert (event.type, event.reason) == ("Warning", "StragglersFound")
+    # A scrape that missed keeps the last word; a new verdict without stragglers clears it.
+    assert build_status(job, pods, None, first, Verdict(), NOW).stragglers == [SLOW]
+    well = replace(PROGRESS, rank_step_seconds=dict.fromkeys(range(4), 0.1))
+    later = build_status(job, pods, well, first, Verdict(), NOW)
+    assert later.stragglers == []
+    assert condition(later, "Stragglers").reason == "NoStragglers"

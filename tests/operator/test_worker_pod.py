@@ -565,3 +565,10 @@ def test_config_error_marker_is_on_the_shm_volume() -> None:
     pod = pod_for()
     marker = env_of(pod)["LMJOB_CONFIG_ERROR_FILE"]
     assert marker.startswith(mounts_of(pod)["/dev/shm"]["mountPath"] + "/")
+
+
+def test_pod_and_node_names_come_from_the_downward_api() -> None:
+    """The trainer labels stragglers with its pod and node without Kubernetes credentials."""
+    env = {e["name"]: e for e in main_container(pod_for())["env"]}
+    assert env["LMJOB_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["LMJOB_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}

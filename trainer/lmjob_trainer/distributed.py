@@ -123,3 +123,15 @@ def close_distributed() -> None:
     """Leave the process group; safe to call when it was never joined."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_gather_floats(values: list[float], device: torch.device) -> torch.Tensor:
+    """Every rank's few floats in one collective: a (world size, len(values)) CPU tensor."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    world = dist.get_world_size()
+    if world == 1:
+        return t.unsqueeze(0).cpu()
+    # Flat: gloo's all-gather checks the output's shape as world × the input's.
+    out = torch.empty(world * len(values), dtype=torch.float64, device=device)
+    dist.all_gather_into_tensor(out, t)
+    return out.view(world, len(values)).cpu()

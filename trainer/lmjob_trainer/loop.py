@@ -28,13 +28,15 @@ from lmjob_api.training import Precision, Strategy, TrainingSpec
 from lmjob_trainer import storage
 from lmjob_trainer.checkpoint import CheckpointManager, ModelState, OptimizerState
 from lmjob_trainer.data import BatchPlan, TrainLoader, build_batch_plan
-from lmjob_trainer.distributed import all_reduce_sum
+from lmjob_trainer.distributed import all_gather_floats
 from lmjob_trainer.evaluate import autocast
+from lmjob_trainer.hang import HangWatchdog
 from lmjob_trainer.logs import set_log_context
 from lmjob_trainer.mfu import flops_per_token, mfu, peak_flops
 from lmjob_trainer.optim import build_optimizer, build_scheduler
 from lmjob_trainer.parallelize import gradient_sync, parallelize, unwrap
 from lmjob_trainer.session import TrainerSession
+from lmjob_trainer.stragglers import RankWindow, placements, slow_rank_delay
 from lmjob_trainer.tensorboard import EventLog
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,14 @@ class StageLoop:
     """TensorBoard scalars (rank 0)."""
     flops_per_token: float
     peak_flops: float | None
+    ranks: RankWindow | None = None
+    """Every rank's recent own step times (global rank 0): the straggler verdict."""
+    placements: list[tuple[str, str]] = field(default_factory=list)
+    """(pod, node) of each global rank."""
+    slow_seconds: float = 0.0
+    """Test hook (stragglers.TEST_SLOW_RANK_ENV): sleep this long in every step."""
+    named_stragglers: tuple[int, ...] = ()
+    """The ranks the last verdict named: a log line when that changes, not every time."""
 
 
 def build_stage_loop(
@@ -211,6 +221,18 @@ def build_stage_loop(
         events=EventLog(session.root, stage) if env.is_main else None,
         flops_per_token=flops_token,
         peak_flops=peak_flops(env.device, t.precision),
+        ranks=(
+            RankWindow(
+                env.world_size,
+                t.stragglers.window_steps,
+                t.stragglers.threshold,
+                t.stragglers.min_excess_seconds,
+            )
+            if env.is_main
+            else None
+        ),
+        placements=placements(),
+        slow_seconds=slow_rank_delay(env.rank),
     )
 
 
@@ -236,6 +258,10 @@ class StepResult:
     """Some rank was asked to stop (SIGTERM/SIGINT): every rank saves this step and returns."""
     skipped: bool = False
     """The loss or gradient norm was not finite: the weights were left as they were."""
+    rank_step_seconds: tuple[float, ...] = ()
+    """Each global rank's own time in this step, waits for other ranks left out."""
+    rank_data_wait_seconds: tuple[float, ...] = ()
+    """Of which fetching its batch."""
 
 
 def train_step(
@@ -245,10 +271,15 @@ def train_step(
 
     A step whose global loss (or, without fp16's loss scaler, gradient norm) is NaN or
     infinite updates nothing: the gradient norm is global after clipping's reduction and
-    the loss after the step's one all-reduce, so every rank decides alike."""
+    the loss after the step's one collective, so every rank decides alike."""
     t, model, plan = loop.training, loop.model, loop.plan
+    started = time.perf_counter()
     _seed_step(t.seed, loop.state.step, loop.loader.dp_rank)
     micro_batches = loop.loader.next_step()
+    data_wait = time.perf_counter() - started
+    if loop.slow_seconds:
+        time.sleep(loop.slow_seconds)  # test hook: a straggler on purpose
+    own = 0.0
     loss_share = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
         inputs = batch.inputs.to(device, non_blocking=True)
@@ -259,16 +290,26 @@ def train_step(
             # over the global batch's tokens (BatchPlan.loss_weight); a padding batch
             # weighs 0 but still runs forward and backward, whose collectives must match.
             loss = loop.loss_fn(model, inputs, targets) * plan.loss_weight(batch.samples)
+        if last:
+            # This rank's own time ends here: under DDP the last backward all-reduces the
+            # gradients, where a fast rank waits for the slowest (stragglers.py). On GPU the
+            # clock reads when kernels were queued, not run; the synchronize is the price.
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            own = time.perf_counter() - started
         loop.scaler.scale(loss).backward()
         loss_share += loss.detach()
     loop.scaler.unscale_(loop.optimizer)
     grad_norm = float(_grad_norm(model, t.optimizer.grad_clip))
-    # One small collective per step: the global mean loss, and agreement on a stop request
-    # so that all ranks save the same step and none is left waiting.
+    # One small collective per step: every rank's loss share, stop request and times, so
+    # that every rank computes the global mean loss, all agree on stopping (save the same
+    # step, none left waiting) and rank 0 sees who is slow (an all-gather of 4 floats per
+    # rank costs about what the all-reduce of 2 did).
     # loss_share = Σ b·D/G·L over this rank's micro-batches. Summed over the D dp ranks that
     # is D × the global mean Σ b·L / G; tensor-parallel peers (world = D·tp) hold the same
     # value, so the sum over all ranks divided by the world size is the global mean.
-    loss_total, stops = all_reduce_sum([float(loss_share), float(stop_requested)], device)
+    gathered = all_gather_floats([float(loss_share), float(stop_requested), own, data_wait], device)
+    loss_total, stops = gathered[:, :2].sum(dim=0).tolist()
     loss = loss_total / world_size
     # fp16's scaler skips overflowing gradients itself (and lowers its scale): routine.
     skipped = not math.isfinite(loss) or (
@@ -284,7 +325,15 @@ def train_step(
     lr = loop.scheduler.get_last_lr()[0]
     loop.scheduler.step()
     loop.state.step += 1
-    return StepResult(loss, grad_norm, lr, stop=bool(stops), skipped=skipped)
+    return StepResult(
+        loss,
+        grad_norm,
+        lr,
+        stop=bool(stops),
+        skipped=skipped,
+        rank_step_seconds=tuple(gathered[:, 2].tolist()),
+        rank_data_wait_seconds=tuple(gathered[:, 3].tolist()),
+    )
 
 
 def _non_finite(session: TrainerSession, loop: StageLoop, result: StepResult) -> None:
@@ -363,7 +412,23 @@ def _record_step(
                 "skipped_steps": float(loop.state.skipped_steps) if result.skipped else None,
             },
         )
+    if loop.ranks is not None and result.rank_step_seconds:
+        loop.ranks.observe(result.rank_step_seconds, result.rank_data_wait_seconds)
     if step == 1 or step % LOG_EVERY == 0 or step == loop.steps:
+        verdict = loop.ranks.verdict() if loop.ranks is not None else None
+        if verdict is not None:
+            # Every LOG_EVERY steps: thousands of ranks' series are too many to set per step.
+            session.metrics.record_ranks(loop.stage, verdict, loop.placements)
+            if verdict.stragglers != loop.named_stragglers:
+                loop.named_stragglers = verdict.stragglers
+                (log.warning if verdict.stragglers else log.info)(
+                    "stragglers",
+                    extra={
+                        "ranks": list(verdict.stragglers),
+                        "median_step_s": round(verdict.median_seconds, 4),
+                        "step_s": [round(verdict.step_seconds[r], 4) for r in verdict.stragglers],
+                    },
+                )
         session.metrics.record_memory(loop.stage, env.device)
         log.info(
             "step",
@@ -432,8 +497,16 @@ def run_steps(
     )
     state, checkpoints = loop.state, loop.checkpoints
     interrupted = False
+    watchdog: HangWatchdog | None = None
     try:
         _start_stage(session, loop)
+        watchdog = HangWatchdog(
+            session.root,
+            stage,
+            env.rank,
+            t.hang.timeout_seconds,
+            report=metrics.record_stalled,
+        ).start(state.step)
         while state.step < steps and not state.stopped_early and not interrupted:
             step_started = time.perf_counter()
             set_log_context(step=state.step + 1)
@@ -444,6 +517,7 @@ def run_steps(
             if result.skipped:
                 _non_finite(session, loop, result)
             interrupted = _after_step(session, loop, result.stop)
+            watchdog.beat(state.step)
         if not interrupted:
             checkpoints.save(state.step, blocking=True)
         checkpoints.wait()
@@ -451,6 +525,8 @@ def run_steps(
         metrics.set_stage_phase(stage, "Failed")
         raise
     finally:
+        if watchdog is not None:
+            watchdog.close()
         checkpoints.close()
         if loop.history is not None:
             loop.history.close()

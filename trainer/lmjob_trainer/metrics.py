@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 from lmjob_api import trainer_metrics as names
 from lmjob_api.status import STAGE_PHASES, StageStatus
 from lmjob_trainer.distributed import DistEnv
+from lmjob_trainer.stragglers import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,31 @@ class TrainerMetrics:
             (*js, names.METRIC),
             registry=r,
         )
+        self.rank_step_seconds = Gauge(
+            names.series(names.RANK_STEP_SECONDS),
+            "Each rank's own step time (excluding waits for other ranks), median over the window",
+            names.RANK_LABELS,
+            registry=r,
+        )
+        self.rank_data_wait_seconds = Gauge(
+            names.series(names.RANK_DATA_WAIT_SECONDS),
+            "The data-loading part of rank_step_seconds, median over the window",
+            names.RANK_LABELS,
+            registry=r,
+        )
+        self.straggler = Gauge(
+            names.series(names.STRAGGLER),
+            "Present while a rank is a straggler; value: its step time over the median rank's",
+            names.STRAGGLER_LABELS,
+            registry=r,
+        )
+        self._stragglers: dict[str, set[tuple[str, str, str]]] = {}
+        self.stalled_seconds = Gauge(
+            names.series(names.STALLED_SECONDS),
+            "Seconds since this pod's local rank 0 last completed a step (hang watchdog)",
+            js,
+            registry=r,
+        )
         if self.exports_job:
             self.world_size.labels(job).set(env.world_size)
             self.restarts.labels(job).set(env.restart_count)
@@ -185,6 +212,32 @@ class TrainerMetrics:
         self.step_seconds.labels(*labels).observe(step_seconds)
         if mfu is not None:
             self.mfu.labels(*labels).set(mfu)
+
+    def record_ranks(
+        self,
+        stage: str,
+        verdict: Verdict,
+        placements: Sequence[tuple[str, str]],
+    ) -> None:
+        """Every rank's windowed step and data-wait times, and one `straggler` series per
+        straggler (pod and node from `placements`, by rank); former stragglers' go away."""
+        if not self.exports_job:
+            return
+        for rank, (step, wait) in enumerate(
+            zip(verdict.step_seconds, verdict.data_wait_seconds, strict=True)
+        ):
+            self.rank_step_seconds.labels(self.job, stage, str(rank)).set(step)
+            self.rank_data_wait_seconds.labels(self.job, stage, str(rank)).set(wait)
+        now: set[tuple[str, str, str]] = set()
+        for rank in verdict.stragglers:
+            pod, node = placements[rank] if rank < len(placements) else ("", "")
+            key = (str(rank), pod, node)
+            now.add(key)
+            ratio = verdict.step_seconds[rank] / verdict.median_seconds
+            self.straggler.labels(self.job, stage, *key).set(ratio)
+        for key in self._stragglers.get(stage, set()) - now:
+            self.straggler.remove(self.job, stage, *key)
+        self._stragglers[stage] = now
 
     def record_eval(self, stage: str, loss: float) -> None:
         if self.exports_job:
@@ -245,7 +298,13 @@ class TrainerMetrics:
             for stage, phase in self._phase.items()
         ]
 
-    # --- memory (per pod) ---
+    # --- per pod ---
+
+    def record_stalled(self, stage: str, seconds: float) -> None:
+        """From the hang watchdog's thread: every pod says how long it has been stuck, since
+        the rank that serves the job-level series may be the frozen one."""
+        if self.exports_pod:
+            self.stalled_seconds.labels(self.job, stage).set(seconds)
 
     def record_memory(self, stage: str, device: torch.device) -> None:
         if not self.exports_pod:
