@@ -79,3 +79,35 @@ def test_named_in_cluster(env: dict[str, str], expected: object) -> None:
 def test_named_folder_without_a_server_is_an_error() -> None:
     with pytest.raises(ValueError, match="KUBERNETES_SERVICE_HOST"):
         named_in_cluster({"LMJOB_SERVICE_ACCOUNT_DIR": DEFAULT_SERVICE_ACCOUNT_DIR})
+
+
+def test_downward_api_variables_are_filled_as_a_kubelet_fills_them() -> None:
+    """The worker pods' LMJOB_POD_NAME / LMJOB_NODE_NAME come from fieldRefs (how a
+    straggler's pod and node are named); sources a process cannot have read empty."""
+    from kubernetes.client import (
+        V1EnvVar,
+        V1EnvVarSource,
+        V1ObjectFieldSelector,
+        V1ObjectMeta,
+        V1Pod,
+        V1PodSpec,
+        V1SecretKeySelector,
+    )
+
+    from lmjob_cli.localcluster.process_kubelet import _field
+
+    pod = V1Pod(
+        metadata=V1ObjectMeta(name="gpt-worker-1", namespace="ml", uid="u-1"),
+        spec=V1PodSpec(containers=[], node_name="local-0"),
+    )
+
+    def ref(path: str) -> V1EnvVar:
+        selector = V1ObjectFieldSelector(field_path=path)
+        return V1EnvVar(name="X", value_from=V1EnvVarSource(field_ref=selector))
+
+    assert _field(pod, ref("metadata.name")) == "gpt-worker-1"
+    assert _field(pod, ref("spec.nodeName")) == "local-0"
+    assert _field(pod, ref("metadata.namespace")) == "ml"
+    assert _field(pod, ref("status.podIP")) == "127.0.0.1"
+    secret = V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name="s", key="k"))
+    assert _field(pod, V1EnvVar(name="Y", value_from=secret)) == ""

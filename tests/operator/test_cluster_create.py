@@ -126,9 +126,13 @@ def test_create_makes_every_object(operator, kube, namespace, kubectl) -> None:
             "LMJOB_METRICS_PORT": "9444",
             "LMJOB_TERMINATION_LOG": "/dev/termination-log",
             "LMJOB_CONFIG_ERROR_FILE": "/dev/shm/lmjob-config-error",
+            "LMJOB_POD_NAME": None,  # from the downward API, below
+            "LMJOB_NODE_NAME": None,
             "HF_HOME": "/cache",
             "EXTRA": "1",
         }
+        fields = {e.name: e.value_from.field_ref.field_path for e in worker.env if e.value_from}
+        assert fields == {"LMJOB_POD_NAME": "metadata.name", "LMJOB_NODE_NAME": "spec.nodeName"}
         assert worker.ports[0].container_port == 9444
         assert worker.termination_message_path == "/dev/termination-log"
         assert worker.termination_message_policy == "FallbackToLogsOnError"

@@ -312,7 +312,7 @@ class ProcessKubelet:
         if DEFAULT_SERVICE_ACCOUNT_DIR in mounts:
             env[SERVICE_ACCOUNT_DIR_ENV] = mounts[DEFAULT_SERVICE_ACCOUNT_DIR]
         for var in container.env or []:
-            env[var.name] = translate(var.value or "")
+            env[var.name] = translate(var.value or "") if not var.value_from else _field(pod, var)
         # The node's nvidia.com/gpu exist for the scheduler only: like a pod the device plugin
         # gave no GPU, every process sees none, so the trainer runs its processes on CPU.
         env[NO_GPUS_ENV] = ""
@@ -568,3 +568,21 @@ class ProcessKubelet:
         except ApiException as err:
             if err.status != 404:
                 raise
+
+
+def _field(pod: Any, var: Any) -> str:
+    """A downward-API variable (`valueFrom.fieldRef`) as the kubelet fills it; other sources
+    (secrets, config maps, resources) are not translated and read empty."""
+    ref = var.value_from.field_ref
+    if ref is None:
+        return ""
+    values = {
+        "metadata.name": pod.metadata.name,
+        "metadata.namespace": pod.metadata.namespace,
+        "metadata.uid": pod.metadata.uid,
+        "spec.nodeName": pod.spec.node_name,
+        "spec.serviceAccountName": pod.spec.service_account_name,
+        "status.podIP": POD_IP,
+        "status.hostIP": POD_IP,
+    }
+    return str(values.get(ref.field_path) or "")
