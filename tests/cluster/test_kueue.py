@@ -282,9 +282,11 @@ def test_largemodeljob_workload_admitted_preempted_requeued_finished(
         assert requeue.action == Action.REQUEUE
         patch_status(low, requeue_status(read(low), datetime.now(UTC)))
         wait_for(lambda: decision(high).action == Action.START, timeout=30, what="high admitted")
+        # First Kueue still says why it was preempted, then why it cannot be admitted now.
         waiting = wait_for(
-            lambda: (d := decision(low)).action == Action.WAIT and d.reason == "Pending" and d,
-            timeout=30, what="low pending",
+            lambda: (d := decision(low)).action == Action.WAIT and d.reason == "Pending"
+            and GPU in d.message and d,
+            timeout=60, what="low pending on the GPU quota",
         )  # fmt: skip
         assert GPU in waiting.message, waiting
         assert condition(read(low), "Requeued").get("status") == "True"

@@ -59,12 +59,14 @@ def _run_in_terminal(cmd: list[str], cwd: Path, timeout: float) -> tuple[int, st
     return proc.wait(timeout=30), b"".join(chunks).decode(errors="replace")
 
 
-def test_a_terminal_gets_live_bars_then_tables_and_the_loss_curve(
-    tmp_path: Path, text_file: Path
-) -> None:
-    job = _job(tmp_path, text_file)
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path:
+    return _job(tmp_path_factory.mktemp("tty"), text_file)
+
+
+def test_a_terminal_gets_live_bars_then_tables_and_the_loss_curve(job: Path) -> None:
     code, out = _run_in_terminal(
-        [sys.executable, "-m", "lmjob_cli.main", "run", str(job)], tmp_path, timeout=240
+        [sys.executable, "-m", "lmjob_cli.main", "run", str(job)], job.parent, timeout=240
     )
     assert code == 0, out[-3000:]
     assert ANSI.search(out), "no colours or redraws: not treated as a terminal"
@@ -74,13 +76,11 @@ def test_a_terminal_gets_live_bars_then_tables_and_the_loss_curve(
     assert "tty: training loss" in plain and "┤" in plain and "train loss" in plain
 
 
-def test_a_log_gets_the_same_tables_and_curve_as_plain_text(
-    tmp_path: Path, text_file: Path
-) -> None:
-    job = _job(tmp_path, text_file)
+def test_a_log_gets_the_same_tables_and_curve_as_plain_text(job: Path) -> None:
+    """The same job again, in a pipe: finished, so it only reports (and draws) what is there."""
     proc = subprocess.run(
         [sys.executable, "-m", "lmjob_cli.main", "run", str(job)],
-        cwd=tmp_path,
+        cwd=job.parent,
         env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
