@@ -12,10 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[2]
 SHAKESPEARE = REPO / "examples" / "data" / "tinyshakespeare.txt"
@@ -98,6 +101,24 @@ def losses(root: Path, stage: str = "train") -> dict[int, float]:
     from lmjob_trainer.storage import read_history
 
     return {s: r["loss"] for s, r in read_history(root, stage).items() if "loss" in r}
+
+
+def token_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """Seeded random byte-token ids, shape (batch, length): prompts for export checks."""
+    import torch
+
+    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def greedy(model: Any, ids: torch.Tensor, steps: int) -> torch.Tensor:
+    """lmjob's own greedy generation of `steps` tokens after `ids` (the reference)."""
+    import torch
+
+    with torch.no_grad():
+        for _ in range(steps):
+            logits, _ = model(ids)
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> bool:

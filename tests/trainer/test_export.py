@@ -18,7 +18,7 @@ import torch
 
 from lmjob_trainer.compression import load_stage
 from lmjob_trainer.export import ExportError, export_checkpoint
-from tests.trainer.conftest import tiny_training, torchrun, write_config
+from tests.trainer.conftest import greedy, tiny_training, token_ids, torchrun, write_config
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -60,18 +60,6 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, text_file: Path, data_cach
     return work / "run"
 
 
-def _prompt(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def _greedy(model: torch.nn.Module, ids: torch.Tensor, steps: int) -> torch.Tensor:
-    for _ in range(steps):
-        logits, _ = model(ids)
-        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
-
-
 @pytest.mark.parametrize("stage", STAGES)
 def test_hf_folder_loads_in_transformers_with_lmjob_logits(
     run_dir: Path, tmp_path: Path, stage: str
@@ -83,12 +71,12 @@ def test_hf_folder_loads_in_transformers_with_lmjob_logits(
         tmp_path / "hf", local_files_only=True, dtype=torch.float32
     ).eval()
     assert type(theirs).__name__ == "GPT2LMHeadModel"
-    prompt = _prompt(3, 40, seed=1)
+    prompt = token_ids(3, 40, seed=1)
     with torch.no_grad():
         diff = (theirs(input_ids=prompt).logits - ours(prompt)[0]).abs().max().item()
     assert diff <= TOLERANCE
 
-    start = _prompt(1, 8, seed=2)  # 8 + 50 tokens fit the 64-token context
+    start = token_ids(1, 8, seed=2)  # 8 + 50 tokens fit the 64-token context
     generated = theirs.generate(
         start,
         attention_mask=torch.ones_like(start),
@@ -96,7 +84,7 @@ def test_hf_folder_loads_in_transformers_with_lmjob_logits(
         do_sample=False,
         pad_token_id=0,
     )
-    assert torch.equal(generated, _greedy(ours, start, NEW_TOKENS))
+    assert torch.equal(generated, greedy(ours, start, NEW_TOKENS))
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "ROMEO:\nBut soft, what light — é!"
@@ -122,7 +110,7 @@ def test_onnx_runs_in_onnxruntime_at_other_shapes(
     )
     ours = load_stage(run_dir, stage)
     for batch, length in ((1, 5), (3, 64)):
-        prompt = _prompt(batch, length, seed=batch)
+        prompt = token_ids(batch, length, seed=batch)
         (logits,) = session.run(["logits"], {"input_ids": prompt.numpy()})
         with torch.no_grad():
             expected = ours(prompt)[0].numpy()
@@ -286,7 +274,7 @@ def test_a_hugging_face_model_goes_out_through_its_own_save_pretrained(
     ).eval()
     assert type(theirs).__name__ == "LlamaForCausalLM"
     ours = load_stage(tmp_path / "run", "train")
-    prompt = _prompt(2, 32, seed=3)
+    prompt = token_ids(2, 32, seed=3)
     with torch.no_grad():
         assert (theirs(input_ids=prompt).logits - ours(prompt)[0]).abs().max() <= TOLERANCE
     # Trained: the export holds the checkpoint's weights, not the untouched starting model.

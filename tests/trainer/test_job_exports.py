@@ -23,7 +23,7 @@ from lmjob_api.stage_report import StageReport
 from lmjob_api.termination import decode_error, decode_stages
 from lmjob_trainer import storage
 from lmjob_trainer.compression import load_stage
-from tests.trainer.conftest import subprocess_env, torchrun, write_config
+from tests.trainer.conftest import greedy, subprocess_env, token_ids, torchrun, write_config
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -81,18 +81,6 @@ def example_run(
     return work / "run", log
 
 
-def _prompt(batch: int, length: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def _greedy(model: torch.nn.Module, ids: torch.Tensor, steps: int) -> torch.Tensor:
-    for _ in range(steps):
-        logits, _ = model(ids)
-        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
-
-
 def test_every_stage_is_exported_in_every_format_and_reported(
     example_run: tuple[Path, Path],
 ) -> None:
@@ -129,10 +117,10 @@ def test_transformers_generates_what_lmjob_generates(
     theirs = transformers.AutoModelForCausalLM.from_pretrained(
         storage.export_dir(root, f"{stage}.hf"), local_files_only=True, dtype=torch.float32
     ).eval()
-    prompt = _prompt(2, 48, seed=11)
+    prompt = token_ids(2, 48, seed=11)
     with torch.no_grad():
         assert (theirs(input_ids=prompt).logits - ours(prompt)[0]).abs().max() <= TOLERANCE
-    start = _prompt(1, 10, seed=12)  # 10 + 50 tokens fit the example's 64-token context
+    start = token_ids(1, 10, seed=12)  # 10 + 50 tokens fit the example's 64-token context
     generated = theirs.generate(
         start,
         attention_mask=torch.ones_like(start),
@@ -140,7 +128,7 @@ def test_transformers_generates_what_lmjob_generates(
         do_sample=False,
         pad_token_id=0,
     )
-    assert torch.equal(generated, _greedy(ours, start, NEW_TOKENS))
+    assert torch.equal(generated, greedy(ours, start, NEW_TOKENS))
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -154,7 +142,7 @@ def test_onnxruntime_computes_lmjob_logits_at_other_shapes(
         providers=["CPUExecutionProvider"],
     )
     for batch, length in ((1, 64), (3, 7)):
-        prompt = _prompt(batch, length, seed=batch)
+        prompt = token_ids(batch, length, seed=batch)
         (logits,) = session.run(None, {"input_ids": prompt.numpy()})
         with torch.no_grad():
             expected = ours(prompt)[0]

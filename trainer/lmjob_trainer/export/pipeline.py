@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -43,6 +44,7 @@ def export_checkpoint(
     gguf_type: str | None = None,
 ) -> ExportResult:
     """Export the model at `path` (run folder, stage folder or checkpoint) to `out` in `fmt`."""
+    started = time.perf_counter()
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: unknown format; choose one of {', '.join(FORMATS)}")
     if gguf_type is not None and gguf_type not in GGUF_TYPES:
@@ -92,12 +94,23 @@ def export_checkpoint(
             files=files,
             verification=verification,
             notes=record,
+            seconds=round(time.perf_counter() - started, 3),
         )
         write_json_atomic(tmp / RECORD_FILE, result.to_json())
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported", extra={"format": fmt, "out": str(out), "stage": source.stage})
+    log.info(
+        "exported",
+        extra={
+            "format": fmt,
+            "out": str(out),
+            "stage": source.stage,
+            "bytes": result.bytes,
+            "max_abs_diff": result.verification.max_abs_diff,
+            "runtime": result.verification.runtime,
+        },
+    )
     return result
 
 

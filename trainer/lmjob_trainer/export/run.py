@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 
 from lmjob_api.export import export_name, export_targets
@@ -70,7 +69,6 @@ def _export_one(session: TrainerSession, stage: str, fmt: str, name: str) -> Sta
     from lmjob_trainer.export.pipeline import export_checkpoint
 
     gguf_type = session.config.export.gguf_type
-    started = time.perf_counter()
     try:
         result = export_checkpoint(
             session.root,
@@ -85,22 +83,6 @@ def _export_one(session: TrainerSession, stage: str, fmt: str, name: str) -> Sta
     except Exception:
         session.metrics.set_stage_phase(name, "Failed")
         raise
-    result.seconds = round(time.perf_counter() - started, 3)
-    # export.json again, now with the time: the folder is complete either way.
-    storage.write_json_atomic(
-        storage.export_dir(session.root, name) / storage.EXPORT_RECORD, result.to_json()
-    )
-    v = result.verification
-    log.info(
-        "exported",
-        extra={
-            "format": fmt,
-            "out": result.out,
-            "bytes": result.bytes,
-            "max_abs_diff": v.max_abs_diff,
-            "runtime": v.runtime,
-        },
-    )
     return result.stage_report(name)
 
 
