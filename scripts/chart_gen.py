@@ -3,6 +3,7 @@
 
 - `charts/lmjob/values.schema.json`         from `charts/lmjob/values.yaml` (types + comments)
 - `charts/lmjob/templates/crd-largemodeljobs.yaml`  from `crds/lmjob.dev_largemodeljobs.yaml`
+  (and `crd-largemodelsweeps.yaml` from `crds/lmjob.dev_largemodelsweeps.yaml`)
 - `deploy/kustomize/*.yaml`                 from `helm template` of the chart (needs helm)
 - `deploy/argocd/argocd-cm-patch.yaml`      from the Argo CD health check in Lua
 
@@ -30,6 +31,8 @@ VALUES = CHART / "values.yaml"
 SCHEMA = CHART / "values.schema.json"
 CRD_SOURCE = REPO_ROOT / "crds" / "lmjob.dev_largemodeljobs.yaml"
 CRD_TEMPLATE = CHART / "templates" / "crd-largemodeljobs.yaml"
+SWEEP_CRD_SOURCE = REPO_ROOT / "crds" / "lmjob.dev_largemodelsweeps.yaml"
+SWEEP_CRD_TEMPLATE = CHART / "templates" / "crd-largemodelsweeps.yaml"
 KUSTOMIZE = REPO_ROOT / "deploy" / "kustomize"
 ARGOCD = REPO_ROOT / "deploy" / "argocd"
 HEALTH_LUA = ARGOCD / "lmjob.dev" / "LargeModelJob" / "health.lua"
@@ -153,15 +156,15 @@ def escape_helm(text: str) -> str:
     return text.replace("{{", '{{ "{{" }}')
 
 
-def render_crd_template() -> str:
-    crd = yaml.safe_load(CRD_SOURCE.read_text())
-    assert crd.get("kind") == "CustomResourceDefinition", f"{CRD_SOURCE} holds no CRD"
+def render_crd_template(source: Path = CRD_SOURCE) -> str:
+    crd = yaml.safe_load(source.read_text())
+    assert crd.get("kind") == "CustomResourceDefinition", f"{source} holds no CRD"
     meta = crd["metadata"]
     extra_labels = yaml.safe_dump(meta.get("labels") or {}, sort_keys=True).strip()
     extra_annotations = yaml.safe_dump(meta.get("annotations") or {}, sort_keys=True).strip()
     body = yaml.safe_dump({"spec": crd["spec"]}, sort_keys=False, width=100, allow_unicode=True)
     lines = [
-        f"{{{{- /* {GENERATED} from crds/{CRD_SOURCE.name}: do not edit. */}}}}",
+        f"{{{{- /* {GENERATED} from crds/{source.name}: do not edit. */}}}}",
         "{{- if .Values.crds.enabled }}",
         f"apiVersion: {crd['apiVersion']}",
         f"kind: {crd['kind']}",
@@ -287,6 +290,7 @@ def render_argocd_patch() -> str:
 def build_outputs(helm: str | None, with_kustomize: bool) -> Iterator[tuple[Path, str]]:
     yield SCHEMA, render_values_schema()
     yield CRD_TEMPLATE, render_crd_template()
+    yield SWEEP_CRD_TEMPLATE, render_crd_template(SWEEP_CRD_SOURCE)
     yield ARGOCD_PATCH, render_argocd_patch()
     if with_kustomize:
         for name, text in render_kustomize(find_helm(helm)).items():

@@ -1,4 +1,5 @@
-"""Generates the LargeModelJob CRD from the API models: the one source of its schema.
+"""Generates the CRDs (LargeModelJob, LargeModelSweep) from the API models: the one source
+of their schemas.
 
 pydantic's JSON Schema is rewritten into a structural OpenAPI v3 schema that the
 API server accepts: references inlined, optional fields unwrapped, the stage union
@@ -12,11 +13,14 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
+from lmjob_api import sweep
 from lmjob_api.job import (
     API_VERSION,
     GROUP,
@@ -27,8 +31,8 @@ from lmjob_api.job import (
     VERSION,
     LargeModelJob,
 )
+from lmjob_api.sweep import LargeModelSweep
 
-CRD_FILE_NAME = f"{GROUP}_{PLURAL}.yaml"
 _DROP = {"title", "discriminator"}
 _HEADER = "# Generated from api/lmjob_api by `python -m lmjob_api.crd`. Do not edit.\n"
 
@@ -201,17 +205,96 @@ class _Converter:
         }
 
 
-def build_schema() -> dict[str, Any]:
-    """The structural openAPIV3Schema of LargeModelJob."""
-    raw = LargeModelJob.model_json_schema(by_alias=True, mode="validation")
+@dataclass(frozen=True)
+class Kind:
+    """One custom resource lmjob defines: its model, names and columns."""
+
+    model: type[BaseModel]
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    description: str
+    columns: tuple[dict[str, str], ...]
+    subresources: dict[str, Any]
+
+    @property
+    def file_name(self) -> str:
+        return f"{GROUP}_{self.plural}.yaml"
+
+
+SWEEP_PRINTER_COLUMNS = (
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Sweep phase."},
+    {
+        "name": "Trials",
+        "type": "string",
+        "jsonPath": ".status.summary",
+        "description": "Finished trials / maxTrials.",
+    },
+    {
+        "name": "Pruned",
+        "type": "integer",
+        "jsonPath": ".status.pruned",
+        "description": "Trials stopped early.",
+    },
+    {
+        "name": "Best",
+        "type": "number",
+        "jsonPath": ".status.best.value",
+        "description": "Best objective so far.",
+    },
+    {
+        "name": "Best-Trial",
+        "type": "string",
+        "jsonPath": ".status.best.name",
+        "description": "The best trial's job.",
+        "priority": 1,
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+)
+
+JOB_KIND = Kind(
+    model=LargeModelJob,
+    kind=KIND,
+    plural=PLURAL,
+    singular=SINGULAR,
+    short_names=SHORT_NAMES,
+    description="LargeModelJob trains a model on elastic torchrun workers, then runs its "
+    "compression stages.",
+    columns=tuple(PRINTER_COLUMNS),
+    subresources={
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.workers.replicas",
+            "statusReplicasPath": ".status.workers.active",
+            "labelSelectorPath": ".status.workers.selector",
+        },
+    },
+)
+SWEEP_KIND = Kind(
+    model=LargeModelSweep,
+    kind=sweep.KIND,
+    plural=sweep.PLURAL,
+    singular=sweep.SINGULAR,
+    short_names=sweep.SHORT_NAMES,
+    description="LargeModelSweep searches hyperparameters of a LargeModelJob template with "
+    "Optuna, running each trial as a LargeModelJob and stopping bad ones early.",
+    columns=SWEEP_PRINTER_COLUMNS,
+    subresources={"status": {}},
+)
+KINDS = (JOB_KIND, SWEEP_KIND)
+CRD_FILE_NAME = JOB_KIND.file_name
+
+
+def build_schema(kind: Kind = JOB_KIND) -> dict[str, Any]:
+    """The structural openAPIV3Schema of one kind."""
+    raw = kind.model.model_json_schema(by_alias=True, mode="validation")
     converter = _Converter(raw.pop("$defs", {}))
     schema = converter.convert(raw)
-    schema["description"] = (
-        "LargeModelJob trains a model on elastic torchrun workers, then runs its compression stages."
-    )
+    schema["description"] = kind.description
     props = schema["properties"]
-    props["apiVersion"] = {"type": "string", "description": "lmjob.dev/v1alpha1"}
-    props["kind"] = {"type": "string", "description": "LargeModelJob"}
+    props["apiVersion"] = {"type": "string", "description": API_VERSION}
+    props["kind"] = {"type": "string", "description": kind.kind}
     props["metadata"] = {"type": "object"}
     # kopf may touch `status.kopf` (e.g. for dummy patches); leave it room so it isn't pruned.
     props["status"]["properties"]["kopf"] = {
@@ -222,20 +305,20 @@ def build_schema() -> dict[str, Any]:
     return schema
 
 
-def build_crd() -> dict[str, Any]:
-    """The CustomResourceDefinition manifest."""
+def build_crd(kind: Kind = JOB_KIND) -> dict[str, Any]:
+    """The CustomResourceDefinition manifest of one kind."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{kind.plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": list(kind.short_names),
                 "categories": ["all", "lmjob"],
             },
             "scope": "Namespaced",
@@ -244,43 +327,38 @@ def build_crd() -> dict[str, Any]:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "schema": {"openAPIV3Schema": build_schema()},
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.workers.replicas",
-                            "statusReplicasPath": ".status.workers.active",
-                            "labelSelectorPath": ".status.workers.selector",
-                        },
-                    },
-                    "additionalPrinterColumns": copy.deepcopy(PRINTER_COLUMNS),
+                    "schema": {"openAPIV3Schema": build_schema(kind)},
+                    "subresources": copy.deepcopy(kind.subresources),
+                    "additionalPrinterColumns": copy.deepcopy(list(kind.columns)),
                 }
             ],
         },
     }
 
 
-def render_crd() -> str:
+def render_crd(kind: Kind = JOB_KIND) -> str:
     """The CRD as the YAML text committed under crds/."""
-    return _HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+    return _HEADER + yaml.safe_dump(build_crd(kind), sort_keys=False, width=100)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=f"Generate the {API_VERSION} {KIND} CRD.")
+    parser = argparse.ArgumentParser(description=f"Generate the {API_VERSION} CRDs.")
     parser.add_argument("--out", default="crds", help="directory to write into (default: crds)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a file differs")
     args = parser.parse_args(argv)
-    path = Path(args.out) / CRD_FILE_NAME
-    text = render_crd()
-    if args.check:
-        if not path.exists() or path.read_text() != text:
-            sys.stderr.write(f"{path} is out of date: run `python -m lmjob_api.crd`\n")
-            return 1
-        return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    sys.stdout.write(f"wrote {path} ({len(text.encode())} bytes)\n")
-    return 0
+    stale = 0
+    for kind in KINDS:
+        path = Path(args.out) / kind.file_name
+        text = render_crd(kind)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                sys.stderr.write(f"{path} is out of date: run `python -m lmjob_api.crd`\n")
+                stale = 1
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        sys.stdout.write(f"wrote {path} ({len(text.encode())} bytes)\n")
+    return stale
 
 
 if __name__ == "__main__":

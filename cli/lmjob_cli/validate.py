@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmjob_api.validation import ManifestError, load_documents, validate_job
+from lmjob_api.sweep_checks import validate_manifest
+from lmjob_api.validation import ManifestError, load_documents
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "validate",
-        help="check LargeModelJob manifests offline",
-        description="Check LargeModelJob manifests (multi-document YAML allowed) against the same "
+        help="check LargeModelJob and LargeModelSweep manifests offline",
+        description="Check LargeModelJob and LargeModelSweep manifests (multi-document YAML allowed) against the same "
         "schema and rules the API server enforces. Exit 1 if any is invalid. Documents of other "
         "APIs beside a job (its PersistentVolumeClaims) are skipped.",
     )
@@ -41,14 +42,14 @@ def run(args: argparse.Namespace) -> int:
             if has_job and _other_api(doc):
                 sys.stdout.write(f"{where}: {doc['kind']} skipped (not a LargeModelJob)\n")
                 continue
-            _, problems = validate_job(doc)
+            _, problems = validate_manifest(doc)
             if problems:
                 invalid += 1
                 for problem in problems:
                     sys.stdout.write(f"{where}: {problem}\n")
             else:
                 name = doc.get("metadata", {}).get("name", "?")
-                sys.stdout.write(f"{where}: LargeModelJob {name} is valid\n")
+                sys.stdout.write(f"{where}: {doc.get('kind')} {name} is valid\n")
     return 1 if invalid else 0
 
 

@@ -6,21 +6,25 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from lmjob_api.crd import CRD_FILE_NAME, build_crd, render_crd
+from lmjob_api.crd import CRD_FILE_NAME, KINDS, Kind, build_crd, render_crd
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / CRD_FILE_NAME
 log = logging.getLogger(__name__)
 
 
-def test_committed_crd_matches_models() -> None:
-    assert CRD_PATH.read_text() == render_crd(), "crds/ is stale: run `python -m lmjob_api.crd`"
+@pytest.mark.parametrize("kind", KINDS, ids=[k.kind for k in KINDS])
+def test_committed_crd_matches_models(kind: Kind) -> None:
+    path = REPO / "crds" / kind.file_name
+    assert path.read_text() == render_crd(kind), "crds/ is stale: run `python -m lmjob_api.crd`"
 
 
-def test_crd_size_is_far_below_annotation_limit() -> None:
-    size = len(CRD_PATH.read_bytes())
+@pytest.mark.parametrize("kind", KINDS, ids=[k.kind for k in KINDS])
+def test_crd_size_is_far_below_annotation_limit(kind: Kind) -> None:
+    size = len((REPO / "crds" / kind.file_name).read_bytes())
     log.warning("CRD size: %d bytes (%.1f KiB)", size, size / 1024)
     # Client-side apply stores the object in a 256 KiB annotation; stay far below.
     assert size < 96 * 1024

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from lmjob_api.job import LargeModelJob
+from lmjob_api.sweep_checks import validate_manifest
 from lmjob_api.validation import ManifestError, load_job, validate_job
-from tests.support.invalid_jobs import load_base, load_cases
+from tests.support.invalid_jobs import SWEEP_TABLE, load_base, load_cases, load_sweep_cases
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -49,6 +50,45 @@ def test_invalid_manifest_rejected_by_server(
     assert field in out.stderr, f"{case_id}: server error does not name {field}:\n{out.stderr}"
     _, problems = validate_job(manifest)
     assert problems, f"{case_id}: the server rejects it but lmjob validate accepts it"
+
+
+SWEEP_CASES = load_sweep_cases(server=True)
+SWEEP_OFFLINE_CASES = load_sweep_cases(server=False)
+
+
+def test_sweep_table_base_accepted_by_server(kubectl) -> None:
+    kubectl("create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-",
+            input=yaml.safe_dump(load_base(SWEEP_TABLE)))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case_id", "manifest", "field"), SWEEP_CASES, ids=[c[0] for c in SWEEP_CASES]
+)
+def test_invalid_sweep_rejected_by_server(
+    kubectl, case_id: str, manifest: dict, field: str
+) -> None:
+    out = kubectl(
+        "create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-",
+        input=yaml.safe_dump(manifest), check=False,
+    )  # fmt: skip
+    assert out.returncode != 0, f"{case_id}: the API server accepted it"
+    assert field in out.stderr, f"{case_id}: server error does not name {field}:\n{out.stderr}"
+    _, problems = validate_manifest(manifest)
+    assert problems, f"{case_id}: the server rejects it but lmjob validate accepts it"
+
+
+@pytest.mark.parametrize(
+    ("case_id", "manifest", "field"), SWEEP_OFFLINE_CASES, ids=[c[0] for c in SWEEP_OFFLINE_CASES]
+)
+def test_sweep_checks_the_server_cannot_make(
+    kubectl, case_id: str, manifest: dict, field: str
+) -> None:
+    """What CEL cannot decide (a value applied to the template, a grid's size) is admitted;
+    lmjob validate rejects it and the operator fails the sweep with the same problem."""
+    kubectl("create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-",
+            input=yaml.safe_dump(manifest))  # fmt: skip
+    _, problems = validate_manifest(manifest)
+    assert any(field in str(p) for p in problems), (case_id, problems)
 
 
 @pytest.fixture

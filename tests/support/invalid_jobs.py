@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 TABLE = Path(__file__).resolve().parents[1] / "data" / "invalid_jobs.yaml"
+SWEEP_TABLE = TABLE.with_name("invalid_sweeps.yaml")
 
 
 def _walk(doc: Any, parts: list[str]) -> tuple[Any, str | int]:
@@ -32,11 +33,22 @@ def build_case(base: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def load_cases() -> list[tuple[str, dict[str, Any], str]]:
+def load_cases(table_path: Path = TABLE) -> list[tuple[str, dict[str, Any], str]]:
     """(id, manifest, field the error must name) for every case."""
-    table = yaml.safe_load(TABLE.read_text())
+    table = yaml.safe_load(table_path.read_text())
     return [(c["id"], build_case(table["base"], c), c["field"]) for c in table["cases"]]
 
 
-def load_base() -> dict[str, Any]:
-    return copy.deepcopy(yaml.safe_load(TABLE.read_text())["base"])
+def load_sweep_cases(server: bool) -> list[tuple[str, dict[str, Any], str]]:
+    """The invalid-sweep table's cases the API server rejects (`server`) or only lmjob's own
+    checks do (a bound the job rejects, a grid past maxTrials: the operator marks those)."""
+    table = yaml.safe_load(SWEEP_TABLE.read_text())
+    return [
+        (c["id"], build_case(table["base"], c), c["field"])
+        for c in table["cases"]
+        if c.get("server", True) == server
+    ]
+
+
+def load_base(table_path: Path = TABLE) -> dict[str, Any]:
+    return copy.deepcopy(yaml.safe_load(table_path.read_text())["base"])
