@@ -16,6 +16,7 @@ from collections.abc import Sequence
 SUBCOMMAND_MODULES = (
     "lmjob_cli.validate",
     "lmjob_cli.run",
+    "lmjob_cli.sweep",
     "lmjob_cli.cluster",
     "lmjob_cli.localcluster.command",
     "lmjob_cli.export",

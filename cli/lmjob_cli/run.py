@@ -45,6 +45,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="stream the workers' logs to the terminal instead of a progress bar",
     )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="storage folder: checkpoints, reports, logs (default ./runs/<job>)",
+    )
     parser.set_defaults(handler=run_command)
 
 
@@ -69,7 +75,11 @@ def run_command(args: argparse.Namespace) -> int:
     from lmjob_trainer.local_run import plan_local_run
 
     plan, problems = plan_local_run(
-        job, args.manifest, cwd=Path.cwd(), cuda_devices=torch.cuda.device_count()
+        job,
+        args.manifest,
+        cwd=Path.cwd(),
+        cuda_devices=torch.cuda.device_count(),
+        run_dir=args.dir,
     )
     if plan is None:
         _print_problems(str(args.manifest), problems)

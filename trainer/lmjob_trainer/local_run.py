@@ -127,14 +127,20 @@ def _previous_model_problem(run_dir: Path, config: TrainerConfig) -> Problem | N
 
 
 def plan_local_run(
-    job: LargeModelJob, manifest: Path, *, cwd: Path, cuda_devices: int
+    job: LargeModelJob,
+    manifest: Path,
+    *,
+    cwd: Path,
+    cuda_devices: int,
+    run_dir: Path | None = None,
 ) -> tuple[LocalRunPlan | None, list[Problem]]:
-    """The local run of a validated job, or the problems that stop it from running here."""
+    """The local run of a validated job, or the problems that stop it from running here.
+    Storage goes to `run_dir` (default `<cwd>/runs/<job>`)."""
     spec = job.spec
     name = job.metadata.name
     procs = spec.workers.procs_per_worker or (cuda_devices or 1)
     num_procs = spec.workers.replicas * procs
-    run_dir = (cwd / RUNS_DIR / name).resolve()
+    run_dir = (run_dir or cwd / RUNS_DIR / name).resolve()
     restarts = 0 if spec.run_policy.restart_policy == "Never" else spec.run_policy.backoff_limit
     env = {
         "LMJOB_CHECKPOINT_DIR": str(run_dir),
