@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -222,6 +223,9 @@ def sweep_command(args: argparse.Namespace) -> int:
 
     display = SweepDisplay(out)
     started = time.monotonic()
+    # `kill` (SIGTERM) stops the sweep as Ctrl-C does: its trials, in their own process
+    # groups, would otherwise run on without it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         status = run_sweep(
             sweep, args.manifest.parent, sweep_dir, parallel=args.parallel, on_step=display.update
