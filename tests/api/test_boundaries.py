@@ -108,7 +108,14 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 @pytest.mark.parametrize(
-    "folder", ["api/lmjob_api", "operator/lmjob_sweep", "operator/lmjob_operator", "trainer/lmjob_trainer", "cli/lmjob_cli"]
+    "folder",
+    [
+        "api/lmjob_api",
+        "operator/lmjob_sweep",
+        "operator/lmjob_operator",
+        "trainer/lmjob_trainer",
+        "cli/lmjob_cli",
+    ],
 )
 def test_no_import_cycles(folder: str) -> None:
     """Each module depends one way: model.py chooses hf_model.py, and both use causal_lm.py."""

@@ -8,9 +8,9 @@ import math
 from typing import Any
 
 import pytest
-from lmjob_sweep.engine import TrialObservation, decide
 
 from lmjob_api.sweep import LargeModelSweepSpec, LargeModelSweepStatus, SweepPhase, TrialState
+from lmjob_sweep.engine import TrialObservation, decide
 
 STEPS = 60
 EVERY = 10
