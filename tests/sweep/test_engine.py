@@ -126,8 +126,9 @@ def test_median_rule_prunes_and_the_best_is_the_lowest_complete_value() -> None:
     assert all(t.step < STEPS for t in pruned)
 
 
-def test_status_is_the_only_state_a_restart_changes_nothing() -> None:
-    spec = _spec(algorithm={"type": "tpe", "seed": 3, "startupTrials": 2})
+@pytest.mark.parametrize("algorithm", ["tpe", "cmaes", "random"])
+def test_status_is_the_only_state_a_restart_changes_nothing(algorithm: str) -> None:
+    spec = _spec(algorithm={"type": algorithm, "seed": 3, "startupTrials": 2})
     straight = _run(spec, FakeCluster())
     cluster = FakeCluster()
     restarted = _run(spec, cluster, restart_every=1)
