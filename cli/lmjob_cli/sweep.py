@@ -160,7 +160,12 @@ def run_sweep(
             if trial.state not in FINISHED_TRIAL_STATES:
                 trials.start(trial.name, trial_spec(template, trial.parameters))
         while True:
-            observed = {t.name: trials.observe(t.name) for t in (status.trials if status else ())}
+            # Finished trials are settled: the engine reads only the others.
+            observed = {
+                t.name: trials.observe(t.name)
+                for t in (status.trials if status else ())
+                if t.state not in FINISHED_TRIAL_STATES
+            }
             decision = decide(name, spec, status, observed, now_rfc3339())
             status = decision.status
             # Saved before acting on it: a crash between the two redoes the actions, no more.
@@ -268,8 +273,9 @@ def _print_result(sweep: Any, status: Any, base: Path, sweep_dir: Path, out: Tex
     from lmjob_cli.sweep_trials import job_manifest, rebase_paths
     from lmjob_cli.terminal import print_table
 
-    print(file=out)
-    print_table(out, HEADERS, trial_rows(status))
+    if not (out.isatty() and sys.stderr.isatty()):  # else the live table's last frame shows it
+        print(file=out)
+        print_table(out, HEADERS, trial_rows(status))
     print(
         f"\n{sweep.metadata.name}: {status.phase.value}: {status.completed} complete, "
         f"{status.pruned} pruned, {status.failed} failed",
