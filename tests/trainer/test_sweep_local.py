@@ -204,3 +204,24 @@ def test_sweep_refuses_another_sweeps_state(tmp_path: Path, text_file: Path) -> 
     sweep, problems = load_sweep(manifest)
     assert not problems
     assert read_state(state, sweep).phase == "Running"
+
+
+REBASES = [
+    # (source path in the template, manifest moved from a/ to b/c/, expected)
+    ("data/x.txt", "../../a/data/x.txt"),
+    ("/abs/x.txt", "/abs/x.txt"),
+    ("bytes", "bytes"),
+]
+
+
+@pytest.mark.parametrize(("source", "expected"), REBASES)
+def test_rebase_paths_keeps_naming_the_same_file(
+    tmp_path: Path, source: str, expected: str
+) -> None:
+    from lmjob_cli.sweep_trials import rebase_paths
+
+    spec = {"training": {"data": {"source": source, "tokenizer": source}, "steps": 3}}
+    out = rebase_paths(spec, tmp_path / "a", tmp_path / "b" / "c")
+    assert out["training"]["data"] == {"source": expected, "tokenizer": expected}
+    assert spec["training"]["data"]["source"] == source  # the input is not changed
+    assert "model" not in out["training"]
