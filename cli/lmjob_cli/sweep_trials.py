@@ -106,6 +106,7 @@ class LocalTrials:
         self.env = env or {}
         self._procs: dict[str, _Process] = {}
         self._exits: dict[str, int] = {}
+        self._histories: dict[str, dict[int, dict[str, Any]]] = {}
 
     def run_dir(self, name: str) -> Path:
         return self.root / name
@@ -186,14 +187,23 @@ class LocalTrials:
 
     def step(self, name: str) -> int:
         """The newest training step of the trial's history (0 before the first)."""
-        history = storage.read_history(self.run_dir(name), storage.TRAIN_STAGE)
-        return max(history, default=0)
+        return max(self._history(name), default=0)
+
+    def _history(self, name: str) -> dict[int, dict[str, Any]]:
+        """The trial's training history; the last whole read while a line is half written."""
+        # A ValueError: the trainer is appending a line right now.
+        with contextlib.suppress(ValueError):
+            self._histories[name] = storage.read_history(self.run_dir(name), storage.TRAIN_STAGE)
+        return self._histories.get(name, {})
 
     def observe(self, name: str) -> TrialObservation:
         """What the engine sees of trial `name`: its process, evaluations and finished stages.
         A trial with no process in this session and none finished does not exist."""
+        # Whether it exited first, its files second: a trial seen to have exited has
+        # written all it will (read the other way round, a report could be missed).
+        self.poll()
         run_dir = self.run_dir(name)
-        history = storage.read_history(run_dir, storage.TRAIN_STAGE)
+        history = self._history(name)
         reports = tuple(
             (step, float(r["eval_loss"])) for step, r in sorted(history.items()) if "eval_loss" in r
         )
@@ -202,7 +212,6 @@ class LocalTrials:
             report = storage.read_report(run_dir, stage)
             if report is not None and report.phase == "Succeeded":
                 metrics[stage] = dict(report.metrics)
-        self.poll()
         if name in self._procs:
             compressing = storage.TRAIN_STAGE in metrics and len(self.stages) > 1
             phase = "Compressing" if compressing else "Running"
