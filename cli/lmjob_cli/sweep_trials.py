@@ -73,6 +73,17 @@ def job_manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGTERM when `lmjob sweep` dies, even by SIGKILL, so no
+    trial runs on unwatched beside its resumed self (Linux; elsewhere a no-op)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def free_port(busy: set[int]) -> int:
     """A TCP port nothing listens on now, outside `busy`."""
     while True:
@@ -144,6 +155,7 @@ class LocalTrials:
                 # Its own process group: stopping a trial reaches its workers, and the
                 # terminal's Ctrl-C reaches only `lmjob sweep`, which stops trials itself.
                 start_new_session=True,
+                preexec_fn=_stop_with_parent,
             )
         self._procs[name] = _Process(proc, spec["metrics"]["port"])
         log.debug("trial %s started (pid %d)", name, proc.pid)
