@@ -31,12 +31,11 @@ def trial_rows(status: Any, step_of: Callable[[str], int] | None = None) -> list
     rows = []
     for t in status.trials:
         step = step_of(t.name) if step_of is not None and t.state == "Running" else t.step
-        state = t.state.value + (f" ({t.reason})" if t.reason and t.state == "Pruned" else "")
         rows.append(
             (
                 str(t.number),
                 format_parameters(t.parameters),
-                state,
+                t.state.value,  # the reason is in sweep.json and the log lines
                 str(step or t.step),
                 _loss(t.last_value),
                 _loss(t.best_value),
