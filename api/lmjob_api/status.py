@@ -93,6 +93,19 @@ class StageStatus(ApiModel):
     )
 
 
+# status.evaluations keeps this many, the newest (last stages, highest steps); at about 40
+# bytes each that is ~10 kB of status, well under etcd's object limit.
+EVALUATIONS_KEPT = 256
+
+
+class EvaluationStatus(ApiModel):
+    """One evaluation of the model: its stage, the optimiser step it ran after, its loss."""
+
+    stage: str = Field(..., description="Stage name: `train` or a compression stage's.")
+    step: int = Field(..., ge=0, description="Optimiser step of the stage it ran after.")
+    loss: float = Field(..., description="Evaluation loss (finite).")
+
+
 class StragglerStatus(ApiModel):
     """A rank whose steps are slower than `training.stragglers.threshold` × the median rank."""
 
@@ -126,6 +139,11 @@ class LargeModelJobStatus(ApiModel):
     progress: ProgressStatus | None = Field(None, description="Training progress.")
     checkpoint: CheckpointStatus | None = Field(None, description="Newest complete checkpoint.")
     stages: list[StageStatus] = Field(default_factory=list, description="Per-stage results.")
+    evaluations: list[EvaluationStatus] = Field(
+        default_factory=list,
+        description="Evaluation losses seen so far, by stage and step; the newest "
+        f"{EVALUATIONS_KEPT} are kept.",
+    )
     stragglers: list[StragglerStatus] = Field(
         default_factory=list,
         description="Ranks slower than training.stragglers.threshold × the median, as the "

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from lmjob_api.status import STAGE_PHASES, StageStatus, StragglerStatus
+from lmjob_api.status import STAGE_PHASES, EvaluationStatus, StageStatus, StragglerStatus
 
 PREFIX = "lmjob_trainer_"
 
@@ -28,16 +28,19 @@ KIND = "kind"
 RANK = "rank"
 POD = "pod"
 NODE = "node"
+AT_STEP = "step"  # the optimiser step an evaluation ran after (eval_history)
 JOB_LABELS = (JOB,)
 STAGE_LABELS = (JOB, STAGE)
 RANK_LABELS = (JOB, STAGE, RANK)
 STRAGGLER_LABELS = (JOB, STAGE, RANK, POD, NODE)
+EVAL_HISTORY_LABELS = (JOB, STAGE, AT_STEP)
 
 # Series names (without PREFIX), with their labels in docs/contracts.md.
 STEP = "step"
 TOTAL_STEPS = "total_steps"
 LOSS = "loss"
 EVAL_LOSS = "eval_loss"
+EVAL_HISTORY = "eval_history"
 LEARNING_RATE = "learning_rate"
 GRAD_NORM = "grad_norm"
 SKIPPED_STEPS = "skipped_steps"
@@ -85,6 +88,8 @@ class TrainerProgress:
     """Every rank's median step time in the current stage; None before a full window."""
     stragglers: tuple[StragglerStatus, ...] = ()
     """The current stage's stragglers, by rank."""
+    evaluations: tuple[EvaluationStatus, ...] = ()
+    """The evaluations rank 0 still exports (`eval_history`), in stage order, then by step."""
 
 
 def _finite(value: float | None) -> float | None:
@@ -100,6 +105,8 @@ def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | Non
     - `stage_order` (`train`, then the spec's compression stages) orders `stages` and picks
       the current stage: the last Running one, else the last that started (not Pending or
       Skipped), else the last with any series;
+    - `eval_history` gives `evaluations`, ordered by `stage_order` (unknown stages after,
+      by name), then step;
     - non-finite numbers (a diverged loss) read as None: status cannot carry NaN.
     """
     per_stage: dict[str, dict[str, float]] = {}
@@ -111,6 +118,7 @@ def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | Non
     rank_steps: dict[str, dict[int, float]] = {}
     rank_waits: dict[str, dict[int, float]] = {}
     slow: dict[str, dict[int, tuple[str, str]]] = {}
+    evals: dict[tuple[str, int], float] = {}
     for family in text_string_to_metric_families(text):
         if not family.name.startswith(PREFIX):
             continue
@@ -137,7 +145,7 @@ def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | Non
                 if value is not None:
                     results.setdefault(stage, {})[labels.get(METRIC, "")] = value
             elif key in (RANK_STEP_SECONDS, RANK_DATA_WAIT_SECONDS, STRAGGLER):
-                rank = _rank(labels)
+                rank = _int_label(labels, RANK)
                 if rank is None:
                     continue
                 if key == STRAGGLER:
@@ -145,6 +153,10 @@ def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | Non
                 elif math.isfinite(sample.value):
                     into = rank_steps if key == RANK_STEP_SECONDS else rank_waits
                     into.setdefault(stage, {})[rank] = sample.value
+            elif key == EVAL_HISTORY:
+                at = _int_label(labels, AT_STEP)
+                if at is not None and at >= 0 and math.isfinite(sample.value):
+                    evals[(stage, at)] = sample.value
             elif key in _PROGRESS_SERIES:
                 per_stage.setdefault(stage, {})[key] = sample.value
                 found = True
@@ -183,14 +195,35 @@ def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | Non
         checkpoint_path=path,
         checkpoint_step=ckpt_step,
         stages=stages,
+        evaluations=_evaluations(evals, stage_order),
     )
 
 
-def _rank(labels: dict[str, str]) -> int | None:
+def _int_label(labels: dict[str, str], name: str) -> int | None:
     try:
-        return int(labels.get(RANK, ""))
+        return int(labels.get(name, ""))
     except ValueError:
         return None
+
+
+def evaluation_order(
+    stage_order: Sequence[str],
+) -> Callable[[EvaluationStatus], tuple[int, str, int]]:
+    """Sort key of evaluations: the stage's place in `stage_order` (unknown stages after,
+    by name), then the step. The operator merges status.evaluations in the same order."""
+    place = {name: i for i, name in enumerate(stage_order)}
+
+    def key(e: EvaluationStatus) -> tuple[int, str, int]:
+        return (place.get(e.stage, len(place)), e.stage, e.step)
+
+    return key
+
+
+def _evaluations(
+    evals: dict[tuple[str, int], float], stage_order: Sequence[str]
+) -> tuple[EvaluationStatus, ...]:
+    found = [EvaluationStatus(stage=s, step=at, loss=v) for (s, at), v in evals.items()]
+    return tuple(sorted(found, key=evaluation_order(stage_order)))
 
 
 def _stragglers(

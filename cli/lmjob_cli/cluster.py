@@ -25,10 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("-n", "--namespace", help="namespace (default: the context's)")
 
     p = subparsers.add_parser(
-        "submit", parents=[common], help="validate a manifest and create the job on the cluster"
+        "submit",
+        parents=[common],
+        help="validate a manifest and create the job (or sweep) on the cluster",
     )
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--wait", action="store_true", help="wait until the job finishes")
+    p.add_argument("--wait", action="store_true", help="wait until the job (or sweep) finishes")
     p.set_defaults(handler=_guard(submit))
 
     p = subparsers.add_parser("status", parents=[common], help="show a job's status")
@@ -100,10 +102,14 @@ def _clients(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return client.CustomObjectsApi(api), client.CoreV1Api(api), args.namespace or default_ns
 
 
+_KINDS = {"LargeModelJob": "largemodeljob", "LargeModelSweep": "largemodelsweep"}
+
+
 def submit(args: argparse.Namespace) -> int:
     import copy
 
-    from lmjob_api.validation import ManifestError, load_documents, validate_job
+    from lmjob_api.sweep_checks import validate_manifest
+    from lmjob_api.validation import ManifestError, load_documents
 
     try:
         docs = load_documents(args.file)
@@ -111,41 +117,60 @@ def submit(args: argparse.Namespace) -> int:
         for problem in err.problems:
             sys.stderr.write(f"{args.file}: {problem}\n")
         return 1
-    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "LargeModelJob"] or docs
-    if len(jobs) != 1:
-        sys.stderr.write(f"{args.file}: expected one LargeModelJob, found {len(jobs)} documents\n")
+    ours = [d for d in docs if isinstance(d, dict) and d.get("kind") in _KINDS] or docs
+    if len(ours) != 1:
+        sys.stderr.write(
+            f"{args.file}: expected one LargeModelJob or LargeModelSweep, found {len(ours)} "
+            "documents\n"
+        )
         return 1
-    job, problems = validate_job(jobs[0])
+    obj, problems = validate_manifest(ours[0])
     if problems:
         for problem in problems:
             sys.stderr.write(f"{args.file}: {problem}\n")
         return 1
     custom, _, namespace = _clients(args)
     # The manifest as written (the API server applies the defaults), in the chosen namespace.
-    body = copy.deepcopy(jobs[0])
+    body = copy.deepcopy(ours[0])
     body.pop("status", None)
-    namespace = args.namespace or job.metadata.namespace or namespace
+    namespace = args.namespace or obj.metadata.namespace or namespace
     body["metadata"]["namespace"] = namespace
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    name = job.metadata.name
-    sys.stdout.write(f"largemodeljob/{name} created in {namespace}\n")
+    singular = _KINDS[body["kind"]]
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, f"{singular}s", body)
+    name = obj.metadata.name
+    sys.stdout.write(f"{singular}/{name} created in {namespace}\n")
     if args.wait:
-        return _wait_finished(custom, namespace, name)
+        return _wait_finished(custom, namespace, name, f"{singular}s")
     return 0
 
 
-def _wait_finished(custom: Any, namespace: str, name: str) -> int:
+def _wait_finished(custom: Any, namespace: str, name: str, plural: str = PLURAL) -> int:
     last = ""
     while True:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
         st = obj.get("status") or {}
-        line = _one_line(obj)
+        line = _one_line(obj) if plural == PLURAL else _sweep_line(obj)
         if line != last:
             sys.stdout.write(line + "\n")
             last = line
         if st.get("phase") in ("Succeeded", "Failed"):
             return 0 if st["phase"] == "Succeeded" else 1
         time.sleep(2)
+
+
+def _sweep_line(obj: dict[str, Any]) -> str:
+    st = obj.get("status") or {}
+    best = st.get("best") or {}
+    value = best.get("value")
+    return "  ".join(
+        [
+            f"{obj['metadata']['name']:<24}",
+            f"{st.get('phase', 'Pending'):<10}",
+            f"trials {st.get('summary', '0/?'):<8}",
+            f"pruned {st.get('pruned', 0):<4}",
+            f"best {'-' if value is None else f'{value:.4g}'} {best.get('name', '')}",
+        ]
+    )
 
 
 def status(args: argparse.Namespace) -> int:

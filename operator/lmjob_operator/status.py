@@ -23,13 +23,15 @@ from datetime import UTC, datetime, timedelta
 from lmjob_api import JobPhase, LargeModelJob, LargeModelJobStatus
 from lmjob_api.export import stage_order as export_stage_order
 from lmjob_api.status import (
+    EVALUATIONS_KEPT,
     CheckpointStatus,
     Condition,
+    EvaluationStatus,
     ProgressStatus,
     StageStatus,
     WorkersStatus,
 )
-from lmjob_api.trainer_metrics import TrainerProgress
+from lmjob_api.trainer_metrics import TrainerProgress, evaluation_order
 from lmjob_operator.failures import Action, Verdict
 from lmjob_operator.naming import worker_selector
 from lmjob_operator.pod_view import PodView, parse_time
@@ -244,11 +246,30 @@ def build_status(
             else previous.checkpoint
         ),
         stages=_stages(job, progress, previous, final_stages(pods, stage_order(job))),
+        evaluations=(
+            merge_evaluations(previous.evaluations, progress.evaluations, stage_order(job))
+            if progress is not None
+            else previous.evaluations
+        ),
         stragglers=list(progress.stragglers) if progress is not None else previous.stragglers,
         start_time=start_time,
         completion_time=completion_time,
         observed_generation=(job.metadata.model_extra or {}).get("generation"),
     )
+
+
+def merge_evaluations(
+    previous: Sequence[EvaluationStatus],
+    scraped: Sequence[EvaluationStatus],
+    stage_order: Sequence[str],
+) -> list[EvaluationStatus]:
+    """status.evaluations: the union of what status held and what the scrape says, by (stage,
+    step), the scrape's loss winning; in stage order, then step; the newest EVALUATIONS_KEPT.
+    The trainer exports only its recent evaluations and forgets them on a restart, so status
+    is where every one seen stays (an operator restart reads it back as `previous`)."""
+    merged = {(e.stage, e.step): e for e in previous}
+    merged.update({(e.stage, e.step): e for e in scraped})
+    return sorted(merged.values(), key=evaluation_order(stage_order))[-EVALUATIONS_KEPT:]
 
 
 def _stragglers_message(job: LargeModelJob, progress: TrainerProgress) -> str:

@@ -31,6 +31,8 @@ def _modules_after_import(module: str) -> set[str]:
         ("lmjob_api", {"torch", "kopf", "kubernetes"}),
         ("lmjob_api.crd", {"torch", "kopf", "kubernetes"}),
         ("lmjob_api.trainer_config", {"torch", "kopf", "kubernetes"}),
+        ("lmjob_api.sweep_checks", {"torch", "kopf", "kubernetes", "optuna"}),
+        ("lmjob_sweep.engine", {"torch", "kopf", "kubernetes"}),
         ("lmjob_operator", {"torch"}),
         ("lmjob_cli.main", {"torch", "kopf", "kubernetes"}),
         ("lmjob_trainer", {"kopf", "kubernetes"}),
@@ -106,7 +108,14 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 @pytest.mark.parametrize(
-    "folder", ["api/lmjob_api", "operator/lmjob_operator", "trainer/lmjob_trainer", "cli/lmjob_cli"]
+    "folder",
+    [
+        "api/lmjob_api",
+        "operator/lmjob_sweep",
+        "operator/lmjob_operator",
+        "trainer/lmjob_trainer",
+        "cli/lmjob_cli",
+    ],
 )
 def test_no_import_cycles(folder: str) -> None:
     """Each module depends one way: model.py chooses hf_model.py, and both use causal_lm.py."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lmjob_cli.cluster import format_status
 from lmjob_cli.main import main
 from tests.operator.harness import get_job, live_pod_names, phase_is, run_pods, wait_for
+from tests.support.invalid_jobs import load_sweep_cases
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,6 +68,16 @@ def test_submit_rejects_invalid_manifest_offline(tmp_path: Path, capsys) -> None
     code, _, err = lmjob(capsys, "submit", str(bad), "--kubeconfig", str(tmp_path / "none"))
     assert code == 1
     assert "spec.workers.minReplicas" in err
+
+
+def test_submit_rejects_a_sweep_the_server_would_admit(tmp_path: Path, capsys) -> None:
+    """A sweep whose bound breaks the job's own rules: CEL cannot see it, submit does."""
+    case_id, manifest, field = next(c for c in load_sweep_cases(server=False))
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text(yaml.safe_dump(manifest))
+    code, _, err = lmjob(capsys, "submit", str(bad), "--kubeconfig", str(tmp_path / "none"))
+    assert code == 1, case_id
+    assert field in err and "Traceback" not in err
 
 
 def test_format_status() -> None:

@@ -168,6 +168,10 @@ def test_job_trains_compresses_and_succeeds(
     }
     assert final["workers"]["summary"] == "0/1"
     assert final["restarts"] == 0
+    # Every evaluation the scrapes saw (evaluation.everySteps 100) stays in status.
+    seen = [(e["stage"], e["step"]) for e in final["evaluations"]]
+    assert seen and seen == sorted(set(seen)), final["evaluations"]
+    assert all(stage == "train" and step % 100 == 0 for stage, step in seen), seen
 
 
 def test_killed_worker_pod_restarts_the_group_and_resumes(

@@ -10,7 +10,9 @@ import pytest
 
 from lmjob_api import JobPhase
 from lmjob_api.status import (
+    EVALUATIONS_KEPT,
     Condition,
+    EvaluationStatus,
     LargeModelJobStatus,
     ProgressStatus,
     StageStatus,
@@ -505,3 +507,70 @@ def test_straggler_condition_clears_and_events_say_so() -> None:
     later = build_status(job, pods, well, first, Verdict(), NOW)
     assert later.stragglers == []
     assert condition(later, "Stragglers").reason == "NoStragglers"
+
+
+def evals(stage: str, *steps_and_losses: tuple[int, float]) -> list[EvaluationStatus]:
+    return [EvaluationStatus(stage=stage, step=s, loss=v) for s, v in steps_and_losses]
+
+
+PRUNED = {"compression": {"stages": [{"name": "prune", "type": "prune", "finetuneSteps": 10}]}}
+MANY = evals("train", *((s, 3.0 - s / 1000) for s in range(300)))
+
+
+# (case id, previous status.evaluations, scraped ones (None: no scrape), expected)
+EVALUATION_CASES = [
+    ("no scrape: the list stands", evals("train", (100, 2.0)), None, evals("train", (100, 2.0))),
+    (
+        "first scrape",
+        [],
+        evals("train", (100, 2.0), (200, 1.9)),
+        evals("train", (100, 2.0), (200, 1.9)),
+    ),
+    (
+        "union by stage and step, the scrape wins",
+        evals("train", (100, 2.0), (200, 1.9)),
+        evals("train", (200, 1.8), (300, 1.7)),
+        evals("train", (100, 2.0), (200, 1.8), (300, 1.7)),
+    ),
+    (
+        "trainer restarted: its new export lacks the old ones, status keeps them",
+        evals("train", (100, 2.0), (200, 1.9)),
+        evals("train", (300, 1.7)),
+        evals("train", (100, 2.0), (200, 1.9), (300, 1.7)),
+    ),
+    (
+        "stage order, not name order, then step",
+        evals("train", (300, 1.7)),
+        [*evals("prune", (10, 1.6), (5, 1.65)), *evals("train", (300, 1.7))],
+        [*evals("train", (300, 1.7)), *evals("prune", (5, 1.65), (10, 1.6))],
+    ),
+    (
+        "the newest 256 are kept",
+        MANY,
+        evals("prune", (5, 1.65)),
+        [*MANY[-(EVALUATIONS_KEPT - 1) :], *evals("prune", (5, 1.65))],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("previous", "scraped", "expected"),
+    [c[1:] for c in EVALUATION_CASES],
+    ids=[c[0] for c in EVALUATION_CASES],
+)
+def test_every_evaluation_seen_stays_in_status(
+    previous: list[EvaluationStatus],
+    scraped: list[EvaluationStatus] | None,
+    expected: list[EvaluationStatus],
+) -> None:
+    """status.evaluations gathers every scrape's eval_history, so neither a missed scrape, a
+    trainer restart nor an operator restart (which reads status back) loses one."""
+    job, pods = make_job(PRUNED), [worker(0), worker(1)]
+    progress = None if scraped is None else replace(PROGRESS, evaluations=tuple(scraped))
+    status = build_status(job, pods, progress, prev(evaluations=previous), Verdict(), NOW)
+    assert status.evaluations == expected
+    assert len(status.evaluations) <= EVALUATIONS_KEPT
+    # Reading the same scrape again changes nothing, so status is not rewritten.
+    assert build_status(job, pods, progress, status, Verdict(), NOW).evaluations == (
+        status.evaluations
+    )

@@ -28,6 +28,7 @@ def exposition(
     results: dict[str, dict[str, float]] | None = None,
     restarts: int = 0,
     eval_loss: dict[str, float] | None = None,
+    eval_history: dict[tuple[str, str], float] | None = None,
 ) -> str:
     """The text a worker serves; without `rank0` only per-pod series (memory) are present."""
     reg = CollectorRegistry()
@@ -48,6 +49,9 @@ def exposition(
     evals = Gauge("lmjob_trainer_eval_loss", "e", labels, registry=reg)
     for stage, value in (eval_loss or {}).items():
         evals.labels("demo", stage).set(value)
+    history = Gauge("lmjob_trainer_eval_history", "h", [*labels, "step"], registry=reg)
+    for (stage, at), value in (eval_history or {}).items():
+        history.labels("demo", stage, at).set(value)
     info = Gauge("lmjob_trainer_stage_info", "i", [*labels, "phase"], registry=reg)
     ckpt = Gauge("lmjob_trainer_checkpoint_info", "c", [*labels, "path"], registry=reg)
     result = Gauge("lmjob_trainer_stage_result", "r", [*labels, "metric"], registry=reg)
@@ -163,6 +167,27 @@ def test_eval_loss_and_restarts() -> None:
     )
     progress = parse_scrape(text, STAGES)
     assert (progress.eval_loss, progress.restarts) == (1.75, 2)
+
+
+def test_eval_history() -> None:
+    """Every exported evaluation, in stage order then by step (not the text's order, which is
+    by label value); non-finite losses and steps that are not numbers are left out."""
+    text = exposition(
+        phases={"train": "Succeeded", "prune": "Running"},
+        steps={"prune": (20, 50, 1.4)},
+        eval_history={
+            ("prune", "20"): 1.45,
+            ("train", "100"): 1.9,
+            ("prune", "10"): 1.5,
+            ("train", "20"): 2.5,
+            ("train", "300"): float("nan"),
+            ("train", "last"): 1.0,
+            ("train", "-1"): 1.0,
+        },
+    )
+    got = [(e.stage, e.step, e.loss) for e in parse_scrape(text, STAGES).evaluations]
+    assert got == [("train", 20, 2.5), ("train", 100, 1.9), ("prune", 10, 1.5), ("prune", 20, 1.45)]
+    assert parse_scrape(exposition(steps={"train": (1, 10, 2.0)}), STAGES).evaluations == ()
 
 
 def test_stage_reports() -> None:

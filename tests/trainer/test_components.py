@@ -16,7 +16,7 @@ from lmjob_api.training import ModelSpec, ScheduleSpec
 from lmjob_trainer.data import TokenStream, eval_batches, load_splits, prepare_data
 from lmjob_trainer.distributed import DistEnv
 from lmjob_trainer.logs import LogfmtFormatter, set_log_context
-from lmjob_trainer.metrics import TrainerMetrics
+from lmjob_trainer.metrics import EVAL_HISTORY_SIZE, TrainerMetrics
 from lmjob_trainer.model import GPT, Block, build_model, count_params
 from lmjob_trainer.optim import lr_factor
 from lmjob_trainer.tokenizer import ByteTokenizer
@@ -128,7 +128,7 @@ def test_metrics_follow_the_contract() -> None:
     metrics.record_step(
         "train", step=1, loss=2.0, lr=0.1, grad_norm=1.0, tokens_per_second=5.0, step_seconds=0.5
     )
-    metrics.record_eval("train", 1.9)
+    metrics.record_eval("train", 1, 1.9)
     metrics.record_checkpoint_saved("train", 0.2)
     metrics.record_checkpoint_loaded("train", 0.1)
     metrics.record_checkpoint_complete("train", "/c/train/step-000000001", 1)
@@ -143,6 +143,7 @@ def test_metrics_follow_the_contract() -> None:
         'lmjob_trainer_total_steps{job="j",stage="train"} 10.0',
         'lmjob_trainer_loss{job="j",stage="train"} 2.0',
         'lmjob_trainer_eval_loss{job="j",stage="train"} 1.9',
+        'lmjob_trainer_eval_history{job="j",stage="train",step="1"} 1.9',
         'lmjob_trainer_learning_rate{job="j",stage="train"} 0.1',
         'lmjob_trainer_grad_norm{job="j",stage="train"} 1.0',
         'lmjob_trainer_tokens_per_second{job="j",stage="train"} 5.0',
@@ -176,6 +177,7 @@ def test_metrics_follow_the_contract() -> None:
         progress.checkpoint_path,
         progress.checkpoint_step,
     ) == ("train", 1, 10, 2.0, 1.9, 5.0, 4, 2, "/c/train/step-000000002", 2)
+    assert [(e.stage, e.step, e.loss) for e in progress.evaluations] == [("train", 1, 1.9)]
     assert list(progress.stages) == metrics.stage_summary()
 
     # Local rank 0 of another pod: memory only; a non-local-0 process: nothing.
@@ -183,6 +185,7 @@ def test_metrics_follow_the_contract() -> None:
     other_pod.record_step(
         "train", step=1, loss=2.0, lr=0.1, grad_norm=1.0, tokens_per_second=5.0, step_seconds=0.5
     )
+    other_pod.record_eval("train", 1, 1.9)
     other_pod.record_memory("train", torch.device("cpu"))
     samples = [
         line
@@ -199,6 +202,27 @@ def test_metrics_follow_the_contract() -> None:
         for line in generate_latest(quiet.registry).decode().splitlines()
         if not line.startswith("#")
     ] == []
+
+
+def test_eval_history_keeps_the_last_evaluations_of_each_stage() -> None:
+    """One series per evaluation, the oldest dropped past EVAL_HISTORY_SIZE per stage (bounded
+    cardinality); a re-evaluated step overwrites its series; NaN stays out of the history."""
+    metrics = TrainerMetrics("j", _env(0, 0))
+    total = EVAL_HISTORY_SIZE + 6
+    for step in range(10, 10 * (total + 1), 10):
+        metrics.record_eval("train", step, 3.0 - step / 1e4)
+    metrics.record_eval("train", 10 * total, 1.0)  # a resumed run evaluates its step again
+    metrics.record_eval("train", 10 * (total + 1), float("nan"))
+    metrics.record_eval("prune", 5, 1.5)
+    text = generate_latest(metrics.registry).decode()
+    got = [(e.stage, e.step, e.loss) for e in parse_scrape(text, ["train", "prune"]).evaluations]
+    kept = range(10 * (total - EVAL_HISTORY_SIZE + 1), 10 * total, 10)
+    assert got == [
+        *(("train", s, 3.0 - s / 1e4) for s in kept),
+        ("train", 10 * total, 1.0),
+        ("prune", 5, 1.5),
+    ]
+    assert 'lmjob_trainer_eval_loss{job="j",stage="train"} NaN' in text  # latest, as before
 
 
 def test_logfmt_lines_carry_context() -> None:

@@ -4,6 +4,7 @@ from rank 0's live metrics endpoint: exactly that rank is named, and nobody in a
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from lmjob_api.env import NODE_NAME_ENV, POD_NAME_ENV
 from lmjob_api.trainer_metrics import TrainerProgress, parse_scrape
 from lmjob_trainer.distributed import DistEnv
 from lmjob_trainer.metrics import TrainerMetrics
+from lmjob_trainer.storage import HISTORY
 from lmjob_trainer.stragglers import (
     TEST_SLOW_RANK_ENV,
     RankWindow,
@@ -138,13 +140,14 @@ def test_a_slowed_rank_is_named(
     tmp_path: Path, text_file: Path, data_cache: Path, slow: str, expected: list[int]
 ) -> None:
     """Real torchrun, 2 ranks; rank 0's live endpoint is scraped while it trains, and the
-    last scrape with a verdict (a full window) names exactly the slowed rank."""
+    last scrape with a verdict (a full window) names exactly the slowed rank. The same
+    scrapes carry every evaluation so far (eval_history), as the run's history says them."""
     port = _free_port()
     training = tiny_training(
         text_file,
         data_cache,
         steps=40 if slow else 100,
-        evaluation={"everySteps": 1000, "steps": 1},
+        evaluation={"everySteps": 10, "steps": 1},
         checkpoint={"everySteps": 1000},
         stragglers={"threshold": 1.5, "windowSteps": 10},
     )
@@ -172,3 +175,9 @@ def test_a_slowed_rank_is_named(
     for s in last.stragglers:
         assert (s.pod, s.node) == ("t-worker-0", "node-a")
         assert s.step_seconds >= 0.05 > s.median_seconds
+    history = [json.loads(line) for line in (tmp_path / "run" / "train" / HISTORY).open()]
+    evaluated = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
+    scraped = [(e.stage, e.step, e.loss) for e in last.evaluations]
+    assert scraped, last
+    assert scraped == [("train", step, pytest.approx(evaluated[step])) for _, step, _ in scraped]
+    assert [step for _, step, _ in scraped] == [10 * (i + 1) for i in range(len(scraped))]

@@ -574,7 +574,7 @@ def _evaluate(
     """Evaluate, export, and update early stopping (same numbers on every rank)."""
     loss = session.evaluate(model, strategy=strategy)
     state.last_eval = loss
-    session.metrics.record_eval(stage, loss)
+    session.metrics.record_eval(stage, state.step, loss)
     stopping = t.early_stopping
     if stopping is not None:
         if state.best_eval - loss > stopping.min_delta:

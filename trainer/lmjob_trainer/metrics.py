@@ -9,6 +9,7 @@ no value is reported N times; memory is per pod (local rank 0's own process).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 from collections.abc import Sequence
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
 CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800)
+# eval_history keeps this many evaluations per stage: one series each, so the count is bounded;
+# the operator keeps every one it has seen in status.evaluations.
+EVAL_HISTORY_SIZE = 64
 
 
 class TrainerMetrics:
@@ -56,6 +60,13 @@ class TrainerMetrics:
         self.eval_loss = Gauge(
             names.series(names.EVAL_LOSS), "Latest evaluation loss", js, registry=r
         )
+        self.eval_history = Gauge(
+            names.series(names.EVAL_HISTORY),
+            f"Evaluation loss at each step (the last {EVAL_HISTORY_SIZE} per stage)",
+            names.EVAL_HISTORY_LABELS,
+            registry=r,
+        )
+        self._eval_steps: dict[str, list[int]] = {}
         self.learning_rate = Gauge(
             names.series(names.LEARNING_RATE), "Current learning rate", js, registry=r
         )
@@ -239,9 +250,21 @@ class TrainerMetrics:
             self.straggler.remove(self.job, stage, *key)
         self._stragglers[stage] = now
 
-    def record_eval(self, stage: str, loss: float) -> None:
-        if self.exports_job:
-            self.eval_loss.labels(self.job, stage).set(loss)
+    def record_eval(self, stage: str, step: int, loss: float) -> None:
+        """The latest eval loss, and one `eval_history` series per step (finite losses only),
+        the oldest removed past EVAL_HISTORY_SIZE per stage: a scrape that comes late still
+        sees every evaluation since the one before."""
+        if not self.exports_job:
+            return
+        self.eval_loss.labels(self.job, stage).set(loss)
+        if not math.isfinite(loss):
+            return
+        self.eval_history.labels(self.job, stage, str(step)).set(loss)
+        steps = self._eval_steps.setdefault(stage, [])
+        if step not in steps:  # a resumed stage may evaluate a step again: same series
+            steps.append(step)
+        while len(steps) > EVAL_HISTORY_SIZE:
+            self.eval_history.remove(self.job, stage, str(steps.pop(0)))
 
     # --- checkpoints ---
 
