@@ -51,6 +51,8 @@ class SweepState:
     uid: str = ""
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     last_status: LargeModelSweepStatus | None = None
+    rejected: set[str] = field(default_factory=set)
+    """Trial jobs the API server refused (reported once, not on every pass)."""
 
 
 @dataclass

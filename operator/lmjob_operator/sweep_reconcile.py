@@ -29,6 +29,7 @@ from lmjob_operator.sweep_trials import (
     build_invalid_status,
     build_trial_job,
     is_invalid,
+    jobs_to_stop,
     observe_trials,
     owned_by,
     parse_sweep,
@@ -101,9 +102,10 @@ async def reconcile_sweep(ctx: Context, state: SweepState, post_event: PostEvent
     await _write_status(ctx, state, body, previous, decision.status, post_event)
 
     live = {j["metadata"]["name"]: j for j in jobs if owned_by(j, state.uid)}
+    stop = dict.fromkeys([*decision.stop, *jobs_to_stop(decision.status, observed)])
     await asyncio.gather(
-        *(_create_trial(ctx, body, sweep, trial, post_event) for trial in decision.create),
-        *(_stop_trial(ctx, state, job, live.get(job)) for job in decision.stop),
+        *(_create_trial(ctx, state, body, sweep, trial, post_event) for trial in decision.create),
+        *(_stop_trial(ctx, state, job, live.get(job)) for job in stop),
     )
     if decision.status.phase in (SweepPhase.SUCCEEDED, SweepPhase.FAILED):
         return IDLE_SECONDS
@@ -143,6 +145,7 @@ async def _write_status(
 
 async def _create_trial(
     ctx: Context,
+    state: SweepState,
     body: dict[str, Any],
     sweep: LargeModelSweep,
     trial: TrialStatus,
@@ -155,15 +158,18 @@ async def _create_trial(
     except ApiError as err:
         if err.status == 409:
             return  # made by an earlier pass: the next pass observes it
-        if err.status == 422 or err.status == 400:
-            # The API server refuses this trial's job for good: the engine sees it missing
-            # for as long as the sweep runs, so say why where the user looks.
-            post_event("Warning", "TrialRejected", f"trial {trial.number}: {err.message}")
-            sweep_log(namespace, sweep.metadata.name).warning(
-                "trial job %s refused: %s", trial.name, err.message
-            )
+        if err.status in (400, 403, 422):
+            # Refused (invalid, or forbidden: quota, admission policy): the trial stays
+            # Pending and is retried each pass; say why once, where the user looks.
+            if trial.name not in state.rejected:
+                state.rejected.add(trial.name)
+                post_event("Warning", "TrialRejected", f"trial {trial.number}: {err.message}")
+                sweep_log(namespace, sweep.metadata.name).warning(
+                    "trial job %s refused: %s", trial.name, err.message
+                )
             return
         raise
+    state.rejected.discard(trial.name)
     metrics.TRIAL_JOBS.labels(action="created").inc()
     values = ", ".join(f"{k}={v}" for k, v in trial.parameters.items())
     post_event("Normal", "TrialCreated", f"trial {trial.number}: job {trial.name} ({values})")

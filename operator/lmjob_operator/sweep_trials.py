@@ -155,6 +155,25 @@ def observe_trials(
     return {name: observe_trial(live.get(name)) for name in names}
 
 
+def jobs_to_stop(
+    status: LargeModelSweepStatus, observed: Mapping[str, TrialObservation]
+) -> list[str]:
+    """Jobs still running for trials the status has ended (Pruned, or Failed with the sweep).
+
+    The engine names a trial's job to stop once, in the decision that ends the trial; if the
+    pass is cut off after the status write and before the deletion, this is how a later
+    pass still stops it."""
+    ended = (TrialState.PRUNED, TrialState.FAILED)
+    return [
+        t.name
+        for t in status.trials
+        if t.state in ended
+        and (seen := observed.get(t.name)) is not None
+        and seen.exists
+        and seen.phase not in ("Succeeded", "Failed")
+    ]
+
+
 def build_invalid_status(
     previous: LargeModelSweepStatus | None, problems: Iterable[Problem], now: str
 ) -> LargeModelSweepStatus:

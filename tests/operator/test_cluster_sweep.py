@@ -267,6 +267,19 @@ def test_sweep_prunes_finds_the_best_and_survives_an_operator_kill(
     assert metric(text, 'lmjob_operator_sweep_trials{state="Pruned"}') == len(pruned)
     assert metric(text, 'lmjob_operator_sweep_trials{state="Complete"}') == len(complete)
 
+    # The sweep owns its trials: deleting it deletes their jobs (garbage collection).
+    kube.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, SWEEP_PLURAL, SWEEP)
+    wait_for(
+        lambda: (
+            not kube.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, "largemodeljobs"
+            )["items"]
+        ),
+        timeout=60,
+        interval=0.5,
+        what="the trial jobs garbage-collected with their sweep",
+    )
+
 
 OFFLINE_CASES = load_sweep_cases(server=False)
 

@@ -13,6 +13,7 @@ from lmjob_operator.sweep_trials import (
     build_invalid_status,
     build_trial_job,
     is_invalid,
+    jobs_to_stop,
     observe_trial,
     observe_trials,
     parse_sweep,
@@ -190,3 +191,17 @@ def test_invalid_status_fails_once_and_keeps_its_time() -> None:
     assert first.conditions[0].message == "spec.parameters[0].high: narrow the range"
     assert [e.reason for e in sweep_events(None, first)] == ["InvalidSpec"]
     assert sweep_events(first, again) == []
+
+
+def test_jobs_of_ended_trials_are_stopped_on_every_pass() -> None:
+    """A pass cut off between writing `Pruned` and deleting the job: the next one deletes it."""
+    status = status_of(P, P, F, C, R, P)
+    observed = {
+        "s-0": TrialObservation(exists=True, phase="Running"),  # pruned, still running
+        "s-1": TrialObservation(exists=False),  # pruned and gone
+        "s-2": TrialObservation(exists=True, phase="Failed"),  # its own failure: keep it
+        "s-3": TrialObservation(exists=True, phase="Succeeded"),
+        "s-4": TrialObservation(exists=True, phase="Running"),
+        "s-5": TrialObservation(exists=True, phase="Pending"),  # pruned before it started
+    }
+    assert jobs_to_stop(status, observed) == ["s-0", "s-5"]
