@@ -1,5 +1,6 @@
-"""What one operator process remembers between passes: per-job state, the jobs it handles,
-the optional APIs the cluster serves, and the shared context of every pass.
+"""What one operator process remembers between passes: per-job and per-sweep state, the jobs
+and sweeps it handles, the optional APIs the cluster serves, and the shared context of every
+pass.
 
 All of it may be lost (an operator restart): everything here is re-observed or only an
 optimisation, which is what lets a pass be re-run by any process at any time.
@@ -44,8 +45,9 @@ class JobState:
 
 @dataclass
 class SweepState:
-    """What one operator process remembers about a sweep: only its wake-up flag and, for
-    the metrics, the status it last wrote (the status in the API is the sweep's state)."""
+    """What one operator process remembers about a sweep: its wake-up flag, the trial jobs
+    it was refused (reported once) and, for the metrics, the status it last wrote. Nothing
+    the search depends on: that is the sweep's status in the API."""
 
     key: tuple[str, str]
     uid: str = ""
