@@ -148,6 +148,13 @@ def test_not_rank_zero() -> None:
     assert parse_scrape('step{job="j",stage="train"} 3.0\nworld_size 2.0\n', STAGES) is None
 
 
+def test_another_jobs_series_are_not_this_jobs() -> None:
+    """Pods sharing a network (hostNetwork, a local cluster's process nodes): the port may
+    still serve another job's trainer, e.g. a stopped trial's while the next trial starts."""
+    assert parse_scrape(exposition(), STAGES, job="demo") is not None
+    assert parse_scrape(exposition(), STAGES, job="another") is None
+
+
 def test_rank_zero_before_its_first_step() -> None:
     """world_size is set at start-up: rank 0 is found before any stage has numbers."""
     progress = parse_scrape(exposition(), STAGES)
