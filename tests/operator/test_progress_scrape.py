@@ -29,44 +29,45 @@ def exposition(
     restarts: int = 0,
     eval_loss: dict[str, float] | None = None,
     eval_history: dict[tuple[str, str], float] | None = None,
+    job: str = "demo",
 ) -> str:
     """The text a worker serves; without `rank0` only per-pod series (memory) are present."""
     reg = CollectorRegistry()
     labels = ["job", "stage"]
     memory = Gauge("lmjob_trainer_memory_bytes", "m", [*labels, "kind"], registry=reg)
-    memory.labels("demo", "train", "rss").set(1e9)
+    memory.labels(job, "train", "rss").set(1e9)
     if not rank0:
         return generate_latest(reg).decode()
     step = Gauge("lmjob_trainer_step", "s", labels, registry=reg)
     total = Gauge("lmjob_trainer_total_steps", "t", labels, registry=reg)
     loss = Gauge("lmjob_trainer_loss", "l", labels, registry=reg)
     tps = Gauge("lmjob_trainer_tokens_per_second", "x", labels, registry=reg)
-    Histogram("lmjob_trainer_step_seconds", "h", labels, registry=reg).labels(
-        "demo", "train"
-    ).observe(0.2)
-    Gauge("lmjob_trainer_world_size", "w", ["job"], registry=reg).labels("demo").set(4)
-    Gauge("lmjob_trainer_restarts", "r", ["job"], registry=reg).labels("demo").set(restarts)
+    Histogram("lmjob_trainer_step_seconds", "h", labels, registry=reg).labels(job, "train").observe(
+        0.2
+    )
+    Gauge("lmjob_trainer_world_size", "w", ["job"], registry=reg).labels(job).set(4)
+    Gauge("lmjob_trainer_restarts", "r", ["job"], registry=reg).labels(job).set(restarts)
     evals = Gauge("lmjob_trainer_eval_loss", "e", labels, registry=reg)
     for stage, value in (eval_loss or {}).items():
-        evals.labels("demo", stage).set(value)
+        evals.labels(job, stage).set(value)
     history = Gauge("lmjob_trainer_eval_history", "h", [*labels, "step"], registry=reg)
     for (stage, at), value in (eval_history or {}).items():
-        history.labels("demo", stage, at).set(value)
+        history.labels(job, stage, at).set(value)
     info = Gauge("lmjob_trainer_stage_info", "i", [*labels, "phase"], registry=reg)
     ckpt = Gauge("lmjob_trainer_checkpoint_info", "c", [*labels, "path"], registry=reg)
     result = Gauge("lmjob_trainer_stage_result", "r", [*labels, "metric"], registry=reg)
     for stage, (s, t, value) in (steps or {}).items():
-        step.labels("demo", stage).set(s)
-        total.labels("demo", stage).set(t)
-        loss.labels("demo", stage).set(value)
-        tps.labels("demo", stage).set(1234.5)
+        step.labels(job, stage).set(s)
+        total.labels(job, stage).set(t)
+        loss.labels(job, stage).set(value)
+        tps.labels(job, stage).set(1234.5)
     for stage, phase in (phases or {}).items():
-        info.labels("demo", stage, phase).set(1)
+        info.labels(job, stage, phase).set(1)
     for stage, (path, at) in (checkpoints or {}).items():
-        ckpt.labels("demo", stage, path).set(at)
+        ckpt.labels(job, stage, path).set(at)
     for stage, metrics in (results or {}).items():
         for metric, value in metrics.items():
-            result.labels("demo", stage, metric).set(value)
+            result.labels(job, stage, metric).set(value)
     return generate_latest(reg).decode()
 
 
@@ -254,9 +255,11 @@ def test_scrape_reads_the_pod_with_job_series(metrics_server: tuple[int, type[_M
         worker(1, pod_ip="127.0.0.1"),
         worker(2, "Pending", pod_ip=""),
     ]
-    progress, pod = asyncio.run(scrape_progress(pods, port, STAGES, timeout=1.0))
+    progress, pod = asyncio.run(scrape_progress(pods, port, STAGES, timeout=1.0, job="demo"))
     assert pod == "demo-worker-1"
     assert (progress.stage, progress.step) == ("train", 7)
+    # The endpoint serves another job's trainer: nothing of it is this job's progress.
+    assert asyncio.run(scrape_progress(pods, port, STAGES, timeout=1.0, job="other")) == (None, "")
 
 
 def test_scrape_without_any_answer() -> None:
