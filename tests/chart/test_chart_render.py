@@ -235,10 +235,12 @@ def test_aggregated_roles(render: Render) -> None:
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
     assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
-    assert ("lmjob.dev", "largemodeljobs", "create") in rule_grants(edit["rules"])
+    for kind in ("largemodeljobs", "largemodelsweeps"):
+        assert ("lmjob.dev", kind, "create") in rule_grants(edit["rules"])
+        assert ("lmjob.dev", f"{kind}/status", "get") in rule_grants(view["rules"])
     assert not {v for _, r, v in rule_grants(view["rules"])} - {"get", "list", "watch"}
     # Nobody but the operator writes status.
-    assert not [g for g in rule_grants(edit["rules"]) if g[1] == "largemodeljobs/status"]
+    assert not [g for g in rule_grants(edit["rules"]) if g[1].endswith("/status")]
 
 
 def test_minimal_scenario(render: Render) -> None:
