@@ -274,11 +274,17 @@ def render_kustomize(helm: str) -> dict[str, str]:
 
 
 def render_argocd_patch() -> str:
-    """A merge patch for `argocd-cm` registering the LargeModelJob health check."""
-    script = HEALTH_LUA.read_text()
-    patch = {"data": {"resource.customizations.health.lmjob.dev_LargeModelJob": script}}
+    """A merge patch for `argocd-cm` registering the health check of each lmjob kind."""
+    scripts = sorted(HEALTH_LUA.parent.parent.glob("*/health.lua"))
+    patch = {
+        "data": {
+            f"resource.customizations.health.lmjob.dev_{path.parent.name}": path.read_text()
+            for path in scripts
+        }
+    }
+    sources = ", ".join(str(p.relative_to(REPO_ROOT)) for p in scripts)
     header = (
-        f"# {GENERATED} from {HEALTH_LUA.relative_to(REPO_ROOT)}: do not edit.\n"
+        f"# {GENERATED} from {sources}: do not edit.\n"
         "# kubectl -n argocd patch configmap argocd-cm --type merge --patch-file <this file>\n"
     )
     return header + yaml.safe_dump(patch, sort_keys=False, width=100, default_style=None)

@@ -96,11 +96,16 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | None:
+def parse_scrape(
+    text: str, stage_order: Sequence[str], job: str | None = None
+) -> TrainerProgress | None:
     """Parse one exposition; None when it lacks the job-level series (not global rank 0).
 
     Raises ValueError on text that is not Prometheus exposition. Rules:
     - only `lmjob_trainer_*` families count, and of a histogram only its own sample;
+    - with `job`, only series of that job (their `job` label): where pods share a network
+      (hostNetwork, a local cluster's process nodes) the port may still be another job's,
+      e.g. a stopped trial's trainer finishing while the next trial starts;
     - a scrape is rank 0's when it has `world_size`, a `stage_info` or a progress gauge;
     - `stage_order` (`train`, then the spec's compression stages) orders `stages` and picks
       the current stage: the last Running one, else the last that started (not Pending or
@@ -127,6 +132,8 @@ def parse_scrape(text: str, stage_order: Sequence[str]) -> TrainerProgress | Non
             if sample.name != family.name:
                 continue  # histogram buckets, sums and counts
             labels = sample.labels
+            if job is not None and labels.get(JOB, job) != job:
+                continue
             stage = labels.get(STAGE, "")
             if key == WORLD_SIZE:
                 world_size, found = int(sample.value), True

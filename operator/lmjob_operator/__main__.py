@@ -22,7 +22,8 @@ log = logging.getLogger("lmjob_operator")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lmjob_operator",
-        description="Run the lmjob operator: LargeModelJob → elastic torchrun worker pods.",
+        description="Run the lmjob operator: LargeModelJob → elastic torchrun worker pods, "
+        "LargeModelSweep → trial jobs.",
     )
     parser.add_argument(
         "-n",
@@ -88,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address)
 
-    import lmjob_operator.handlers  # noqa: F401  (registers the handlers with kopf)
+    # Importing registers the handlers with kopf: the jobs', then the sweeps'.
+    import lmjob_operator.handlers
+    import lmjob_operator.sweep_handlers  # noqa: F401
 
     options = RunOptions(
         standalone=args.standalone, priority=args.priority, peering_name=args.peering_name

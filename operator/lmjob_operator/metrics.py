@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Gauge, Histogram
 
 from lmjob_api import JobPhase
+from lmjob_api.sweep import SweepPhase, TrialState
 
 JOBS = Gauge(
     "lmjob_operator_jobs",
@@ -32,6 +33,22 @@ POD_RESTARTS = Counter(
     "a pod replaced alone after Kubernetes ended it.",
     ["kind"],
 )
+SWEEPS = Gauge(
+    "lmjob_operator_sweeps",
+    "LargeModelSweeps this operator handles, by phase.",
+    ["phase"],
+)
+SWEEP_TRIALS = Gauge(
+    "lmjob_operator_sweep_trials",
+    "Trials of the sweeps this operator handles, by state (Pending, Running, Complete, "
+    "Pruned, Failed).",
+    ["state"],
+)
+TRIAL_JOBS = Counter(
+    "lmjob_operator_sweep_trial_jobs_total",
+    "Trial jobs the operator created (`created`) or stopped early (`stopped`).",
+    ["action"],
+)
 PODS_CREATED = Counter("lmjob_operator_pods_created_total", "Pods created.", ["role"])
 API_CALLS = Counter(
     "lmjob_operator_api_calls_total",
@@ -53,3 +70,16 @@ def set_job_phases(phases: Iterable[str]) -> None:
         counts[phase] = counts.get(phase, 0) + 1
     for phase, count in counts.items():
         JOBS.labels(phase=phase).set(count)
+
+
+def set_sweep_counts(phases: Iterable[str], trial_states: Iterable[str]) -> None:
+    """Publish the count of sweeps per phase and of their trials per state (zeros included)."""
+    for gauge, label, known, values in (
+        (SWEEPS, "phase", SweepPhase, phases),
+        (SWEEP_TRIALS, "state", TrialState, trial_states),
+    ):
+        counts = dict.fromkeys((v.value for v in known), 0)
+        for value in values:
+            counts[value] = counts.get(value, 0) + 1
+        for value, count in counts.items():
+            gauge.labels(**{label: value}).set(count)

@@ -18,6 +18,9 @@ INDEX_LABEL = "lmjob.dev/worker-index"
 ROLE_LABEL = "lmjob.dev/role"
 ROLE_WORKER = "worker"
 ROLE_RENDEZVOUS = "rendezvous"
+# A sweep's trial jobs: the sweep's name and the trial's number (lmjob_operator.sweep_trials).
+SWEEP_LABEL = "lmjob.dev/sweep"
+TRIAL_LABEL = "lmjob.dev/trial"
 # The rendezvous round a worker pod joins (its PET_RDZV_ID is `<job uid>-<round>`).
 ROUND_LABEL = "lmjob.dev/rendezvous-round"
 # The elastic bounds `min-max` a worker's torchrun was started with (PET_NNODES): agents of

@@ -33,8 +33,10 @@ async def scrape_progress(
     stage_order: Sequence[str],
     timeout: float,
     preferred: str = "",
+    job: str | None = None,
 ) -> tuple[TrainerProgress | None, str]:
-    """(progress, name of the pod that had it); (None, "") when no pod answered with it."""
+    """(progress, name of the pod that had it); (None, "") when no pod answered with it.
+    With `job`, only that job's series count (parse_scrape)."""
     candidates = sorted(
         (p for p in pods if p.is_worker and p.phase == "Running" and p.pod_ip and p.live),
         key=lambda p: (p.name != preferred, p.index or 0),
@@ -47,7 +49,7 @@ async def scrape_progress(
             log.debug("no metrics from %s: %s", pod.name, err)
             continue
         try:
-            progress = parse_scrape(text, stage_order)
+            progress = parse_scrape(text, stage_order, job)
         except ValueError as err:
             log.warning("unparseable metrics from %s: %s", pod.name, err)
             continue

@@ -207,6 +207,7 @@ async def _scrape(ctx: Context, state: JobState, job: LargeModelJob, pods: list[
         stage_order(job),
         ctx.config.scrape_timeout_seconds,
         preferred=state.progress_pod,
+        job=job.metadata.name,
     )
     if progress is not None:
         state.progress, state.progress_pod = progress, pod

@@ -1,5 +1,6 @@
-"""What one operator process remembers between passes: per-job state, the jobs it handles,
-the optional APIs the cluster serves, and the shared context of every pass.
+"""What one operator process remembers between passes: per-job and per-sweep state, the jobs
+and sweeps it handles, the optional APIs the cluster serves, and the shared context of every
+pass.
 
 All of it may be lost (an operator restart): everything here is re-observed or only an
 optimisation, which is what lets a pass be re-run by any process at any time.
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from lmjob_api import LargeModelJobStatus as Status
+from lmjob_api.sweep import LargeModelSweepStatus
 from lmjob_api.trainer_metrics import TrainerProgress
 from lmjob_operator import metrics
 from lmjob_operator.config import OperatorConfig
@@ -42,10 +44,26 @@ class JobState:
 
 
 @dataclass
+class SweepState:
+    """What one operator process remembers about a sweep: its wake-up flag, the trial jobs
+    it was refused (reported once) and, for the metrics, the status it last wrote. Nothing
+    the search depends on: that is the sweep's status in the API."""
+
+    key: tuple[str, str]
+    uid: str = ""
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    last_status: LargeModelSweepStatus | None = None
+    rejected: set[str] = field(default_factory=set)
+    """Trial jobs the API server refused (reported once, not on every pass)."""
+
+
+@dataclass
 class Registry:
-    """Every job this process handles: lets pod events wake the right job's daemon."""
+    """Every job and sweep this process handles: lets pod events wake the right job's
+    daemon, and trial job events their sweep's."""
 
     jobs: dict[tuple[str, str], JobState] = field(default_factory=dict)
+    sweeps: dict[tuple[str, str], SweepState] = field(default_factory=dict)
 
     def state(self, namespace: str, name: str, uid: str) -> JobState:
         """The state of this incarnation of the job (a recreated job starts afresh)."""
@@ -67,6 +85,29 @@ class Registry:
     def publish_phases(self) -> None:
         metrics.set_job_phases(
             s.last_status.phase.value for s in self.jobs.values() if s.last_status is not None
+        )
+
+    def sweep_state(self, namespace: str, name: str, uid: str) -> SweepState:
+        """The state of this incarnation of the sweep (a recreated sweep starts afresh)."""
+        key = (namespace, name)
+        if key not in self.sweeps or self.sweeps[key].uid != uid:
+            self.sweeps[key] = SweepState(key, uid)
+        return self.sweeps[key]
+
+    def wake_sweep(self, namespace: str, name: str) -> None:
+        state = self.sweeps.get((namespace, name))
+        if state is not None:
+            state.wake.set()
+
+    def forget_sweep(self, namespace: str, name: str, uid: str) -> None:
+        if (state := self.sweeps.get((namespace, name))) is not None and state.uid == uid:
+            del self.sweeps[(namespace, name)]
+        self.publish_sweeps()
+
+    def publish_sweeps(self) -> None:
+        statuses = [s.last_status for s in self.sweeps.values() if s.last_status is not None]
+        metrics.set_sweep_counts(
+            (s.phase.value for s in statuses), (t.state.value for s in statuses for t in s.trials)
         )
 
 

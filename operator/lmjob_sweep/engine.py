@@ -28,7 +28,7 @@ from lmjob_api.sweep import (
     TrialState,
     TrialStatus,
 )
-from lmjob_api.sweep_checks import check_sweep, coerce, grid_size
+from lmjob_api.sweep_checks import check_sweep, coerce, grid_size, trial_spec, validate_spec
 from lmjob_sweep import study as studies
 
 # Job phases (lmjob_api.status.JobPhase) that end a trial.
@@ -147,14 +147,25 @@ def decide(
         study = studies.rebuild(sweep, spec, trials)
         number, params = studies.ask(study, spec)
         by_path = {p.path: p for p in spec.parameters}
+        values = {k: coerce(by_path[k], v) for k, v in params.items()}
         new = TrialStatus(
             number=number,
             name=trial_job_name(sweep, number),
-            parameters={k: coerce(by_path[k], v) for k, v in params.items()},
+            parameters=values,
             state=TrialState.PENDING,
             sampler_state=studies.sampler_state(study, number),
             start_time=now,
         )
+        # Each bound passed the job's rules alone; a combination may not (a micro-batch that
+        # no longer divides the global batch). The job's own verdict, before any job exists:
+        # such a trial fails at once with the reason, and the search goes on.
+        problems = validate_spec(trial_spec(spec.template, values))
+        if problems:
+            reason = "its values fail the job's rules: " + "; ".join(str(p) for p in problems)
+            trials.append(_close(new, TrialState.FAILED, now, reason=reason))
+            failed += 1
+            too_many_failures = failed > spec.max_failed_trials
+            continue
         trials.append(new)
         active.append(new)
 

@@ -1,5 +1,6 @@
-"""The Argo CD health check for LargeModelJob, run by a real Lua 5.1 interpreter (the dialect
-Argo CD embeds) on every case of its `health_test.yaml`, in Argo CD's own test format."""
+"""The Argo CD health checks for LargeModelJob and LargeModelSweep, run by a real Lua 5.1
+interpreter (the dialect Argo CD embeds) on every case of each kind's `health_test.yaml`, in
+Argo CD's own test format."""
 
 from __future__ import annotations
 
@@ -9,48 +10,70 @@ from typing import Any
 import pytest
 import yaml
 from lupa.lua51 import LuaRuntime
+from pydantic import BaseModel
 
 from lmjob_api import LargeModelJob, LargeModelJobStatus
+from lmjob_api.sweep import LargeModelSweep, LargeModelSweepStatus
 
 REPO = Path(__file__).resolve().parents[2]
-CHECK_DIR = REPO / "deploy" / "argocd" / "lmjob.dev" / "LargeModelJob"
-SCRIPT = (CHECK_DIR / "health.lua").read_text()
-CASES = yaml.safe_load((CHECK_DIR / "health_test.yaml").read_text())["tests"]
-PHASES = {"Pending", "Running", "Restarting", "Compressing", "Succeeded", "Failed", "Suspended"}
+CHECKS = REPO / "deploy" / "argocd" / "lmjob.dev"
+# kind → (its model, its status model, every phase the operator writes, healths to cover)
+KINDS: dict[str, tuple[type[BaseModel], type[BaseModel], set[str], set[str]]] = {
+    "LargeModelJob": (
+        LargeModelJob,
+        LargeModelJobStatus,
+        {"Pending", "Running", "Restarting", "Compressing", "Succeeded", "Failed", "Suspended"},
+        {"Healthy", "Progressing", "Degraded", "Suspended"},
+    ),
+    "LargeModelSweep": (
+        LargeModelSweep,
+        LargeModelSweepStatus,
+        {"Pending", "Running", "Succeeded", "Failed"},
+        {"Healthy", "Progressing", "Degraded"},
+    ),
+}
+CASES = [
+    (kind, case)
+    for kind in KINDS
+    for case in yaml.safe_load((CHECKS / kind / "health_test.yaml").read_text())["tests"]
+]
+IDS = [f"{kind}-{Path(c['inputPath']).stem}" for kind, c in CASES]
 
 
-def run_health_check(obj: dict[str, Any]) -> dict[str, str]:
+def run_health_check(kind: str, obj: dict[str, Any]) -> dict[str, str]:
     """What Argo CD would compute: the script's `hs` table for the global `obj`."""
     lua = LuaRuntime()
     lua.globals().obj = lua.table_from(obj, recursive=True)
-    result = lua.execute(SCRIPT)
+    result = lua.execute((CHECKS / kind / "health.lua").read_text())
     return {key: result[key] for key in ("status", "message") if result[key] is not None}
 
 
-def load_case(case: dict[str, Any]) -> dict[str, Any]:
-    return yaml.safe_load((CHECK_DIR / case["inputPath"]).read_text())
+def load_case(kind: str, case: dict[str, Any]) -> dict[str, Any]:
+    return yaml.safe_load((CHECKS / kind / case["inputPath"]).read_text())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[Path(c["inputPath"]).stem for c in CASES])
-def test_health(case: dict[str, Any]) -> None:
-    assert run_health_check(load_case(case)) == case["healthStatus"]
+@pytest.mark.parametrize(("kind", "case"), CASES, ids=IDS)
+def test_health(kind: str, case: dict[str, Any]) -> None:
+    assert run_health_check(kind, load_case(kind, case)) == case["healthStatus"]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[Path(c["inputPath"]).stem for c in CASES])
-def test_sample_is_a_real_job(case: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("kind", "case"), CASES, ids=IDS)
+def test_sample_is_a_real_object(kind: str, case: dict[str, Any]) -> None:
     # The samples must be statuses the operator can write, or the table proves nothing.
-    obj = load_case(case)
+    model, status_model, phases, _ = KINDS[kind]
+    obj = load_case(kind, case)
     status = obj.pop("status", None)
-    LargeModelJob.model_validate(obj)
-    if status is not None and status["phase"] in PHASES:
-        LargeModelJobStatus.model_validate(status)
+    model.model_validate(obj)
+    if status is not None and status["phase"] in phases:
+        status_model.model_validate(status)
 
 
-def test_every_phase_and_health_is_covered() -> None:
-    phases = {load_case(c).get("status", {}).get("phase") for c in CASES}
-    assert phases >= PHASES
-    healths = {c["healthStatus"]["status"] for c in CASES}
-    assert healths >= {"Healthy", "Progressing", "Degraded", "Suspended"}
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_phase_and_health_is_covered(kind: str) -> None:
+    _, _, phases, healths = KINDS[kind]
+    cases = [c for k, c in CASES if k == kind]
+    assert {load_case(kind, c).get("status", {}).get("phase") for c in cases} >= phases
+    assert {c["healthStatus"]["status"] for c in cases} >= healths
 
 
 def test_interpreter_is_lua51() -> None:

@@ -78,26 +78,29 @@ def test_generated_files_are_current(helm_binary: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_crd_template_matches_crds_folder(render: Render) -> None:
-    (rendered,) = find(render(), "CustomResourceDefinition")
-    source = yaml.safe_load((REPO / "crds" / "lmjob.dev_largemodeljobs.yaml").read_text())
-    assert rendered["spec"] == source["spec"]
-    assert rendered["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+def test_crd_templates_match_crds_folder(render: Render) -> None:
+    rendered = {d["metadata"]["name"]: d for d in find(render(), "CustomResourceDefinition")}
+    sources = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))]
+    assert set(rendered) == {s["metadata"]["name"] for s in sources}
+    for source in sources:
+        crd = rendered[source["metadata"]["name"]]
+        assert crd["spec"] == source["spec"]
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
 
 
 @pytest.mark.parametrize(
     ("crds", "expected"),
     [
-        ({"keep": False}, (1, None)),
+        ({"keep": False}, (2, None)),
         ({"enabled": False}, (0, None)),
-        ({}, (1, "keep")),
+        ({}, (2, "keep")),
     ],
 )
 def test_crd_switches(render: Render, crds: dict[str, Any], expected: tuple[int, Any]) -> None:
     found = find(render({"crds": crds}), "CustomResourceDefinition")
     assert len(found) == expected[0]
-    if found:
-        annotations = found[0]["metadata"].get("annotations") or {}
+    for crd in found:
+        annotations = crd["metadata"].get("annotations") or {}
         assert annotations.get("helm.sh/resource-policy") == expected[1]
 
 
@@ -108,6 +111,7 @@ def test_kopf_peering_crds_are_in_crds_folder(render: Render) -> None:
     }
     assert names == {
         "largemodeljobs.lmjob.dev",
+        "largemodelsweeps.lmjob.dev",
         "clusterkopfpeerings.kopf.dev",
         "kopfpeerings.kopf.dev",
     }
@@ -231,10 +235,12 @@ def test_aggregated_roles(render: Render) -> None:
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
     assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
-    assert ("lmjob.dev", "largemodeljobs", "create") in rule_grants(edit["rules"])
+    for kind in ("largemodeljobs", "largemodelsweeps"):
+        assert ("lmjob.dev", kind, "create") in rule_grants(edit["rules"])
+        assert ("lmjob.dev", f"{kind}/status", "get") in rule_grants(view["rules"])
     assert not {v for _, r, v in rule_grants(view["rules"])} - {"get", "list", "watch"}
     # Nobody but the operator writes status.
-    assert not [g for g in rule_grants(edit["rules"]) if g[1] == "largemodeljobs/status"]
+    assert not [g for g in rule_grants(edit["rules"]) if g[1].endswith("/status")]
 
 
 def test_minimal_scenario(render: Render) -> None:

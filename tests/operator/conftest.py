@@ -20,7 +20,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.operator.harness import OPERATOR_ENV, OperatorProcess, provision_operator_account
+from lmjob_cli.localcluster.node import build_capacity
+from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
+from tests.operator.harness import (
+    OPERATOR_ENV,
+    SHAKESPEARE,
+    OperatorProcess,
+    provision_operator_account,
+)
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +52,29 @@ def operator(
     process.stop()
     log = process.log()
     assert "Traceback" not in log, f"operator log has a traceback:\n{log[-5000:]}"
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """The first 100 kB of tiny Shakespeare: enough text for a tiny model's short run."""
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(SHAKESPEARE.read_bytes()[:100_000])
+    return text
+
+
+@pytest.fixture
+def kubelet(operator, kube, namespace, tmp_path: Path) -> Iterator[ProcessKubelet]:
+    """This test's node, named as its namespace, with this machine's capacity (as a local
+    cluster's node): runs the pods the scheduler binds to it and serves their logs to the API
+    server; stopped (every process killed, the Node deleted) after the test. Jobs reach it
+    through harness.on_node in their workers.template."""
+    node = ProcessKubelet(
+        kube.core,
+        tmp_path / "node",
+        node_name=namespace,
+        capacity=build_capacity(gpus=0),
+        taint=True,
+    )
+    node.start()
+    yield node
+    node.stop()

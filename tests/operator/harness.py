@@ -23,6 +23,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SHAKESPEARE = REPO_ROOT / "examples" / "data" / "tinyshakespeare.txt"
 SOURCE_DIRS = [str(REPO_ROOT / d) for d in ("api", "cli", "operator", "trainer")]
 GROUP, VERSION, PLURAL = "lmjob.dev", "v1alpha1", "largemodeljobs"
 RULES_FILE = REPO_ROOT / "charts" / "lmjob" / "files" / "operator-rules.yaml"
@@ -201,6 +202,16 @@ class OperatorProcess:
 
 
 # --- jobs ---------------------------------------------------------------------------------
+
+
+def on_node(node: str) -> dict:
+    """workers.template placing the job's pods (the store's too) on test node `node` only
+    (the `kubelet` fixture's node: tainted, so no other test's pods land there)."""
+    from lmjob_cli.localcluster.kubelet_node import TAINT
+
+    toleration = {"key": TAINT["key"], "operator": "Exists", "effect": TAINT["effect"]}
+    selector = {"kubernetes.io/hostname": node}
+    return {"spec": {"tolerations": [toleration], "nodeSelector": selector}}
 
 
 def job_body(name: str, spec: dict[str, Any]) -> dict[str, Any]:

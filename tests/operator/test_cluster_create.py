@@ -193,6 +193,7 @@ def trainer_metrics() -> Iterator[int]:
         phases={"train": "Running", "int8": "Pending"},
         steps={"train": (120, 200, 1.5)},
         checkpoints={"train": ("/ckpt/train/step-000000100", 100)},
+        job="gpt",  # the operator reads only the job's own series
     )
     handler = type("Handler", (_Metrics,), {"text": text})
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)

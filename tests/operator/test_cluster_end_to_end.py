@@ -21,23 +21,18 @@ from pathlib import Path
 import pytest
 
 from lmjob_api.termination import decode_stages
-from lmjob_cli.localcluster.kubelet_node import TAINT
-from lmjob_cli.localcluster.node import build_capacity
 from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
 from lmjob_cli.main import main
-from tests.operator.harness import create_job, free_port, job_status, phase_is, wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-SHAKESPEARE = REPO / "examples" / "data" / "tinyshakespeare.txt"
+from tests.operator.harness import (
+    create_job,
+    free_port,
+    job_status,
+    on_node,
+    phase_is,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def on_node(node: str) -> dict:
-    """workers.template placing the job's pods (the store's too) on test node `node` only."""
-    toleration = {"key": TAINT["key"], "operator": "Exists", "effect": TAINT["effect"]}
-    selector = {"kubernetes.io/hostname": node}
-    return {"spec": {"tolerations": [toleration], "nodeSelector": selector}}
 
 
 def job_spec(text: Path, steps: int, node: str) -> dict:
@@ -58,30 +53,6 @@ def job_spec(text: Path, steps: int, node: str) -> dict:
         "metrics": {"port": free_port()},
         "storage": {"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}},
     }
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    text = tmp_path / "corpus.txt"
-    text.write_bytes(SHAKESPEARE.read_bytes()[:100_000])
-    return text
-
-
-@pytest.fixture
-def kubelet(operator, kube, namespace, tmp_path: Path) -> Iterator[ProcessKubelet]:
-    """This test's node, named as its namespace, with this machine's capacity (as a local
-    cluster's node): runs the pods the scheduler binds to it and serves their logs to the API
-    server; stopped (every process killed, the Node deleted) after the test."""
-    node = ProcessKubelet(
-        kube.core,
-        tmp_path / "node",
-        node_name=namespace,
-        capacity=build_capacity(gpus=0),
-        taint=True,
-    )
-    node.start()
-    yield node
-    node.stop()
 
 
 @pytest.fixture

@@ -29,44 +29,45 @@ def exposition(
     restarts: int = 0,
     eval_loss: dict[str, float] | None = None,
     eval_history: dict[tuple[str, str], float] | None = None,
+    job: str = "demo",
 ) -> str:
     """The text a worker serves; without `rank0` only per-pod series (memory) are present."""
     reg = CollectorRegistry()
     labels = ["job", "stage"]
     memory = Gauge("lmjob_trainer_memory_bytes", "m", [*labels, "kind"], registry=reg)
-    memory.labels("demo", "train", "rss").set(1e9)
+    memory.labels(job, "train", "rss").set(1e9)
     if not rank0:
         return generate_latest(reg).decode()
     step = Gauge("lmjob_trainer_step", "s", labels, registry=reg)
     total = Gauge("lmjob_trainer_total_steps", "t", labels, registry=reg)
     loss = Gauge("lmjob_trainer_loss", "l", labels, registry=reg)
     tps = Gauge("lmjob_trainer_tokens_per_second", "x", labels, registry=reg)
-    Histogram("lmjob_trainer_step_seconds", "h", labels, registry=reg).labels(
-        "demo", "train"
-    ).observe(0.2)
-    Gauge("lmjob_trainer_world_size", "w", ["job"], registry=reg).labels("demo").set(4)
-    Gauge("lmjob_trainer_restarts", "r", ["job"], registry=reg).labels("demo").set(restarts)
+    Histogram("lmjob_trainer_step_seconds", "h", labels, registry=reg).labels(job, "train").observe(
+        0.2
+    )
+    Gauge("lmjob_trainer_world_size", "w", ["job"], registry=reg).labels(job).set(4)
+    Gauge("lmjob_trainer_restarts", "r", ["job"], registry=reg).labels(job).set(restarts)
     evals = Gauge("lmjob_trainer_eval_loss", "e", labels, registry=reg)
     for stage, value in (eval_loss or {}).items():
-        evals.labels("demo", stage).set(value)
+        evals.labels(job, stage).set(value)
     history = Gauge("lmjob_trainer_eval_history", "h", [*labels, "step"], registry=reg)
     for (stage, at), value in (eval_history or {}).items():
-        history.labels("demo", stage, at).set(value)
+        history.labels(job, stage, at).set(value)
     info = Gauge("lmjob_trainer_stage_info", "i", [*labels, "phase"], registry=reg)
     ckpt = Gauge("lmjob_trainer_checkpoint_info", "c", [*labels, "path"], registry=reg)
     result = Gauge("lmjob_trainer_stage_result", "r", [*labels, "metric"], registry=reg)
     for stage, (s, t, value) in (steps or {}).items():
-        step.labels("demo", stage).set(s)
-        total.labels("demo", stage).set(t)
-        loss.labels("demo", stage).set(value)
-        tps.labels("demo", stage).set(1234.5)
+        step.labels(job, stage).set(s)
+        total.labels(job, stage).set(t)
+        loss.labels(job, stage).set(value)
+        tps.labels(job, stage).set(1234.5)
     for stage, phase in (phases or {}).items():
-        info.labels("demo", stage, phase).set(1)
+        info.labels(job, stage, phase).set(1)
     for stage, (path, at) in (checkpoints or {}).items():
-        ckpt.labels("demo", stage, path).set(at)
+        ckpt.labels(job, stage, path).set(at)
     for stage, metrics in (results or {}).items():
         for metric, value in metrics.items():
-            result.labels("demo", stage, metric).set(value)
+            result.labels(job, stage, metric).set(value)
     return generate_latest(reg).decode()
 
 
@@ -146,6 +147,13 @@ def test_not_rank_zero() -> None:
     assert parse_scrape(exposition(rank0=False), STAGES) is None
     # Series of other exporters, even with the same short names, are not the trainer's.
     assert parse_scrape('step{job="j",stage="train"} 3.0\nworld_size 2.0\n', STAGES) is None
+
+
+def test_another_jobs_series_are_not_this_jobs() -> None:
+    """Pods sharing a network (hostNetwork, a local cluster's process nodes): the port may
+    still serve another job's trainer, e.g. a stopped trial's while the next trial starts."""
+    assert parse_scrape(exposition(), STAGES, job="demo") is not None
+    assert parse_scrape(exposition(), STAGES, job="another") is None
 
 
 def test_rank_zero_before_its_first_step() -> None:
@@ -247,9 +255,11 @@ def test_scrape_reads_the_pod_with_job_series(metrics_server: tuple[int, type[_M
         worker(1, pod_ip="127.0.0.1"),
         worker(2, "Pending", pod_ip=""),
     ]
-    progress, pod = asyncio.run(scrape_progress(pods, port, STAGES, timeout=1.0))
+    progress, pod = asyncio.run(scrape_progress(pods, port, STAGES, timeout=1.0, job="demo"))
     assert pod == "demo-worker-1"
     assert (progress.stage, progress.step) == ("train", 7)
+    # The endpoint serves another job's trainer: nothing of it is this job's progress.
+    assert asyncio.run(scrape_progress(pods, port, STAGES, timeout=1.0, job="other")) == (None, "")
 
 
 def test_scrape_without_any_answer() -> None:

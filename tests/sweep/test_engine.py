@@ -194,3 +194,27 @@ def test_an_invalid_sweep_fails_without_creating_anything() -> None:
     decision = decide("s", spec, None, {}, "t0")
     assert decision.status.phase == SweepPhase.FAILED and not decision.create
     assert "spec.parameters[0].high" in decision.status.conditions[0].message
+
+
+def test_values_the_job_rejects_together_fail_the_trial_without_a_job() -> None:
+    """Each value is valid alone, but a micro-batch of 32 exceeds a global batch of 16: the
+    job's own rules (the API server's verdict) fail that trial before a job exists."""
+    spec = _spec(
+        parameters=[
+            {"path": "training.batch.microBatchSize", "type": "categorical", "choices": [4, 32]},
+            {"path": "training.batch.globalBatchSize", "type": "categorical", "choices": [16, 64]},
+        ],
+        algorithm={"type": "grid"},
+        earlyStopping={"type": "none"},
+        maxTrials=4,
+        parallelTrials=4,
+    )
+    cluster = FakeCluster()
+    status = _run(spec, cluster)
+    rejected = [t for t in status.trials if t.state == TrialState.FAILED]
+    assert [t.parameters for t in rejected] == [
+        {"training.batch.microBatchSize": 32, "training.batch.globalBatchSize": 16}
+    ]
+    assert "microBatchSize must not exceed" in rejected[0].reason
+    assert rejected[0].name not in cluster.created
+    assert status.completed == 3 and status.phase == SweepPhase.SUCCEEDED

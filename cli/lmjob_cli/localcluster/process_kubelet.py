@@ -162,6 +162,10 @@ class ProcessKubelet:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="process-kubelet")
         self.errors: list[str] = []
+        # Set in every container this node starts from then on, over the pod's own env: the
+        # node's environment (tests put the trainer's test hooks here, which a manifest may
+        # not name: LMJOB_* is lmjob's own).
+        self.extra_env: dict[str, str] = {}
         # Where each pod's current incarnation starts in its log file (what `logs` shows).
         self.log_starts: dict[str, int] = {}
         self.node = KubeletNode(
@@ -316,6 +320,7 @@ class ProcessKubelet:
         # The node's nvidia.com/gpu exist for the scheduler only: like a pod the device plugin
         # gave no GPU, every process sees none, so the trainer runs its processes on CPU.
         env[NO_GPUS_ENV] = ""
+        env.update(self.extra_env)
         # Inherited by every process of the pod (torchrun's workers too): how `lmjob cluster`
         # finds a killed node's orphans, and nothing else.
         env[POD_DIR_ENV] = str(pod_dir)
