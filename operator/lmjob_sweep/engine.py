@@ -206,11 +206,15 @@ def _observe(
     trial = trial.model_copy(update={"state": TrialState.RUNNING})
     reports = list(trial.reports)
     pruned_at: TrialReport | None = None
+    # The evaluation at the last training step is the trial's result, not a forecast of it:
+    # stopping the trial then would only throw the result away.
+    last_step = spec.template.training.steps if spec.template.training else None
     for report in _merge_reports(trial, seen.reports):
         reports.append(report)
         if (
             seen.phase in (_SUCCEEDED, _FAILED)
             or spec.early_stopping.type == EarlyStoppingType.NONE
+            or (last_step is not None and report.step >= last_step)
         ):
             continue
         if studies.report_and_prune(study, trial.number, report.step, report.value):  # type: ignore[arg-type]

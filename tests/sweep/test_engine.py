@@ -122,7 +122,7 @@ def test_median_rule_prunes_and_the_best_is_the_lowest_complete_value() -> None:
     assert status.best is not None
     assert status.best.value == min(t.value for t in complete)
     assert status.summary == "8/8" and status.pruned == len(pruned)
-    # A pruned trial stopped before the end of training.
+    # A pruned trial stopped before the end of training: its final evaluation is a result.
     assert all(t.step < STEPS for t in pruned)
 
 
@@ -218,3 +218,43 @@ def test_values_the_job_rejects_together_fail_the_trial_without_a_job() -> None:
     assert "microBatchSize must not exceed" in rejected[0].reason
     assert rejected[0].name not in cluster.created
     assert status.completed == 3 and status.phase == SweepPhase.SUCCEEDED
+
+
+def test_the_final_evaluation_is_never_pruned() -> None:
+    """A trial whose job still runs after its last training step (compression, export, the
+    sample) has its result in that step's evaluation: the pruner must not discard it."""
+    spec = _spec(earlyStopping={"type": "median", "minSteps": EVERY, "startupTrials": 1})
+    good = {"training.optimizer.lr": 3e-3, "training.model.dropout": 0.0}
+    bad = {"training.optimizer.lr": 1e-5, "training.model.dropout": 0.3}
+    status = decide("s", spec, None, {}, "t0").status
+    status.trials[0].parameters, status.trials[1].parameters = good, bad
+    every = range(EVERY, STEPS + 1, EVERY)
+    done = TrialObservation(
+        True,
+        "Succeeded",
+        tuple((s, _loss(good, s)) for s in every),
+        {"train": {"evalLoss": _loss(good, STEPS)}},
+    )
+    status = decide(
+        "s", spec, status, {"s-0": done, "s-1": TrialObservation(True, "Running")}, "t1"
+    ).status
+    assert status.trials[0].state == TrialState.COMPLETE
+    # Only s-1's final evaluation is new, far worse than s-0's; its job still runs (its
+    # compression stages, say).
+    last = TrialObservation(True, "Running", ((STEPS, _loss(bad, STEPS)),))
+    status = decide("s", spec, status, {"s-0": done, "s-1": last}, "t2").status
+    assert status.trials[1].state == TrialState.RUNNING, status.trials[1].reason
+    # The same value one evaluation earlier is judged, and pruned.
+    early = TrialObservation(True, "Running", ((STEPS - EVERY, _loss(bad, STEPS)),))
+    status2 = decide(
+        "s",
+        spec,
+        status.model_copy(
+            update={
+                "trials": [status.trials[0], status.trials[1].model_copy(update={"reports": []})]
+            }
+        ),
+        {"s-0": done, "s-1": early},
+        "t2",
+    ).status
+    assert status2.trials[1].state == TrialState.PRUNED
