@@ -11,7 +11,7 @@ cluster-wide and without leader election. Trials are interleaved (trial 1 of eve
 then trial 2, ...); every figure carries the 1-minute load average seen while it was taken.
 
 - create → first pod and → all pods of one job with N pods (lmjob: N workers; Kubeflow: a
-  PyTorchJob of 1 Master + N-1 Workers), watched, not polled;
+  PyTorchJob of 1 Master + N-1 Workers), from the audit log's microsecond stamps;
 - API writes per job by the operator (audit log): create until a few seconds after all pods;
 - --jobs jobs × --job-workers pods created at once (16 client threads): → all pods, writes
   per job, the operator's peak RSS (VmHWM) and idle RSS.
@@ -42,6 +42,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,8 @@ class Flavour:
     start: Callable[[], Any]  # returns an object with .proc (Popen) and .stop()
     create: Callable[[Any, str, str, int], None]  # kube, namespace, name, pods
     pod_selector: str  # the training pods of every job in a namespace
+    job_resource: str  # plural of its job kind
+    is_training_pod: Callable[[str], bool]  # by pod name
     results: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     def record(self, measure: str, value: float) -> None:
@@ -259,50 +262,47 @@ def provision_kubeflow_account(plane: ControlPlane, share: Path, kubeconfig: Pat
 # -- measurements --------------------------------------------------------------------------
 
 
-class PodWatch:
-    """Counts pods ADDED in a namespace (raw watch stream: no model decoding on our side)."""
+def wait_for_pods(kube: Any, namespace: str, selector: str, expected: int, timeout: float) -> None:
+    """Until `expected` pods match (a list of names only, raw JSON: cheap next to the run)."""
 
-    def __init__(self, kube: Any, namespace: str, selector: str, expected: int) -> None:
-        self.expected = expected
-        self.first: float | None = None
-        self.all: float | None = None
-        self.seen: set[str] = set()
-        self.done = threading.Event()
-        self._resp = kube.core.list_namespaced_pod(
-            namespace,
-            label_selector=selector,
-            watch=True,
-            timeout_seconds=1800,
-            _preload_content=False,
+    def count() -> int:
+        resp = kube.core.list_namespaced_pod(
+            namespace, label_selector=selector, _preload_content=False
         )
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        return len(json.loads(resp.data)["items"])
 
-    def _run(self) -> None:
-        buffer = b""
-        for chunk in self._resp.stream(65536):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                if event.get("type") != "ADDED":
-                    continue
-                now = time.perf_counter()
-                self.first = self.first or now
-                self.seen.add(event["object"]["metadata"]["name"])
-                if len(self.seen) >= self.expected:
-                    self.all = now
-                    self.done.set()
-                    return
+    wait_for(lambda: count() >= expected, timeout=timeout, interval=0.2, what="pods")
 
-    def wait(self, timeout: float) -> None:
-        if not self.done.wait(timeout):
-            raise RuntimeError(f"only {len(self.seen)}/{self.expected} pods after {timeout:.0f}s")
 
-    def close(self) -> None:
-        self._resp.release_conn()
+def _stamp(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def pod_times(
+    plane: ControlPlane, since: int, flavour: Flavour, namespace: str
+) -> tuple[float, float]:
+    """(first, last) training pod created, in seconds after the first job's create, both from
+    the API server's audit log (microsecond stamps): the create's request received, and each
+    pod create's response. A client-side watch falls behind (and is closed by the API server)
+    when a burst makes thousands of pods on two cores; the audit log is written in line."""
+    job_created = None
+    done: list[float] = []
+    for event in plane.audit_events(since):
+        ref = event.get("objectRef") or {}
+        if event.get("stage") != "ResponseComplete" or ref.get("namespace") != namespace:
+            continue
+        if event.get("verb") != "create" or (event.get("responseStatus") or {}).get("code") != 201:
+            continue
+        if ref.get("resource") == flavour.job_resource and job_created is None:
+            job_created = _stamp(event["requestReceivedTimestamp"])
+        elif (
+            ref.get("resource") == "pods"
+            and event.get("user", {}).get("username") == flavour.user
+            and flavour.is_training_pod(ref.get("name", ""))
+        ):
+            done.append(_stamp(event["stageTimestamp"]))
+    assert job_created is not None and done, f"no job or pod creates in {namespace}'s audit"
+    return min(done) - job_created, max(done) - job_created
 
 
 def new_namespace(kube: Any, name: str) -> str:
@@ -348,17 +348,13 @@ def trial_one_job(
 ) -> collections.Counter:
     namespace = new_namespace(kube, f"{flavour.name}-{pods}-{trial}")
     wait_for(lambda: _has_default_sa(kube, namespace), timeout=30)
-    watch = PodWatch(kube, namespace, flavour.pod_selector, pods)
-    time.sleep(0.3)  # the watch request is on the wire
     since = plane.audit_offset()
-    started = time.perf_counter()
     flavour.create(kube, namespace, "job", pods)
-    watch.wait(180)
-    watch.close()
-    assert watch.first is not None and watch.all is not None
-    flavour.record(f"first pod, {pods} pods", watch.first - started)
-    flavour.record(f"all pods, {pods} pods", watch.all - started)
+    wait_for_pods(kube, namespace, flavour.pod_selector, pods, 180)
     time.sleep(SETTLE_S)
+    first, last = pod_times(plane, since, flavour, namespace)
+    flavour.record(f"first pod, {pods} pods", first)
+    flavour.record(f"all pods, {pods} pods", last)
     counts = writes(plane, since, flavour.user, namespace)
     flavour.record(f"API writes per job, {pods} pods", sum(counts.values()))
     delete_namespace(kube, namespace)
@@ -378,17 +374,13 @@ def trial_many_jobs(
     namespace = new_namespace(kube, f"{flavour.name}-many-{trial}")
     wait_for(lambda: _has_default_sa(kube, namespace), timeout=30)
     flavour.record("RSS idle (MiB)", proc_status_mib(operator.proc.pid, "VmRSS"))
-    watch = PodWatch(kube, namespace, flavour.pod_selector, jobs * pods)
-    time.sleep(0.3)
     since = plane.audit_offset()
-    started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: flavour.create(kube, namespace, f"j{i}", pods), range(jobs)))
-    watch.wait(1800)
-    watch.close()
-    assert watch.all is not None
-    flavour.record(f"all pods, {jobs} jobs × {pods}", watch.all - started)
+    wait_for_pods(kube, namespace, flavour.pod_selector, jobs * pods, 1800)
     time.sleep(SETTLE_S)
+    _, last = pod_times(plane, since, flavour, namespace)
+    flavour.record(f"all pods, {jobs} jobs × {pods}", last)
     counts = writes(plane, since, flavour.user, namespace)
     flavour.record(f"API writes per job, {jobs} jobs × {pods}", sum(counts.values()) / jobs)
     flavour.record(
@@ -677,6 +669,8 @@ def build_flavours(plane: ControlPlane, bin_dir: Path, state: Path) -> list[Flav
             start_lmjob,
             create_lmjob,
             "lmjob.dev/role=worker",
+            "largemodeljobs",
+            lambda name: "-worker-" in name,  # not the rendezvous store
         ),
         Flavour(
             "kubeflow",
@@ -684,6 +678,8 @@ def build_flavours(plane: ControlPlane, bin_dir: Path, state: Path) -> list[Flav
             start_go("training-operator"),
             create_pytorchjob,
             kubeflow_pods,
+            "pytorchjobs",
+            lambda name: True,  # Master and Workers
         ),
         Flavour(
             "kubeflow-unlimited",
@@ -691,6 +687,8 @@ def build_flavours(plane: ControlPlane, bin_dir: Path, state: Path) -> list[Flav
             start_go("training-operator-unlimited"),
             create_pytorchjob,
             kubeflow_pods,
+            "pytorchjobs",
+            lambda name: True,
         ),
     ]
 
@@ -742,6 +740,11 @@ def fmt(value: float | None, measure: str) -> str:
 
 def ratio_table(flavours: list[Flavour]) -> list[str]:
     lmjob = flavours[0]
+    if len(flavours) != 3:
+        return [
+            f"| {m} | {', '.join(f'{f.name} {fmt(median(f, m), m)}' for f in flavours)} |"
+            for m in lmjob.results
+        ]
     lines = [
         "| measure | lmjob | Kubeflow as shipped | Kubeflow unlimited | lmjob / shipped "
         "| lmjob / unlimited | load (1-min avg, min–max) | trials |",
@@ -781,7 +784,11 @@ def main() -> int:
     parser.add_argument("--job-workers", type=int, default=8)
     parser.add_argument("--burst-repeats", type=int, default=1, help="trials that run the burst")
     parser.add_argument("--scale", type=int, default=0, help="lmjob alone: N jobs × 8 on kwok")
-    parser.add_argument("--keep", action="store_true", help="keep the state dir (logs)")
+    parser.add_argument(
+        "--operators",
+        default="lmjob,kubeflow,kubeflow-unlimited",
+        help="which to run (comma-separated; the ratio columns need all three)",
+    )
     args = parser.parse_args()
 
     bin_dir = build_binaries()
@@ -797,7 +804,8 @@ def main() -> int:
                 bin_dir.parent / "share" / "training-operator" / "crd", time.monotonic() + 120
             )
             kube = build_kube_clients(plane.kubeconfig)
-            flavours = build_flavours(plane, bin_dir, state)
+            chosen = args.operators.split(",")
+            flavours = [f for f in build_flavours(plane, bin_dir, state) if f.name in chosen]
             breakdown = run_comparison(plane, kube, flavours, args)
         finally:
             plane.stop()
