@@ -469,38 +469,54 @@ KWOK_NODES = 10  # the scheduler spreads the pods; each fake node takes up to 1M
 
 
 class JobWatch:
-    """When each job's status first reports all its workers Ready (raw watch on the jobs)."""
+    """When each job's status first reports all its workers Ready: list, then watch from the
+    list's resourceVersion; when the API server ends the watch (a slow reader during a burst),
+    list and watch again (raw JSON: no model decoding on our side)."""
 
     def __init__(self, kube: Any, namespace: str, workers: int) -> None:
-        self.workers = workers
+        self.kube, self.namespace, self.workers = kube, namespace, workers
         self.settled: dict[str, float] = {}
-        self._resp = kube.custom.list_namespaced_custom_object(
-            "lmjob.dev",
-            "v1alpha1",
-            namespace,
-            "largemodeljobs",
-            watch=True,
-            timeout_seconds=3600,
-            _preload_content=False,
-        )
+        self._stop = threading.Event()
+        self._resp: Any = None
         threading.Thread(target=self._run, daemon=True).start()
 
+    def _see(self, obj: dict) -> None:
+        name = (obj.get("metadata") or {}).get("name")
+        ready = ((obj.get("status") or {}).get("workers") or {}).get("ready", 0)
+        if name and name not in self.settled and ready >= self.workers:
+            self.settled[name] = time.perf_counter()
+
     def _run(self) -> None:
-        buffer = b""
-        for chunk in self._resp.stream(65536):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if not line.strip():
-                    continue
-                obj = json.loads(line).get("object") or {}
-                name = (obj.get("metadata") or {}).get("name")
-                ready = ((obj.get("status") or {}).get("workers") or {}).get("ready", 0)
-                if name and name not in self.settled and ready >= self.workers:
-                    self.settled[name] = time.perf_counter()
+        args = ("lmjob.dev", "v1alpha1", self.namespace, "largemodeljobs")
+        custom = self.kube.custom
+        while not self._stop.is_set():
+            try:
+                listed = json.loads(
+                    custom.list_namespaced_custom_object(*args, _preload_content=False).data
+                )
+                for obj in listed["items"]:
+                    self._see(obj)
+                self._resp = custom.list_namespaced_custom_object(
+                    *args,
+                    watch=True,
+                    resource_version=listed["metadata"]["resourceVersion"],
+                    timeout_seconds=3600,
+                    _preload_content=False,
+                )
+                buffer = b""
+                for chunk in self._resp.stream(65536):
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            self._see(json.loads(line).get("object") or {})
+            except Exception:  # a watch ended mid-chunk, or closed by close(): list again
+                time.sleep(0.2)
 
     def close(self) -> None:
-        self._resp.release_conn()
+        self._stop.set()
+        if self._resp is not None:
+            self._resp.release_conn()
 
 
 def percentile(values: list[float], q: float) -> float:
