@@ -82,8 +82,8 @@ class Kube:
 
     @classmethod
     async def connect(cls) -> Kube:
-        """The ServiceAccount folder a local cluster's node names (credentials.py), else the
-        pod's ServiceAccount, else kubeconfig (KUBECONFIG or ~/.kube/config)."""
+        """The ServiceAccount folder a local cluster's node names (credentials.py), else
+        kubeconfig (KUBECONFIG or ~/.kube/config), else the pod's ServiceAccount."""
         info = login()
         if info is None:
             raise RuntimeError(
