@@ -9,7 +9,9 @@ Credentials come from connection.login, the same as kopf's; a 401 logs in again 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,8 @@ from lmjob_operator.naming import FIELD_MANAGER
 # opens one per concurrent request): keep idle ones 60 s instead of aiohttp's 15 s. One the
 # server closed in between is dropped by aiohttp, or fails one request that the pass retries.
 KEEPALIVE_SECONDS = 60.0
+
+log = logging.getLogger(__name__)
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
@@ -97,6 +101,21 @@ class Kube:
 
     async def close(self) -> None:
         await self._session.close()
+
+    async def open_connections(self, count: int) -> None:
+        """Open `count` pooled connections now (concurrent GET /version, allowed to every
+        authenticated user): a job's first pass then sends its pods at once instead of
+        waiting on a TLS handshake per request. Best effort: a failure only costs that."""
+        count = min(count, self.CONNECTIONS)
+        results = await asyncio.gather(
+            *(self.request("GET", "/version", resource="version") for _ in range(count)),
+            return_exceptions=True,
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning(
+                "opened %d of %d API connections: %s", count - len(failed), count, failed[0]
+            )
 
     async def request(
         self,
