@@ -540,8 +540,11 @@ def run_scale(state: Path, bin_dir: Path, jobs: int, workers: int = 8) -> list[s
                 f"--config={state / 'kwok.yaml'}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                "--cidr=10.128.0.0/12",
-                "--node-ip=10.127.0.1",
+                # Pod IPs on loopback: the operator's progress scrape of a Running worker is
+                # refused at once (kwok pods serve no metrics); unroutable IPs would hold each
+                # scrape for its whole timeout and the status of 1,000 jobs behind them.
+                "--cidr=127.128.0.0/12",
+                "--node-ip=127.127.0.1",
                 "--node-lease-duration-seconds=0",
             ],
             stdout=kwok_log,
