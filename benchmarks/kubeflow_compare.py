@@ -545,7 +545,9 @@ def run_scale(state: Path, bin_dir: Path, jobs: int, workers: int = 8) -> list[s
                 # scrape for its whole timeout and the status of 1,000 jobs behind them.
                 "--cidr=127.128.0.0/12",
                 "--node-ip=127.127.0.1",
-                "--node-lease-duration-seconds=0",
+                # Node leases are the heartbeat: without them the node lifecycle controller
+                # marks the nodes unreachable after 40 s, and every pod NotReady.
+                "--node-lease-duration-seconds=40",
             ],
             stdout=kwok_log,
             stderr=subprocess.STDOUT,
