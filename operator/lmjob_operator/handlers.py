@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 
 from lmjob_api import GROUP, PLURAL, VERSION
-from lmjob_operator.credentials import named_in_cluster
+from lmjob_operator import connection
 from lmjob_operator.naming import JOB_LABEL
 from lmjob_operator.pod_view import PodView, view_pod
 from lmjob_operator.reconcile import run_job_daemon
@@ -30,18 +30,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    # kopf's own login reads the fixed ServiceAccount path; a local cluster's node names
-    # the pod's folder instead (credentials.py). Read again on every re-login (a 401).
-    named = named_in_cluster()
-    if named is None:
-        return kopf.login_via_client(**kwargs)
-    return kopf.ConnectionInfo(
-        server=named.server,
-        ca_path=str(named.ca_file),
-        token=named.token_file.read_text().strip(),
-        scheme="Bearer",
-        default_namespace=named.namespace_file.read_text().strip(),
-    )
+    # One login for kopf and kube.py (connection.py): kopf's own login functions, plus the
+    # ServiceAccount folder a local cluster's node names. Called again on every 401.
+    return connection.login(**kwargs)
 
 
 @kopf.on.cleanup()

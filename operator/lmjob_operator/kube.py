@@ -1,27 +1,34 @@
-"""The operator's API calls: raw JSON over kubernetes' asyncio client, one field manager, counted.
+"""The operator's API calls: raw JSON over aiohttp, one field manager, counted.
 
 Manifests are plain dicts built by the builders; sending them as they are (instead of
-through the client's generated models) keeps every field of a user's pod template and
-skips model (de)serialisation, which dominates the cost of creating many pods.
-Authentication and TLS come from the client's configuration (kubeconfig or in-cluster).
+through a client library's generated models) keeps every field of a user's pod template and
+skips model (de)serialisation, which dominates the cost of creating many pods. The session
+is aiohttp's, which kopf brings: no generated client is imported (about 20 MiB of memory).
+Credentials come from connection.login, the same as kopf's; a 401 logs in again once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from kubernetes.aio import client as aio_client
-from kubernetes.aio import config as aio_config
-from kubernetes.aio.config.incluster_config import InClusterConfigLoader
+import aiohttp
 
 from lmjob_operator import metrics
-from lmjob_operator.credentials import named_in_cluster
+from lmjob_operator.connection import build_auth_headers, build_ssl_context, login
 from lmjob_operator.naming import FIELD_MANAGER
 
+# A new connection costs a TLS handshake (milliseconds of CPU each; a large job's first pass
+# opens one per concurrent request): keep idle ones 60 s instead of aiohttp's 15 s. One the
+# server closed in between is dropped by aiohttp, or fails one request that the pass retries.
+KEEPALIVE_SECONDS = 60.0
+
+log = logging.getLogger(__name__)
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
@@ -67,30 +74,48 @@ CONFIG_MAPS = ResourcePath("", "v1", "configmaps")
 class Kube:
     """An async API client for the operator's few verbs."""
 
-    def __init__(self, api: aio_client.ApiClient) -> None:
-        self._api = api
+    # Enough parallel connections to create a large job's pods at once.
+    CONNECTIONS = 32
+
+    def __init__(
+        self, session: aiohttp.ClientSession, server: str, headers: dict[str, str]
+    ) -> None:
+        self._session = session
+        self._server = server.rstrip("/")
+        self._auth = headers
 
     @classmethod
     async def connect(cls) -> Kube:
         """The ServiceAccount folder a local cluster's node names (credentials.py), else
-        kubeconfig (KUBECONFIG or ~/.kube/config) if there is one, else in-cluster."""
-        configuration = aio_client.Configuration()
-        named = named_in_cluster()
-        if named is not None:
-            InClusterConfigLoader(
-                token_filename=str(named.token_file), cert_filename=str(named.ca_file)
-            ).load_and_set(configuration)
-        else:
-            try:
-                await aio_config.load_kube_config(client_configuration=configuration)
-            except aio_config.ConfigException:
-                aio_config.load_incluster_config(client_configuration=configuration)
-        # Enough parallel connections to create a large job's pods at once.
-        configuration.connection_pool_maxsize = 32
-        return cls(aio_client.ApiClient(configuration))
+        kubeconfig (KUBECONFIG or ~/.kube/config), else the pod's ServiceAccount."""
+        info = login()
+        if info is None:
+            raise RuntimeError(
+                "no Kubernetes credentials: run in a pod with a ServiceAccount or set KUBECONFIG"
+            )
+        connector = aiohttp.TCPConnector(
+            limit=cls.CONNECTIONS, ssl=build_ssl_context(info), keepalive_timeout=KEEPALIVE_SECONDS
+        )
+        session = aiohttp.ClientSession(connector=connector)
+        return cls(session, info.server, build_auth_headers(info))
 
     async def close(self) -> None:
-        await self._api.close()
+        await self._session.close()
+
+    async def open_connections(self, count: int) -> None:
+        """Open `count` pooled connections now (concurrent GET /version, allowed to every
+        authenticated user): a job's first pass then sends its pods at once instead of
+        waiting on a TLS handshake per request. Best effort: a failure only costs that."""
+        count = min(count, self.CONNECTIONS)
+        results = await asyncio.gather(
+            *(self.request("GET", "/version", resource="version") for _ in range(count)),
+            return_exceptions=True,
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning(
+                "opened %d of %d API connections: %s", count - len(failed), count, failed[0]
+            )
 
     async def request(
         self,
@@ -103,31 +128,48 @@ class Kube:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         """One call; returns the decoded JSON answer, raises ApiError for non-2xx."""
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        started = time.monotonic()
-        method_, url, headers, body, _ = await self._api.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
+        data = None if body is None else json.dumps(body).encode()
+        status, reason, raw = await self._send(
+            method, path, query or [], data, content_type, resource
         )
+        if status == 401:
+            # A rotated token (bound ServiceAccount tokens expire): log in again, once.
+            info = login()
+            if info is not None:
+                self._auth = build_auth_headers(info)
+                status, reason, raw = await self._send(
+                    method, path, query or [], data, content_type, resource
+                )
+        try:
+            decoded: Any = json.loads(raw) if raw else {}
+        except ValueError:
+            decoded = raw.decode("utf-8", errors="replace")
+        if not 200 <= status < 300:
+            raise ApiError(status, reason, decoded)
+        return decoded if isinstance(decoded, dict) else {}
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        data: bytes | None,
+        content_type: str,
+        resource: str,
+    ) -> tuple[int, str, bytes]:
+        headers = {"Accept": "application/json", "Content-Type": content_type, **self._auth}
+        started = time.monotonic()
         code = "error"
         try:
-            response = await self._api.call_api(method_, url, header_params=headers, body=body)
-            data = await response.read()
-            code = str(response.status)
+            async with self._session.request(
+                method, self._server + path, params=query, data=data, headers=headers
+            ) as response:
+                raw = await response.read()
+                code = str(response.status)
+                return response.status, response.reason or "", raw
         finally:
             metrics.API_CALLS.labels(verb=method.lower(), resource=resource, code=code).inc()
             metrics.API_SECONDS.labels(verb=method.lower()).observe(time.monotonic() - started)
-        try:
-            decoded: Any = json.loads(data) if data else {}
-        except ValueError:
-            decoded = data.decode("utf-8", errors="replace")
-        if not 200 <= response.status < 300:
-            raise ApiError(response.status, response.reason or "", decoded)
-        return decoded if isinstance(decoded, dict) else {}
 
     async def create(self, where: ResourcePath, namespace: str, body: dict[str, Any]) -> dict:
         return await self.request(

@@ -130,9 +130,16 @@ async def _reconcile(
             if err.status not in (404, 409):
                 raise
         return IDLE_SECONDS
+    ensure_with_pods = False
     if not status.phase.finished and status.phase != JobPhase.SUSPENDED:
-        await _ensure_objects(ctx, state, job)
-    await _apply_plan(ctx, state, job, status, plan, verdict)
+        if gang_flavour(job) is not None:
+            # A gang scheduler must find the PodGroup before the first of its pods.
+            await _ensure_objects(ctx, state, job)
+        else:
+            # Nothing checks a pod's Service or ConfigMap when it is created (the kubelet waits
+            # for a missing ConfigMap): they go out with the pods, not before them.
+            ensure_with_pods = True
+    await _apply_plan(ctx, state, job, status, plan, verdict, ensure=ensure_with_pods)
     if not previous_written:
         pods = _observe(state, pods, uid, datetime.now(UTC))
         status = build_status(job, pods, state.progress, previous, verdict, now, problems)
@@ -317,7 +324,11 @@ async def _apply_plan(
     status: Status,
     plan: PodPlan,
     verdict: Verdict,
+    ensure: bool = False,
 ) -> None:
+    """Delete, then create what the plan says; with `ensure`, the job's other objects are
+    applied next to the creations (after a new job's first pod: it goes out alone, as the
+    API server answers one request faster than a burst)."""
     namespace = job.metadata.namespace or "default"
     kube = ctx.kube
 
@@ -342,19 +353,28 @@ async def _apply_plan(
 
     if plan.create_rendezvous or plan.create_workers:
         state.forbidden = ""  # set again below if the API server still forbids a pod
+    gate = asyncio.Semaphore(ctx.config.create_concurrency)
+
+    async def create(index: int) -> None:
+        async with gate:
+            if state.rejected:
+                return  # one refusal fails the job: no more pods to create
+            pod = build_worker_pod(job, index, status.restarts, ctx.config)
+            await _create_pod(ctx, state, job, pod, "worker")
+
+    workers = list(plan.create_workers)
+    if workers and plan.create_rendezvous:
+        # A job's first pass: one worker alone first. Its answer also proves the namespace
+        # admits our pods (a refusal or quota stops the rest before they are sent).
+        await create(workers.pop(0))
+    # The rendezvous pod goes with the other workers: their agents wait for the rendezvous
+    # endpoint on their own (torchrun's c10d join timeout).
+    creations: list[Awaitable[None]] = [_ensure_objects(ctx, state, job)] if ensure else []
     if plan.create_rendezvous:
-        await _create_pod(ctx, state, job, build_rendezvous_pod(job, ctx.config), "rendezvous")
-    if plan.create_workers:
-        gate = asyncio.Semaphore(ctx.config.create_concurrency)
-
-        async def create(index: int) -> None:
-            async with gate:
-                if state.rejected:
-                    return  # one refusal fails the job: no more pods to create
-                pod = build_worker_pod(job, index, status.restarts, ctx.config)
-                await _create_pod(ctx, state, job, pod, "worker")
-
-        await asyncio.gather(*(create(i) for i in plan.create_workers))
+        pod = build_rendezvous_pod(job, ctx.config)
+        creations.append(_create_pod(ctx, state, job, pod, "rendezvous"))
+    creations += [create(i) for i in workers]
+    await asyncio.gather(*creations)
 
 
 async def _create_pod(

@@ -142,4 +142,7 @@ class Context:
 async def build_context(config: OperatorConfig) -> Context:
     """Connect to the API server (inside the operator's event loop) and set up shared state."""
     kube = await Kube.connect()
+    # Enough for a job's first pass: its concurrent pod creates, the rendezvous pod and the
+    # Service/ConfigMap applies (kube.py keeps them open while they are used).
+    await kube.open_connections(config.create_concurrency + 4)
     return Context(kube=kube, config=config, registry=Registry(), catalog=ApiCatalog(kube))

@@ -86,7 +86,9 @@ REFUSED = [
         "worker",
         "allowPrivilegeEscalation != false",
     ),
-    ("pods as root", {"securityContext": {"runAsUser": 0}}, "rendezvous", "runAsUser=0"),
+    # Both pods take the pod-level securityContext; a new job's first worker goes out alone,
+    # before the rendezvous pod, so it is the one refused (and reported).
+    ("pods as root", {"securityContext": {"runAsUser": 0}}, "worker", "runAsUser=0"),
 ]
 
 
