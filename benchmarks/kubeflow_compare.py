@@ -65,7 +65,7 @@ from tests.operator.harness import (  # noqa: E402
     provision_operator_account,
     wait_for,
 )
-from tests.support.clients import build_kube_clients, mint_service_account_token  # noqa: E402
+from tests.support.clients import build_kube_clients, provision_service_account  # noqa: E402
 
 BUILD_K8S = REPO_ROOT / "scripts" / "build-k8s"
 KUBEFLOW_NAMESPACE = "kubeflow"  # the release's namespace: its cert rotator's Secret lives here
@@ -211,52 +211,16 @@ class GoOperator:
 
 def provision_kubeflow_account(plane: ControlPlane, share: Path, kubeconfig: Path) -> Path:
     """Kubeflow's ServiceAccount bound to the ClusterRole its release ships (rbac/role.yaml)."""
-    kube = build_kube_clients(plane.kubeconfig)
-    try:
-        role = yaml.safe_load((share / "rbac" / "role.yaml").read_text())
-        binding = {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": "training-operator-bench"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": role["metadata"]["name"],
-            },
-            "subjects": [
-                {
-                    "kind": "ServiceAccount",
-                    "name": KUBEFLOW_ACCOUNT,
-                    "namespace": KUBEFLOW_NAMESPACE,
-                }
-            ],
-        }
-        namespace = client.V1Namespace(metadata=client.V1ObjectMeta(name=KUBEFLOW_NAMESPACE))
+    return provision_service_account(
+        plane,
+        namespace=KUBEFLOW_NAMESPACE,
+        account=KUBEFLOW_ACCOUNT,
+        role=yaml.safe_load((share / "rbac" / "role.yaml").read_text()),
+        binding_name="training-operator-bench",
+        kubeconfig_path=kubeconfig,
         # The release's overlays generate it empty; the rotator fills it.
-        secret = client.V1Secret(metadata=client.V1ObjectMeta(name=WEBHOOK_SECRET))
-        for create in (
-            lambda: kube.core.create_namespace(namespace),
-            lambda: kube.core.create_namespaced_secret(KUBEFLOW_NAMESPACE, secret),
-            lambda: kube.rbac.create_cluster_role(role),
-            lambda: kube.rbac.create_cluster_role_binding(binding),
-        ):
-            try:
-                create()
-            except ApiException as err:
-                if err.status != 409:
-                    raise
-        minted = mint_service_account_token(
-            kube.core,
-            namespace=KUBEFLOW_NAMESPACE,
-            service_account=KUBEFLOW_ACCOUNT,
-            server=plane.server,
-            ca_pem=plane.ca_file.read_bytes(),
-            kubeconfig_path=kubeconfig,
-            expiration_seconds=7200,
-        )
-    finally:
-        kube.close()
-    return minted.kubeconfig
+        secrets=(client.V1Secret(metadata=client.V1ObjectMeta(name=WEBHOOK_SECRET)),),
+    )
 
 
 # -- measurements --------------------------------------------------------------------------

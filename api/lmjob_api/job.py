@@ -303,7 +303,7 @@ class ObjectMeta(ApiModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(..., min_length=1, description="Job name.")
+    name: str = Field(..., min_length=1, description="The object's name.")
     namespace: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, Field
 
 from lmjob_api.base import ApiModel, Rule
-from lmjob_api.job import JOB_NAME_PATTERN, MAX_JOB_NAME, LargeModelJobSpec
+from lmjob_api.job import JOB_NAME_PATTERN, MAX_JOB_NAME, LargeModelJobSpec, ObjectMeta
 from lmjob_api.status import Condition
 
 KIND = "LargeModelSweep"
@@ -423,23 +423,12 @@ class LargeModelSweepStatus(ApiModel):
     observed_generation: int | None = Field(None, description="Spec generation last acted on.")
 
 
-class SweepMeta(ApiModel):
-    """The parts of metadata lmjob reads."""
-
-    model_config = {**ApiModel.model_config, "extra": "allow"}
-
-    name: str = Field(..., min_length=1, description="Sweep name.")
-    namespace: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-
-
 class LargeModelSweep(ApiModel):
     """A LargeModelSweep manifest."""
 
     api_version: Literal["lmjob.dev/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["LargeModelSweep"]
-    metadata: SweepMeta
+    metadata: ObjectMeta
     spec: LargeModelSweepSpec
     status: LargeModelSweepStatus | None = None
 

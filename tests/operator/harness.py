@@ -67,56 +67,22 @@ def provision_operator_account(control_plane: Any, kubeconfig_path: Path) -> Pat
     binding, and a kubeconfig with a minted token for it; returns the kubeconfig."""
     import yaml
 
-    from tests.support.clients import build_kube_clients, mint_service_account_token
+    from tests.support.clients import provision_service_account
 
-    kube = build_kube_clients(control_plane.kubeconfig)
-    try:
-        role = {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": "lmjob-operator-test"},
-            "rules": yaml.safe_load(RULES_FILE.read_text()),
-        }
-        binding = {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": "lmjob-operator-test"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "lmjob-operator-test",
-            },
-            "subjects": [
-                {
-                    "kind": "ServiceAccount",
-                    "name": OPERATOR_ACCOUNT,
-                    "namespace": OPERATOR_NAMESPACE,
-                }
-            ],
-        }
-        namespace = client.V1Namespace(metadata=client.V1ObjectMeta(name=OPERATOR_NAMESPACE))
-        for create in (
-            lambda: kube.core.create_namespace(namespace),
-            lambda: kube.rbac.create_cluster_role(role),
-            lambda: kube.rbac.create_cluster_role_binding(binding),
-        ):
-            try:
-                create()
-            except ApiException as err:
-                if err.status != 409:
-                    raise
-        minted = mint_service_account_token(
-            kube.core,
-            namespace=OPERATOR_NAMESPACE,
-            service_account=OPERATOR_ACCOUNT,
-            server=control_plane.server,
-            ca_pem=control_plane.ca_file.read_bytes(),
-            kubeconfig_path=kubeconfig_path,
-            expiration_seconds=7200,
-        )
-    finally:
-        kube.close()
-    return minted.kubeconfig
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "lmjob-operator-test"},
+        "rules": yaml.safe_load(RULES_FILE.read_text()),
+    }
+    return provision_service_account(
+        control_plane,
+        namespace=OPERATOR_NAMESPACE,
+        account=OPERATOR_ACCOUNT,
+        role=role,
+        binding_name="lmjob-operator-test",
+        kubeconfig_path=kubeconfig_path,
+    )
 
 
 class OperatorProcess:

@@ -7,6 +7,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -115,3 +116,60 @@ def mint_service_account_token(
     )
     write_kubeconfig(kubeconfig_path, kubeconfig)
     return MintedToken(namespace, service_account, token, kubeconfig_path)
+
+
+def provision_service_account(
+    control_plane: Any,
+    *,
+    namespace: str,
+    account: str,
+    role: dict[str, Any],
+    binding_name: str,
+    kubeconfig_path: Path,
+    secrets: tuple[client.V1Secret, ...] = (),
+) -> Path:
+    """A ServiceAccount bound cluster-wide to `role` (a ClusterRole manifest, created here),
+    with a kubeconfig holding a minted token for it: how a test or benchmark runs a
+    controller under exactly the rules it ships, with `secrets` created beside it; objects
+    already there are fine. Returns the kubeconfig."""
+    kube = build_kube_clients(control_plane.kubeconfig)
+    try:
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": binding_name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role["metadata"]["name"],
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        }
+        ns = client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
+        creates = [
+            lambda: kube.core.create_namespace(ns),
+            *(
+                lambda obj=obj: kube.core.create_namespaced_secret(namespace, obj)
+                for obj in secrets
+            ),
+            lambda: kube.rbac.create_cluster_role(role),
+            lambda: kube.rbac.create_cluster_role_binding(binding),
+        ]
+        for create in creates:
+            try:
+                create()
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+        minted = mint_service_account_token(
+            kube.core,
+            namespace=namespace,
+            service_account=account,
+            server=control_plane.server,
+            ca_pem=control_plane.ca_file.read_bytes(),
+            kubeconfig_path=kubeconfig_path,
+            expiration_seconds=7200,
+        )
+    finally:
+        kube.close()
+    return minted.kubeconfig
