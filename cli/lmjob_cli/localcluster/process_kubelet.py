@@ -229,6 +229,14 @@ class ProcessKubelet:
         while not self._stop.is_set():
             try:
                 self.sync()
+            except ApiException as err:
+                if err.status != 404:
+                    self.errors.append(repr(err))
+                    log.exception("process kubelet sync failed")
+                # An object deleted during the pass (a pod stopped as it started, its token's
+                # pod gone): as a kubelet, the next pass sees the world without it.
+                else:
+                    log.info("object gone during sync: %s", err.reason)
             except Exception as err:  # the test reads these; the loop must go on
                 self.errors.append(repr(err))
                 log.exception("process kubelet sync failed")
