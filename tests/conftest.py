@@ -8,6 +8,7 @@ Any test that uses `control_plane` (directly or through `kube`, `namespace`,
 # ruff: noqa: E402 (tests.support is importable only after the sys.path line)
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -37,12 +38,33 @@ MintToken = Callable[..., MintedToken]
 
 _started: list[ControlPlane] = []
 _kueues: list[Kueue] = []
+# The last test of the run that needs the control plane: after it, the plane is stopped
+# rather than left idling (an idle apiserver, etcd and controller-manager still take a
+# share of CI's two cores) until the session ends.
+_last_cluster_test: list[pytest.Item] = []
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "control_plane" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.cluster)
+    users = [i for i in items if "control_plane" in getattr(i, "fixturenames", ())]
+    for item in users:
+        item.add_marker(pytest.mark.cluster)
+    _last_cluster_test[:] = users[-1:]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield  # the test's own fixtures are torn down first
+    if nextitem is not None and _last_cluster_test and item is _last_cluster_test[0]:
+        _stop_cluster()
+
+
+def _stop_cluster() -> None:
+    """Kueue, then the control plane (idempotent: the session fixtures call it again)."""
+    for kueue in _kueues:
+        if not kueue.stopped:
+            kueue.stop()
+    for plane in _started:
+        plane.stop()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:
@@ -91,7 +113,8 @@ def kueue(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
         pytest.fail(f"kueue failed to start: {e}", pytrace=False)
     _kueues.append(instance)
     yield instance
-    instance.stop()
+    if not instance.stopped:
+        instance.stop()
 
 
 @pytest.fixture
@@ -115,8 +138,31 @@ def namespace(
     if control_plane.options.controller_manager:
         wait_for_service_account(kube.core, name)
     yield name
+    _release_lmjob_objects(kube, name)
     # Not waited for: the namespace controller finishes it in the background.
     kube.core.delete_namespace(name)
+
+
+def _release_lmjob_objects(kube: KubeClients, namespace: str) -> None:
+    """Drop the operator's finalizer from what the test left behind: with the test's operator
+    gone nothing else would, the namespace would stay Terminating, and the namespace
+    controller would retry it (listing every resource type) for the rest of the run."""
+    from kubernetes.client.exceptions import ApiException
+
+    from lmjob_api import GROUP, VERSION
+
+    for plural in ("largemodeljobs", "largemodelsweeps"):
+        try:
+            items = kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+        except ApiException:
+            continue  # the CRD is not installed on this plane
+        for obj in items["items"]:
+            if obj["metadata"].get("finalizers"):
+                with contextlib.suppress(ApiException):  # deleted meanwhile
+                    kube.custom.patch_namespaced_custom_object(
+                        GROUP, VERSION, namespace, plural, obj["metadata"]["name"],
+                        {"metadata": {"finalizers": None}},
+                    )  # fmt: skip
 
 
 @pytest.fixture

@@ -6,11 +6,15 @@ worktree's code: the subprocess PYTHONPATH points at this checkout, whatever is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,3 +163,41 @@ def copy_checkpoint(reference: Path, step: int, root: Path) -> None:
     """Start a fresh storage root holding only one checkpoint of `reference`."""
     name = f"step-{step:09d}"
     shutil.copytree(reference / "train" / name, root / "train" / name)
+
+
+_TRAINER_MARKS = (b"lmjob_trainer", b"torch.distributed.run", b"lmjob_cli.main")
+
+
+def _leftover_trainers(base: Path) -> list[tuple[int, str]]:
+    """(pid, command) of trainer, torchrun and `lmjob` processes whose command line names
+    this session's temporary folder: what a finished test left running."""
+    mark, found = str(base).encode(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and mark in cmdline and any(m in cmdline for m in _TRAINER_MARKS):
+            found.append((int(entry.name), cmdline.replace(b"\0", b" ").decode(errors="replace")))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_trainer_outlives_its_test(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Kill and report trainer processes a test leaves behind: torchrun's workers run in
+    sessions of their own, so killing a launcher's process group misses them, and a leaked
+    worker trains on, taking CPU from every later test."""
+    yield
+    leftovers = _leftover_trainers(tmp_path_factory.getbasetemp())
+    for pid, _ in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if leftovers:
+        warnings.warn(
+            "killed processes the test left running: "
+            + "; ".join(command[:200] for _, command in leftovers),
+            stacklevel=1,
+        )

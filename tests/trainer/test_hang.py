@@ -4,6 +4,7 @@ step's collective) within the timeout plus slack, and reports itself stalled."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import pytest
 
 from lmjob_trainer import storage
 from lmjob_trainer.hang import DERIVED_FLOOR_SECONDS, HangWatchdog, derived_timeout, hang_dir
+from lmjob_trainer.launch import descendants
 
 from .conftest import subprocess_env, tiny_training, wait_for, write_config
 
@@ -145,5 +147,9 @@ def test_frozen_rank_leaves_the_others_stacks(
     finally:
         if frozen is not None:
             os.kill(frozen, signal.SIGCONT)
-        os.killpg(proc.pid, signal.SIGKILL)
+        # The workers run in sessions of their own: killing the launcher's group alone
+        # would leave them training (100,000 steps) for the rest of the run.
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)

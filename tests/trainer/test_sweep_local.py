@@ -19,7 +19,7 @@ from lmjob_trainer import storage
 
 from .conftest import REPO, subprocess_env, tiny_training, wait_for
 
-MAX_TRIALS = 3
+MAX_TRIALS = 2
 
 
 def _sweep_manifest(tmp: Path, text: Path, **spec: Any) -> Path:

@@ -295,6 +295,11 @@ class Kueue:
         self.startup_s = time.monotonic() - t0
         log.info("kueue up (webhooks at %s) in %.1fs", self.base_url, self.startup_s)
 
+    @property
+    def stopped(self) -> bool:
+        """Not running (never started, stopped, or exited)."""
+        return self.component is None or not self.component.alive()
+
     def stop(self) -> None:
         """Stop the process; the webhook configurations are removed first, so a control plane
         that outlives Kueue does not reject Job or Kueue-object writes."""
