@@ -95,6 +95,7 @@ class CheckpointManager:
         self._in_flight: Future | None = None
         self._staging: Future | None = None
         self._stall = 0.0
+        self._write_started = 0.0
         self.last_stall_seconds = 0.0
         """Seconds the newest save held up training (benchmarks read it)."""
         self._stager: DefaultStager | None = None
@@ -157,6 +158,9 @@ class CheckpointManager:
             return
         started = time.perf_counter()
         self.wait()
+        # From here to the COMPLETE marker is what a save on SIGTERM needs (the grace period
+        # the operator derives), whether or not training waited for all of it.
+        self._write_started = time.perf_counter()
         path = storage.step_dir(self.root, self.stage, step)
         if self.async_save and not blocking:
             self._finalized.clear()
@@ -242,7 +246,9 @@ class CheckpointManager:
     def _finalize(self, path: Path, step: int) -> None:
         meta = {"step": step, "stage": self.stage, "world_size": self.env.world_size, **self.meta}
         storage.mark_complete(path, meta)
-        self.metrics.record_checkpoint_complete(self.stage, str(path), step)
+        self.metrics.record_checkpoint_complete(
+            self.stage, str(path), step, write_seconds=time.perf_counter() - self._write_started
+        )
         self._prune()
 
     def _prune(self) -> None:
