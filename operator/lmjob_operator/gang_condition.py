@@ -41,6 +41,8 @@ def gang_problem(
             f"scheduling.gang is set but the cluster serves no {wanted}: workers are "
             "scheduled without a gang. Install one, or unset scheduling.gang",
         )
+    api = POD_GROUP_APIS[gang]
+    group = f"{api.api_version} PodGroup {job.metadata.name}"
     min_replicas, _ = job.spec.workers.bounds
     stuck = sorted(
         (p for p in pods if p.is_worker and p.live and not p.node_name and p.unschedulable),
@@ -51,10 +53,7 @@ def gang_problem(
             CONDITION,
             "False",
             "Unschedulable",
-            f"the scheduler cannot place the gang of {min_replicas} workers "
+            f"{group}: the scheduler cannot place the gang of {min_replicas} workers "
             f"({len(stuck)} pending): {stuck[0].name}: {stuck[0].unschedulable}"[:1000],
         )
-    api = POD_GROUP_APIS[gang]
-    return Problem(
-        CONDITION, "True", "PodGroupCreated", f"{api.api_version} PodGroup {job.metadata.name}"
-    )
+    return Problem(CONDITION, "True", "PodGroupCreated", group)

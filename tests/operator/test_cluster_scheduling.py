@@ -89,7 +89,9 @@ def test_gang_creates_pod_group(podgroup_api, operator, kube, namespace) -> None
     pods = wait_for(lambda: len(p := pods_of(kube.core, namespace, "g")) == 3 and p)
     assert {p.metadata.labels["scheduling.x-k8s.io/pod-group"] for p in pods} == {"g"}
     cond = wait_for(lambda: condition(job_status(kube.custom, namespace, "g"), "GangScheduling"))
-    assert (cond["status"], cond["reason"]) == ("True", "PodGroupCreated")
+    # No node here: once the scheduler has tried, the condition carries its message.
+    assert cond["reason"] in ("PodGroupCreated", "Unschedulable"), cond
+    assert cond["message"].startswith("scheduling.x-k8s.io/v1alpha1 PodGroup g"), cond
 
 
 @pytest.fixture

@@ -143,9 +143,7 @@ class CheckpointManager:
         # How long it took to write, for the operator's grace period: a save on SIGTERM is
         # over before anyone scrapes it, so its measure travels in the checkpoint.
         written = storage.read_meta(path).get("write_seconds") if self.env.is_main else None
-        self.metrics.record_checkpoint_complete(
-            self.stage, str(path), step, write_seconds=written
-        )
+        self.metrics.record_checkpoint_complete(self.stage, str(path), step, write_seconds=written)
         self.last_saved_step = step
         log.info("resumed from checkpoint", extra={"path": str(path), "seconds": round(seconds, 3)})
         return step
