@@ -54,6 +54,8 @@ def gang_problem(
             "False",
             "Unschedulable",
             f"{group}: the scheduler cannot place the gang of {min_replicas} workers "
-            f"({len(stuck)} pending): {stuck[0].name}: {stuck[0].unschedulable}"[:1000],
+            f"({len(stuck)} reported unschedulable): {stuck[0].name}: {stuck[0].unschedulable}"[
+                :1000
+            ],
         )
     return Problem(CONDITION, "True", "PodGroupCreated", group)

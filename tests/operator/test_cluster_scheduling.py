@@ -166,6 +166,7 @@ def test_native_gang_binds_all_workers_or_none(kwok, operator, kube, namespace) 
         what="the scheduler's reason in the job's conditions",
     )
     assert cond["status"] == "False" and "gang of 4 workers" in cond["message"], cond
+    assert "unschedulable" in cond["message"], cond  # kube-scheduler's own words follow
     pods = pods_of(kube.core, namespace, "gang")
     assert [p.spec.scheduling_group.pod_group_name for p in pods] == ["gang"] * 4
     assert _bound(kube.core, namespace, "gang") == []
