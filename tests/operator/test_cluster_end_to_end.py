@@ -338,8 +338,8 @@ def test_suspend_and_eviction_each_redo_at_most_one_step(
     assert kubelet.errors == [], kubelet.errors
     # Two stops that ended before the grace period did (no SIGKILL: 137), and neither
     # spent backoffLimit.
-    stops = kubelet.exit_codes.get("e2e-worker-0", [])[:2]
-    assert len(stops) == 2 and 137 not in stops, kubelet.exit_codes
+    stops = kubelet.stopped.get("e2e-worker-0", [])
+    assert len(stops) == 2 and 137 not in stops, kubelet.stopped
     assert final["restarts"] == 0
     lines = (storage / "train" / "history.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in lines if '"loss"' in line]
