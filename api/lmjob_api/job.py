@@ -121,8 +121,29 @@ class WorkersSpec(ApiModel):
     template: PodTemplate = Field(
         default_factory=PodTemplate, description="Merged into each worker pod."
     )
+    termination_grace_period_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=86400,
+        description="Seconds a worker has after SIGTERM (pod deletion, suspend, eviction, "
+        "preemption) to save its checkpoint and exit before it is killed. Default: what the "
+        "job's last checkpoint save took, times 1.5 plus 10 s, at least 30 (Kubernetes' "
+        "default). A value shorter than a save has taken shows a GracePeriodShort warning.",
+    )
 
     rules = (
+        Rule(
+            cel="!has(self.terminationGracePeriodSeconds) || !has(self.template.spec) "
+            "|| !has(self.template.spec.terminationGracePeriodSeconds)",
+            message="workers.terminationGracePeriodSeconds and "
+            "workers.template.spec.terminationGracePeriodSeconds are both set: keep "
+            "workers.terminationGracePeriodSeconds only",
+            check=lambda w: (
+                w.termination_grace_period_seconds is None
+                or "terminationGracePeriodSeconds" not in w.template.spec
+            ),
+            field="terminationGracePeriodSeconds",
+        ),
         Rule(
             cel=f"!has(self.procsPerWorker) || {GPUS_CEL} == 0 || self.procsPerWorker <= {GPUS_CEL}",
             message="workers.procsPerWorker must not exceed the pod's nvidia.com/gpu limit: "
@@ -201,13 +222,27 @@ class RunPolicy(ApiModel):
     )
 
 
+GangApi = Literal["Kubernetes", "SchedulerPlugins", "Volcano"]
+"""The APIs a gang can be made with: Kubernetes' own `scheduling.k8s.io` PodGroup
+(1.36+, `GenericWorkload` feature gate), scheduler-plugins' coscheduling PodGroup
+(`scheduling.x-k8s.io`), Volcano's (`scheduling.volcano.sh`)."""
+
+
 class SchedulingSpec(ApiModel):
     """Placement: gang scheduling, scheduler, queue and priority."""
 
     gang: bool = Field(
         False,
-        description="Schedule all workers together or none, through a PodGroup (Volcano when "
-        "schedulerName is volcano, scheduler-plugins otherwise).",
+        description="Schedule the workers the job needs to start (workers.minReplicas) together "
+        "or none, through a PodGroup of the API gangApi names.",
+    )
+    gang_api: GangApi | None = Field(
+        None,
+        description="The PodGroup API of the gang: `Kubernetes` (scheduling.k8s.io, Kubernetes "
+        "1.36+ with the GenericWorkload feature gate), `SchedulerPlugins` (scheduling.x-k8s.io "
+        "coscheduling) or `Volcano` (needs schedulerName volcano). Default: Volcano when "
+        "schedulerName is volcano, else the first of Kubernetes and SchedulerPlugins the "
+        "cluster serves.",
     )
     scheduler_name: str | None = Field(
         None, min_length=1, description="Scheduler for the worker pods."
@@ -217,6 +252,26 @@ class SchedulingSpec(ApiModel):
     )
     priority_class_name: str | None = Field(
         None, min_length=1, description="PriorityClass of the pods."
+    )
+
+    rules = (
+        Rule(
+            cel="!has(self.gangApi) || (has(self.gang) && self.gang)",
+            message="scheduling.gangApi is set but scheduling.gang is not: set gang: true, "
+            "or remove gangApi",
+            check=lambda s: s.gang_api is None or s.gang,
+            field="gangApi",
+        ),
+        Rule(
+            cel="!has(self.gangApi) || (self.gangApi == 'Volcano') == "
+            "(has(self.schedulerName) && self.schedulerName == 'volcano')",
+            message="scheduling.gangApi Volcano goes with schedulerName volcano, and only it: "
+            "only Volcano's scheduler acts on a Volcano PodGroup, and it acts on no other",
+            check=lambda s: (
+                s.gang_api is None or (s.gang_api == "Volcano") == (s.scheduler_name == "volcano")
+            ),
+            field="gangApi",
+        ),
     )
 
 

@@ -131,6 +131,12 @@ class PodSpecFragment(_Fragment):
         None, max_length=MAX_VOLUMES, description="Extra volumes."
     )
     restart_policy: str | None = Field(None, description="Unset or Never (lmjob's).")
+    termination_grace_period_seconds: int | None = Field(
+        None,
+        ge=0,
+        description="Seconds a worker has after SIGTERM; prefer workers."
+        "terminationGracePeriodSeconds (setting both is refused).",
+    )
 
     rules = (
         Rule(

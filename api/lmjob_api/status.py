@@ -77,6 +77,12 @@ class CheckpointStatus(ApiModel):
 
     latest: str = Field("", description="Path of the newest complete checkpoint.")
     step: int = Field(0, ge=0, description="Its step.")
+    save_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="Seconds the newest checkpoint took to write: the default grace period "
+        "of the worker pods (workers.terminationGracePeriodSeconds) is derived from it.",
+    )
 
 
 class StageStatus(ApiModel):

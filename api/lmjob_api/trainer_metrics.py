@@ -51,6 +51,7 @@ MEMORY_BYTES = "memory_bytes"
 CHECKPOINT_SAVE_SECONDS = "checkpoint_save_seconds"
 CHECKPOINT_LOAD_SECONDS = "checkpoint_load_seconds"
 CHECKPOINT_INFO = "checkpoint_info"
+CHECKPOINT_WRITE_SECONDS = "checkpoint_write_seconds"
 WORLD_SIZE = "world_size"
 RESTARTS = "restarts"
 STAGE_INFO = "stage_info"
@@ -83,6 +84,8 @@ class TrainerProgress:
     restarts: int = 0
     checkpoint_path: str = ""
     checkpoint_step: int = 0
+    checkpoint_write_seconds: float | None = None
+    """The longest time any stage's newest checkpoint took to write; None before one."""
     stages: tuple[StageStatus, ...] = ()
     rank_step_seconds: dict[int, float] | None = None
     """Every rank's median step time in the current stage; None before a full window."""
@@ -119,6 +122,7 @@ def parse_scrape(
     checkpoints: dict[str, tuple[str, int]] = {}
     results: dict[str, dict[str, float]] = {}
     world_size = restarts = 0
+    write_seconds: float | None = None
     found = False
     rank_steps: dict[str, dict[int, float]] = {}
     rank_waits: dict[str, dict[int, float]] = {}
@@ -147,6 +151,8 @@ def parse_scrape(
                 path, step = labels.get(PATH, ""), int(sample.value)
                 if path and step >= checkpoints.get(stage, ("", -1))[1]:
                     checkpoints[stage] = (path, step)
+            elif key == CHECKPOINT_WRITE_SECONDS and math.isfinite(sample.value):
+                write_seconds = max(write_seconds or 0.0, sample.value)
             elif key == STAGE_RESULT:
                 value = _finite(sample.value)
                 if value is not None:
@@ -201,6 +207,7 @@ def parse_scrape(
         restarts=restarts,
         checkpoint_path=path,
         checkpoint_step=ckpt_step,
+        checkpoint_write_seconds=write_seconds,
         stages=stages,
         evaluations=_evaluations(evals, stage_order),
     )

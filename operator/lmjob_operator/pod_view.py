@@ -83,6 +83,9 @@ class PodView:
     """The elastic bounds label (`min-max`) of a worker."""
     owner_uid: str = ""
     """uid of the controlling owner (the job incarnation that made the pod)."""
+    unschedulable: str = ""
+    """The scheduler's message while it cannot place the pod (PodScheduled False,
+    Unschedulable), else empty."""
 
     @property
     def deleting(self) -> bool:
@@ -121,6 +124,16 @@ def view_pod(body: dict[str, Any]) -> PodView:
     disruption_condition = any(
         c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions
     )
+    unschedulable = next(
+        (
+            c.get("message") or "unschedulable"
+            for c in conditions
+            if c.get("type") == "PodScheduled"
+            and c.get("status") == "False"
+            and c.get("reason") == "Unschedulable"
+        ),
+        "",
+    )
     pod_reason = status.get("reason") or ""
     reason = pod_reason or terminated.get("reason") or ""
     return PodView(
@@ -147,4 +160,5 @@ def view_pod(body: dict[str, Any]) -> PodView:
             (o.get("uid", "") for o in meta.get("ownerReferences") or [] if o.get("controller")),
             "",
         ),
+        unschedulable=unschedulable,
     )

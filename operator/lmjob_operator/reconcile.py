@@ -31,6 +31,8 @@ from lmjob_operator.failures import (
     judge_create_error,
     judge_failures,
 )
+from lmjob_operator.gang_condition import gang_problem
+from lmjob_operator.grace_condition import grace_problem
 from lmjob_operator.kube import CONFIG_MAPS, PODS, SERVICES, ApiError, ResourcePath
 from lmjob_operator.naming import ROLE_RENDEZVOUS
 from lmjob_operator.plan import (
@@ -43,7 +45,13 @@ from lmjob_operator.plan import (
     parse_status,
     plan_pods,
 )
-from lmjob_operator.pod_group import POD_GROUP_APIS, build_pod_group, gang_flavour
+from lmjob_operator.pod_group import (
+    POD_GROUP_APIS,
+    Flavour,
+    build_pod_group,
+    gang_candidates,
+    gang_flavour,
+)
 from lmjob_operator.pod_monitor import (
     POD_MONITOR_GROUP,
     POD_MONITOR_PLURAL,
@@ -104,7 +112,11 @@ async def _reconcile(
     pods = _observe(state, indexed, uid, now)
     rendezvous = next((p for p in pods if p.role == ROLE_RENDEZVOUS and not p.deleting), None)
 
-    problems = await _problems(ctx, job, state)
+    gang = await _served_gang(ctx, job)
+    problems = await _problems(ctx, job, state, gang, pods)
+    grace = grace_problem(job, previous.checkpoint.save_seconds if previous.checkpoint else None)
+    if grace is not None:
+        problems.append(grace)
     active = not previous.phase.finished and not job.spec.run_policy.suspend
     verdict = Verdict()
     if active and not any(p.type == "Failed" for p in problems):
@@ -132,14 +144,14 @@ async def _reconcile(
         return IDLE_SECONDS
     ensure_with_pods = False
     if not status.phase.finished and status.phase != JobPhase.SUSPENDED:
-        if gang_flavour(job) is not None:
+        if gang is not None:
             # A gang scheduler must find the PodGroup before the first of its pods.
-            await _ensure_objects(ctx, state, job)
+            await _ensure_objects(ctx, state, job, gang)
         else:
             # Nothing checks a pod's Service or ConfigMap when it is created (the kubelet waits
             # for a missing ConfigMap): they go out with the pods, not before them.
             ensure_with_pods = True
-    await _apply_plan(ctx, state, job, status, plan, verdict, ensure=ensure_with_pods)
+    await _apply_plan(ctx, state, job, status, plan, verdict, gang, ensure=ensure_with_pods)
     if not previous_written:
         pods = _observe(state, pods, uid, datetime.now(UTC))
         status = build_status(job, pods, state.progress, previous, verdict, now, problems)
@@ -154,7 +166,22 @@ def _observe(state: JobState, indexed: Iterable[PodView], uid: str, now: datetim
     return seen.pods
 
 
-async def _problems(ctx: Context, job: LargeModelJob, state: JobState) -> list[Problem]:
+async def _served_gang(ctx: Context, job: LargeModelJob) -> Flavour | None:
+    """The gang flavour of the job among the PodGroup APIs the cluster serves (discovery,
+    cached by ctx.catalog); None without gang scheduling or when none is served."""
+    served = [
+        f
+        for f in gang_candidates(job)
+        if await ctx.catalog.has(
+            POD_GROUP_APIS[f].group, POD_GROUP_APIS[f].version, POD_GROUP_APIS[f].plural
+        )
+    ]
+    return gang_flavour(job, served)
+
+
+async def _problems(
+    ctx: Context, job: LargeModelJob, state: JobState, gang: Flavour | None, pods: list[PodView]
+) -> list[Problem]:
     problems: list[Problem] = []
     invalid = check_runnable(job)
     if invalid:
@@ -163,29 +190,9 @@ async def _problems(ctx: Context, job: LargeModelJob, state: JobState) -> list[P
         problems.append(Problem("Failed", "True", "PodRejected", state.rejected))
     if state.forbidden:
         problems.append(Problem("Created", "False", "PodCreationForbidden", state.forbidden))
-    flavour = gang_flavour(job)
-    if flavour is not None:
-        api = POD_GROUP_APIS[flavour]
-        if await ctx.catalog.has(api.group, api.version, api.plural):
-            problems.append(
-                Problem(
-                    "GangScheduling",
-                    "True",
-                    "PodGroupCreated",
-                    f"{flavour} PodGroup {job.metadata.name}",
-                )
-            )
-        else:
-            problems.append(
-                Problem(
-                    "GangScheduling",
-                    "False",
-                    "PodGroupAPIMissing",
-                    f"scheduling.gang is set but the cluster serves no {api.api_version} PodGroup "
-                    f"({flavour}): workers are scheduled without a gang. Install {flavour} or "
-                    "unset scheduling.gang",
-                )
-            )
+    problem = gang_problem(job, gang, pods)
+    if problem is not None:
+        problems.append(problem)
     if job.spec.metrics.pod_monitor:
         served = await ctx.catalog.has(POD_MONITOR_GROUP, POD_MONITOR_VERSION, POD_MONITOR_PLURAL)
         problems.append(
@@ -289,7 +296,9 @@ def job_namespace_of(body: dict[str, Any]) -> str:
     return body["metadata"]["namespace"]
 
 
-async def _ensure_objects(ctx: Context, state: JobState, job: LargeModelJob) -> None:
+async def _ensure_objects(
+    ctx: Context, state: JobState, job: LargeModelJob, gang: Flavour | None
+) -> None:
     """Apply the job's non-pod objects once per generation (and every ENSURE_EVERY_SECONDS)."""
     generation = int((job.metadata.model_extra or {}).get("generation") or 0)
     done_generation, done_at = state.ensured
@@ -302,12 +311,8 @@ async def _ensure_objects(ctx: Context, state: JobState, job: LargeModelJob) -> 
     ]
     if needs_config_map(job):
         applies.append(ctx.kube.apply(CONFIG_MAPS, namespace, build_config_map(job)))
-    flavour = gang_flavour(job)
-    if flavour is not None:
-        api = POD_GROUP_APIS[flavour]
-        if await ctx.catalog.has(api.group, api.version, api.plural):
-            where = ResourcePath(api.group, api.version, api.plural)
-            applies.append(ctx.kube.apply(where, namespace, build_pod_group(job, flavour)))
+    if gang is not None:
+        applies.append(_apply_pod_group(ctx, job, gang))
     if job.spec.metrics.pod_monitor and await ctx.catalog.has(
         POD_MONITOR_GROUP, POD_MONITOR_VERSION, POD_MONITOR_PLURAL
     ):
@@ -317,6 +322,28 @@ async def _ensure_objects(ctx: Context, state: JobState, job: LargeModelJob) -> 
     state.ensured = (generation, time.monotonic())
 
 
+async def _apply_pod_group(ctx: Context, job: LargeModelJob, gang: Flavour) -> None:
+    api = POD_GROUP_APIS[gang]
+    where = ResourcePath(api.group, api.version, api.plural)
+    namespace = job.metadata.namespace or "default"
+    group = build_pod_group(job, gang)
+    try:
+        await ctx.kube.apply(where, namespace, group)
+    except ApiError as err:
+        if err.status != 422 or gang != "kubernetes":
+            raise
+        # Kubernetes' PodGroup is immutable: a new minReplicas makes a new one. Pods already
+        # placed keep running; pods created later are placed against the new gang size.
+        _job_log(job).info("replacing PodGroup (gang size changed): %s", err.message)
+        name = group["metadata"]["name"]
+        try:
+            await ctx.kube.delete(where, namespace, name)
+        except ApiError as gone:
+            if gone.status != 404:
+                raise
+        await ctx.kube.apply(where, namespace, group)
+
+
 async def _apply_plan(
     ctx: Context,
     state: JobState,
@@ -324,6 +351,7 @@ async def _apply_plan(
     status: Status,
     plan: PodPlan,
     verdict: Verdict,
+    gang: Flavour | None,
     ensure: bool = False,
 ) -> None:
     """Delete, then create what the plan says; with `ensure`, the job's other objects are
@@ -354,12 +382,15 @@ async def _apply_plan(
     if plan.create_rendezvous or plan.create_workers:
         state.forbidden = ""  # set again below if the API server still forbids a pod
     gate = asyncio.Semaphore(ctx.config.create_concurrency)
+    save_seconds = status.checkpoint.save_seconds if status.checkpoint else None
 
     async def create(index: int) -> None:
         async with gate:
             if state.rejected:
                 return  # one refusal fails the job: no more pods to create
-            pod = build_worker_pod(job, index, status.restarts, ctx.config)
+            pod = build_worker_pod(
+                job, index, status.restarts, ctx.config, gang=gang, save_seconds=save_seconds
+            )
             await _create_pod(ctx, state, job, pod, "worker")
 
     workers = list(plan.create_workers)
@@ -369,7 +400,7 @@ async def _apply_plan(
         await create(workers.pop(0))
     # The rendezvous pod goes with the other workers: their agents wait for the rendezvous
     # endpoint on their own (torchrun's c10d join timeout).
-    creations: list[Awaitable[None]] = [_ensure_objects(ctx, state, job)] if ensure else []
+    creations: list[Awaitable[None]] = [_ensure_objects(ctx, state, job, gang)] if ensure else []
     if plan.create_rendezvous:
         pod = build_rendezvous_pod(job, ctx.config)
         creations.append(_create_pod(ctx, state, job, pod, "rendezvous"))

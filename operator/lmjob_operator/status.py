@@ -56,6 +56,8 @@ WARNING_REASONS = frozenset(
         "PodMonitorAPIMissing",
         "PodCreationForbidden",
         "StragglersFound",
+        "Unschedulable",
+        "GracePeriodShort",
     }
 )
 
@@ -240,11 +242,7 @@ def build_status(
         world_size=_world_size(job, progress, running, phase),
         restarts=restarts,
         progress=_progress(progress, previous, now),
-        checkpoint=(
-            CheckpointStatus(latest=progress.checkpoint_path, step=progress.checkpoint_step)
-            if progress and progress.checkpoint_path
-            else previous.checkpoint
-        ),
+        checkpoint=_checkpoint(progress, previous),
         stages=_stages(job, progress, previous, final_stages(pods, stage_order(job))),
         evaluations=(
             merge_evaluations(previous.evaluations, progress.evaluations, stage_order(job))
@@ -423,3 +421,20 @@ def _phase_cause(status: LargeModelJobStatus) -> Condition | None:
 def status_patch(status: LargeModelJobStatus) -> dict:
     """The status as written to the API (camelCase, unset fields left out)."""
     return status.to_wire()
+
+
+def _checkpoint(
+    progress: TrainerProgress | None, previous: LargeModelJobStatus
+) -> CheckpointStatus | None:
+    """The newest checkpoint, with how long a save took (kept across restarts: a resumed
+    trainer reports none until it saves again)."""
+    if not (progress and progress.checkpoint_path):
+        return previous.checkpoint
+    seconds = progress.checkpoint_write_seconds
+    if seconds is None and previous.checkpoint is not None:
+        seconds = previous.checkpoint.save_seconds
+    return CheckpointStatus(
+        latest=progress.checkpoint_path,
+        step=progress.checkpoint_step,
+        save_seconds=round(seconds, 3) if seconds is not None else None,
+    )

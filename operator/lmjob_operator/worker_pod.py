@@ -29,6 +29,7 @@ How the user's `workers.template` merges into the generated pod:
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from lmjob_api import LargeModelJob, termination
@@ -51,7 +52,7 @@ from lmjob_operator.naming import (
     service_name,
     worker_name,
 )
-from lmjob_operator.pod_group import build_scheduling_metadata
+from lmjob_operator.pod_group import Flavour, build_scheduling_group, build_scheduling_metadata
 from lmjob_operator.security import (
     build_container_security,
     build_pod_security,
@@ -194,9 +195,17 @@ def _volumes(job: LargeModelJob) -> list[dict[str, Any]]:
 
 
 def build_worker_pod(
-    job: LargeModelJob, index: int, rendezvous_round: int, config: OperatorConfig
+    job: LargeModelJob,
+    index: int,
+    rendezvous_round: int,
+    config: OperatorConfig,
+    *,
+    gang: Flavour | None = None,
+    save_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """The pod of worker `index`, joining rendezvous round `rendezvous_round`."""
+    """The pod of worker `index`, joining rendezvous round `rendezvous_round`; in the gang
+    of flavour `gang` (pod_group.gang_flavour), with a grace period that fits a checkpoint
+    save of `save_seconds` (the job's longest measured save, when known)."""
     name = job.metadata.name
     template = job.spec.workers.template
     template_spec = copy.deepcopy(template.spec)
@@ -206,7 +215,7 @@ def build_worker_pod(
     sidecars = copy.deepcopy(template.sidecars())
 
     meta = owned_metadata(job, worker_name(name, index), ROLE_WORKER)
-    gang_labels, gang_annotations = build_scheduling_metadata(job)
+    gang_labels, gang_annotations = build_scheduling_metadata(job, gang)
     meta["labels"] = {
         **template.metadata.labels,
         **gang_labels,
@@ -238,8 +247,36 @@ def build_worker_pod(
         spec["initContainers"] = [
             build_secured_container(c) for c in template_spec["initContainers"]
         ]
+    scheduling_group = build_scheduling_group(job, gang)
+    if scheduling_group is not None:
+        spec["schedulingGroup"] = scheduling_group
+    grace = grace_period_seconds(job, save_seconds)
+    if grace is not None:
+        spec["terminationGracePeriodSeconds"] = grace
     if job.spec.scheduling.scheduler_name:
         spec["schedulerName"] = job.spec.scheduling.scheduler_name
     if job.spec.scheduling.priority_class_name:
         spec["priorityClassName"] = job.spec.scheduling.priority_class_name
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+# Kubernetes' own default, the floor of a grace period lmjob derives.
+DEFAULT_GRACE_SECONDS = 30
+# A save under SIGTERM competes with the other workers' saves for the same storage: a margin
+# over the measured one, plus a fixed part for torchrun's shutdown and the process exit.
+GRACE_FACTOR = 1.5
+GRACE_MARGIN_SECONDS = 10
+
+
+def grace_period_seconds(job: LargeModelJob, save_seconds: float | None) -> int | None:
+    """A worker pod's terminationGracePeriodSeconds: workers.terminationGracePeriodSeconds;
+    else what the template sets (None: the template's value is kept as written); else
+    enough for the job's measured save (`save_seconds`), at least Kubernetes' 30 s; None
+    (Kubernetes' default) before any save was measured."""
+    workers = job.spec.workers
+    if workers.termination_grace_period_seconds is not None:
+        return workers.termination_grace_period_seconds
+    if "terminationGracePeriodSeconds" in workers.template.spec or save_seconds is None:
+        return None
+    needed = math.ceil(save_seconds * GRACE_FACTOR + GRACE_MARGIN_SECONDS)
+    return max(DEFAULT_GRACE_SECONDS, needed)

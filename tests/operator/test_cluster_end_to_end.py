@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 
 from lmjob_api.termination import decode_stages
 from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
@@ -28,7 +29,9 @@ from tests.operator.harness import (
     free_port,
     job_status,
     on_node,
+    patch_spec,
     phase_is,
+    pods_of,
     wait_for,
 )
 
@@ -274,3 +277,72 @@ def test_startup_config_error_fails_the_job_fast(
     assert kubelet.exit_codes.get("e2e-worker-0") == [78], worker_log[-3000:]
     assert "attempts left" not in worker_log, worker_log[-3000:]  # torchrun never restarted
     assert job_status(kube.custom, namespace, "e2e")["restarts"] == 0
+
+
+def test_suspend_and_eviction_each_redo_at_most_one_step(
+    kubelet: ProcessKubelet, storage: Path, kube, namespace, corpus: Path
+) -> None:
+    """Stopped the two ways a cluster stops a worker — `runPolicy.suspend` (as `kubectl
+    patch` or Kueue does) and a drain through the eviction API — the trainer saves the step
+    in flight on SIGTERM, within the pod's grace period (the process kubelet sends SIGTERM,
+    then SIGKILL after it), and resumes from it: at most one step is done twice, no
+    periodic checkpoint in between (checkpoint.everySteps is beyond the run), and neither
+    stop counts as a restart."""
+    spec = job_spec(corpus, node=namespace, steps=100_000)
+    spec.pop("compression")
+    spec["workers"]["procsPerWorker"] = 1
+    spec["training"]["checkpoint"] = {"everySteps": 100_000}
+    spec["training"]["evaluation"] = {"everySteps": 100_000, "steps": 1}
+    create_job(kube.custom, namespace, "e2e", spec)
+
+    def past(step: int) -> Callable[[dict], bool]:
+        return lambda s: (s.get("progress") or {}).get("step", 0) > step
+
+    wait_for_status(kube, namespace, past(3), "training under way")
+    patch_spec(kube.custom, namespace, "e2e", {"runPolicy": {"suspend": True}})
+    wait_for(phase_is(kube.custom, namespace, "e2e", "Suspended"), timeout=60)
+    wait_for(lambda: not pods_of(kube.core, namespace, "e2e"), timeout=60, what="pods gone")
+    patch_spec(kube.custom, namespace, "e2e", {"runPolicy": {"suspend": False}})
+    resumed = wait_for_status(
+        kube, namespace, lambda s: past(0)(s) and checkpointed(s), "resumed from the save"
+    )
+    saved = resumed["checkpoint"]["step"]
+    wait_for_status(kube, namespace, past(saved + 3), "training on after the resume")
+    # The save's measure reached status, and sizes the next pods' grace period (30 s floor).
+    assert resumed["checkpoint"]["saveSeconds"] > 0, resumed["checkpoint"]
+
+    old = kube.core.read_namespaced_pod("e2e-worker-0", namespace)
+    assert old.spec.termination_grace_period_seconds == 30
+    kube.core.create_namespaced_pod_eviction(
+        "e2e-worker-0",
+        namespace,
+        client.V1Eviction(metadata=client.V1ObjectMeta(name="e2e-worker-0", namespace=namespace)),
+    )
+    wait_for(
+        lambda: any(
+            p.metadata.uid != old.metadata.uid for p in pods_of(kube.core, namespace, "e2e")
+        ),
+        timeout=60,
+        what="the evicted worker's replacement",
+    )
+    final = wait_for_status(
+        kube,
+        namespace,
+        lambda s: (
+            checkpointed(s)
+            and s["checkpoint"]["step"] > saved
+            and past(s["checkpoint"]["step"] + 3)(s)
+        ),
+        "resumed after the eviction",
+    )
+    assert kubelet.errors == [], kubelet.errors
+    # Two stops that ended before the grace period did (no SIGKILL: 137), and neither
+    # spent backoffLimit.
+    stops = kubelet.stopped.get("e2e-worker-0", [])
+    assert len(stops) == 2 and 137 not in stops, kubelet.stopped
+    assert final["restarts"] == 0
+    lines = (storage / "train" / "history.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines if '"loss"' in line]
+    redone = len(steps) - len(set(steps))
+    assert redone <= 2, f"{redone} steps redone over two stops"
+    assert sorted(set(steps)) == list(range(min(steps), max(steps) + 1))  # none skipped

@@ -178,7 +178,9 @@ def _exists(read) -> bool:
 
 @pytest.mark.parametrize("gang", [True])
 def test_gang_without_podgroup_api_is_a_condition(operator, kube, namespace, gang: bool) -> None:
-    create_job(kube.custom, namespace, "g", {**ELASTIC, "scheduling": {"gang": gang}})
+    # The test control plane serves Kubernetes' own PodGroup: ask for one it does not.
+    scheduling = {"gang": gang, "gangApi": "SchedulerPlugins"}
+    create_job(kube.custom, namespace, "g", {**ELASTIC, "scheduling": scheduling})
     wait_for(lambda: len(workers(kube, namespace, "g")) == 2, what="pods still created")
     status = wait_for(lambda: condition(job_status(kube.custom, namespace, "g"), "GangScheduling"))
     assert status["status"] == "False" and status["reason"] == "PodGroupAPIMissing"

@@ -1,14 +1,17 @@
-"""Gang scheduling with a served PodGroup API, and a pod stuck Terminating on a dead node."""
+"""Gang scheduling with a served PodGroup API (scheduler-plugins' CRD; Kubernetes' own,
+acted on by the real kube-scheduler with kwok's fake GPU nodes), and a pod stuck
+Terminating on a dead node."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from lmjob_cli.localcluster.kwok import TOLERATION, Kwok, build_fake_node
 from tests.operator.harness import (
     condition,
     create_job,
@@ -70,7 +73,9 @@ def podgroup_api(kube) -> Iterator[None]:
 
 
 def test_gang_creates_pod_group(podgroup_api, operator, kube, namespace) -> None:
-    create_job(kube.custom, namespace, "g", {**SPEC, "scheduling": {"gang": True}})
+    # Kubernetes' own PodGroup is served too (and preferred): ask for this flavour.
+    gang = {"gang": True, "gangApi": "SchedulerPlugins"}
+    create_job(kube.custom, namespace, "g", {**SPEC, "scheduling": gang})
     group = wait_for(
         lambda: _get(
             lambda: kube.custom.get_namespaced_custom_object(
@@ -84,7 +89,106 @@ def test_gang_creates_pod_group(podgroup_api, operator, kube, namespace) -> None
     pods = wait_for(lambda: len(p := pods_of(kube.core, namespace, "g")) == 3 and p)
     assert {p.metadata.labels["scheduling.x-k8s.io/pod-group"] for p in pods} == {"g"}
     cond = wait_for(lambda: condition(job_status(kube.custom, namespace, "g"), "GangScheduling"))
-    assert (cond["status"], cond["reason"]) == ("True", "PodGroupCreated")
+    # No node here: once the scheduler has tried, the condition carries its message.
+    assert cond["reason"] in ("PodGroupCreated", "Unschedulable"), cond
+    assert cond["message"].startswith("scheduling.x-k8s.io/v1alpha1 PodGroup g"), cond
+
+
+@pytest.fixture
+def kwok(control_plane, kube, tmp_path) -> Iterator[Callable[[str], None]]:
+    """kwok playing the kubelet of fake nodes; yields `add_node(name)`: a Ready node with
+    8 nvidia.com/gpu. The nodes are deleted after the test."""
+    fake = Kwok(control_plane, tmp_path / "kwok")
+    fake.start()
+    names: list[str] = []
+    suffix = secrets.token_hex(3)
+
+    def add_node(name: str) -> None:
+        names.append(f"{name}-{suffix}")
+        kube.core.create_node(build_fake_node(names[-1], gpus=8))
+        fake.wait_ready(kube.core, names[-1])
+
+    try:
+        yield add_node
+    finally:
+        for name in names:
+            kube.core.delete_node(name)
+        fake.stop()
+
+
+# Four workers of 8 GPUs each, placeable only on the fake nodes.
+GPU_JOB = {
+    "command": ["train"],
+    "workers": {
+        "replicas": 4,
+        "resources": {"limits": {"nvidia.com/gpu": 8}},
+        "template": {"spec": {"tolerations": [TOLERATION]}},
+    },
+}
+
+
+def _bound(core, namespace: str, job: str) -> list[str]:
+    return [p.spec.node_name for p in pods_of(core, namespace, job) if p.spec.node_name]
+
+
+def test_native_gang_binds_all_workers_or_none(kwok, operator, kube, namespace) -> None:
+    for i in range(3):
+        kwok(f"gpu{i}")
+
+    # The control: without a gang, three of the four workers bind and one waits.
+    create_job(kube.custom, namespace, "solo", GPU_JOB)
+    wait_for(lambda: len(_bound(kube.core, namespace, "solo")) == 3, what="3 of 4 bound")
+    kube.custom.delete_namespaced_custom_object(
+        "lmjob.dev", "v1alpha1", namespace, "largemodeljobs", "solo"
+    )
+    wait_for(lambda: not pods_of(kube.core, namespace, "solo"), what="solo's pods gone")
+
+    create_job(kube.custom, namespace, "gang", {**GPU_JOB, "scheduling": {"gang": True}})
+    group = wait_for(
+        lambda: _get(
+            lambda: kube.custom.get_namespaced_custom_object(
+                "scheduling.k8s.io", "v1alpha2", namespace, "podgroups", "gang"
+            )
+        ),
+        what="Kubernetes' PodGroup",
+    )
+    assert group["spec"]["schedulingPolicy"] == {"gang": {"minCount": 4}}
+    # The scheduler tried and said why; the job says it too, and no worker holds GPUs.
+    cond = wait_for(
+        lambda: (
+            c
+            if (c := condition(job_status(kube.custom, namespace, "gang"), "GangScheduling")).get(
+                "reason"
+            )
+            == "Unschedulable"
+            else None
+        ),
+        what="the scheduler's reason in the job's conditions",
+    )
+    assert cond["status"] == "False" and "gang of 4 workers" in cond["message"], cond
+    assert "unschedulable" in cond["message"], cond  # kube-scheduler's own words follow
+    pods = pods_of(kube.core, namespace, "gang")
+    assert [p.spec.scheduling_group.pod_group_name for p in pods] == ["gang"] * 4
+    assert _bound(kube.core, namespace, "gang") == []
+
+    kwok("gpu3")
+    nodes = wait_for(
+        lambda: len(b := _bound(kube.core, namespace, "gang")) == 4 and b,
+        what="all four workers bound",
+    )
+    assert len(set(nodes)) == 4
+    cond = wait_for(
+        lambda: (
+            c
+            if (c := condition(job_status(kube.custom, namespace, "gang"), "GangScheduling")).get(
+                "status"
+            )
+            == "True"
+            else None
+        ),
+        what="GangScheduling True once placed",
+    )
+    assert cond["reason"] == "PodGroupCreated"
 
 
 def _get(read):

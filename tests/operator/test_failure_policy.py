@@ -181,6 +181,35 @@ CASES = [
         Action.NONE,
         "",
     ),
+    # A saved stop: SIGTERM → checkpoint → exit 128+15 (trainer/lmjob_trainer/train.py).
+    # Under Never with no budget left, so counting it would fail the job.
+    (
+        "SIGTERM of a deleted pod (eviction API, kubectl delete) spends no backoffLimit",
+        [worker(0), failed(1, 143, deletion_timestamp=NOW)],
+        "Never",
+        0,
+        0,
+        Action.NONE,
+        "",
+    ),
+    (
+        "SIGTERM of every worker (suspend, Kueue eviction) spends no backoffLimit",
+        [failed(0, 143, deletion_timestamp=NOW), failed(1, 143, deletion_timestamp=NOW)],
+        "Never",
+        0,
+        0,
+        Action.NONE,
+        "",
+    ),
+    (
+        "SIGTERM from a node shutdown (DisruptionTarget) is replaced, not counted",
+        [worker(0), failed(1, 143, reason="Terminated", disrupted=True)],
+        "Never",
+        0,
+        0,
+        Action.REPLACE,
+        "WorkerDisrupted",
+    ),
     (
         "pod being deleted is not judged",
         [worker(0), failed(1, 1, deletion_timestamp=NOW)],

@@ -11,7 +11,7 @@ import yaml
 from lmjob_api.trainer_config import parse_trainer_config
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.config_map import build_config_map
-from lmjob_operator.pod_group import build_pod_group, gang_flavour
+from lmjob_operator.pod_group import POD_GROUP_APIS, build_pod_group, gang_flavour
 from lmjob_operator.pod_monitor import build_pod_monitor
 from lmjob_operator.rendezvous import build_rendezvous_pod, build_rendezvous_service
 from lmjob_operator.service import build_service
@@ -117,8 +117,18 @@ CASES: list[tuple[str, Callable[[Any], dict], dict, Callable[[dict], Any], Any]]
         OWNER,
     ),
     (
-        "pod group: scheduler-plugins",
-        lambda job: build_pod_group(job, gang_flavour(job)),
+        "pod group: kubernetes (served, preferred)",
+        lambda job: build_pod_group(job, gang_flavour(job, POD_GROUP_APIS)),
+        {
+            "workers": {"replicas": 4, "minReplicas": 2, "maxReplicas": 8},
+            "scheduling": {"gang": True},
+        },
+        lambda o: (o["apiVersion"], o["spec"]),
+        ("scheduling.k8s.io/v1alpha2", {"schedulingPolicy": {"gang": {"minCount": 2}}}),
+    ),
+    (
+        "pod group: scheduler-plugins when Kubernetes' is not served",
+        lambda job: build_pod_group(job, gang_flavour(job, ["scheduler-plugins", "volcano"])),
         {
             "workers": {"replicas": 4, "minReplicas": 2, "maxReplicas": 8},
             "scheduling": {"gang": True},
@@ -127,8 +137,18 @@ CASES: list[tuple[str, Callable[[Any], dict], dict, Callable[[dict], Any], Any]]
         ("scheduling.x-k8s.io/v1alpha1", 2),
     ),
     (
+        "pod group: scheduler-plugins asked for",
+        lambda job: build_pod_group(job, gang_flavour(job, POD_GROUP_APIS)),
+        {
+            "workers": {"replicas": 4, "minReplicas": 2, "maxReplicas": 8},
+            "scheduling": {"gang": True, "gangApi": "SchedulerPlugins"},
+        },
+        lambda o: (o["apiVersion"], o["spec"]["minMember"]),
+        ("scheduling.x-k8s.io/v1alpha1", 2),
+    ),
+    (
         "pod group: volcano",
-        lambda job: build_pod_group(job, gang_flavour(job)),
+        lambda job: build_pod_group(job, gang_flavour(job, POD_GROUP_APIS)),
         {
             "scheduling": {
                 "gang": True,
@@ -170,5 +190,18 @@ def test_owned_object(
     assert read(build(make_job(spec))) == expected
 
 
-def test_no_gang_without_request() -> None:
-    assert gang_flavour(make_job()) is None
+@pytest.mark.parametrize(
+    ("scheduling", "served", "expected"),
+    [
+        ({}, POD_GROUP_APIS, None),
+        ({"gang": True}, POD_GROUP_APIS, "kubernetes"),
+        ({"gang": True}, ["scheduler-plugins"], "scheduler-plugins"),
+        ({"gang": True}, ["volcano"], None),
+        ({"gang": True, "gangApi": "SchedulerPlugins"}, POD_GROUP_APIS, "scheduler-plugins"),
+        ({"gang": True, "gangApi": "Kubernetes"}, ["scheduler-plugins"], None),
+        ({"gang": True, "schedulerName": "volcano"}, POD_GROUP_APIS, "volcano"),
+        ({"gang": True, "schedulerName": "volcano"}, ["kubernetes"], None),
+    ],
+)
+def test_gang_flavour(scheduling: dict, served: Any, expected: str | None) -> None:
+    assert gang_flavour(make_job({"scheduling": scheduling}), served) == expected

@@ -267,3 +267,15 @@ def test_scrape_without_any_answer() -> None:
         scrape_progress([worker(0, pod_ip="127.0.0.9")], 1, STAGES, timeout=0.5)
     )
     assert (progress, pod) == (None, "")
+
+
+def test_checkpoint_write_seconds_is_the_longest_stages() -> None:
+    reg = CollectorRegistry()
+    Gauge("lmjob_trainer_world_size", "w", ["job"], registry=reg).labels("demo").set(2)
+    write = Gauge("lmjob_trainer_checkpoint_write_seconds", "c", ["job", "stage"], registry=reg)
+    write.labels("demo", "train").set(7.5)
+    write.labels("demo", "prune").set(2.0)
+    write.labels("other", "train").set(99.0)  # another job's series on a shared port
+    progress = parse_scrape(generate_latest(reg).decode(), STAGES, job="demo")
+    assert progress is not None and progress.checkpoint_write_seconds == 7.5
+    assert parse_scrape(exposition(), STAGES).checkpoint_write_seconds is None

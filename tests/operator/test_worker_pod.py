@@ -9,6 +9,7 @@ import pytest
 
 from lmjob_api.env import WORKER_ENV
 from lmjob_operator.config import OperatorConfig
+from lmjob_operator.pod_group import POD_GROUP_APIS, gang_flavour
 from lmjob_operator.rendezvous import build_rendezvous_pod
 from lmjob_operator.spec_checks import check_runnable
 from lmjob_operator.worker_pod import build_worker_pod, procs_per_worker
@@ -17,8 +18,16 @@ from tests.operator.factories import UID, make_job
 CONFIG = OperatorConfig(trainer_image="registry.example/lmjob-trainer:1")
 
 
-def pod_for(spec: dict[str, Any] | None = None, index: int = 1, round_: int = 0) -> dict[str, Any]:
-    return build_worker_pod(make_job(spec), index, round_, CONFIG)
+def pod_for(
+    spec: dict[str, Any] | None = None,
+    index: int = 1,
+    round_: int = 0,
+    save_seconds: float | None = None,
+) -> dict[str, Any]:
+    """The pod as the operator builds it on a cluster serving every PodGroup API."""
+    job = make_job(spec)
+    gang = gang_flavour(job, POD_GROUP_APIS)
+    return build_worker_pod(job, index, round_, CONFIG, gang=gang, save_seconds=save_seconds)
 
 
 def main_container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -315,10 +324,28 @@ CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any], Any]] = 
         ),
     ),
     (
-        "gang: scheduler-plugins label",
+        "gang: Kubernetes' PodGroup by default, linked by spec.schedulingGroup",
         {"scheduling": {"gang": True}},
-        lambda p: p["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"],
-        "demo",
+        lambda p: (
+            p["spec"]["schedulingGroup"],
+            "scheduling.x-k8s.io/pod-group" in p["metadata"]["labels"],
+        ),
+        ({"podGroupName": "demo"}, False),
+    ),
+    (
+        "gang: scheduler-plugins label",
+        {"scheduling": {"gang": True, "gangApi": "SchedulerPlugins"}},
+        lambda p: (
+            p["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"],
+            "schedulingGroup" in p["spec"],
+        ),
+        ("demo", False),
+    ),
+    (
+        "no gang: no scheduling group",
+        {},
+        lambda p: "schedulingGroup" in p["spec"],
+        False,
     ),
     (
         "gang: volcano annotation",
@@ -572,3 +599,18 @@ def test_pod_and_node_names_come_from_the_downward_api() -> None:
     env = {e["name"]: e for e in main_container(pod_for())["env"]}
     assert env["LMJOB_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["LMJOB_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+
+@pytest.mark.parametrize(
+    ("workers", "save_seconds", "expected"),
+    [
+        ({}, None, None),  # nothing measured yet: Kubernetes' default
+        ({}, 4.0, 30),  # a quick save: the 30 s floor
+        ({}, 100.0, 160),  # 100 × 1.5 + 10
+        ({"terminationGracePeriodSeconds": 20}, 100.0, 20),  # explicit wins (and warns)
+        ({"template": {"spec": {"terminationGracePeriodSeconds": 45}}}, 100.0, 45),
+    ],
+)
+def test_grace_period(workers: dict, save_seconds: float | None, expected: int | None) -> None:
+    pod = pod_for({"workers": workers}, save_seconds=save_seconds)
+    assert pod["spec"].get("terminationGracePeriodSeconds") == expected

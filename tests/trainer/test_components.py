@@ -132,7 +132,7 @@ def test_metrics_follow_the_contract() -> None:
     metrics.record_checkpoint_saved("train", 0.2)
     metrics.record_checkpoint_loaded("train", 0.1)
     metrics.record_checkpoint_complete("train", "/c/train/step-000000001", 1)
-    metrics.record_checkpoint_complete("train", "/c/train/step-000000002", 2)
+    metrics.record_checkpoint_complete("train", "/c/train/step-000000002", 2, write_seconds=3.5)
     metrics.set_stage_phase("train", "Running")
     metrics.set_stage_phase("train", "Succeeded")
     metrics.set_stage_result("train", {"evalLoss": 1.9, "params": 100})
@@ -151,6 +151,7 @@ def test_metrics_follow_the_contract() -> None:
         'lmjob_trainer_checkpoint_save_seconds_count{job="j",stage="train"} 1.0',
         'lmjob_trainer_checkpoint_load_seconds_count{job="j",stage="train"} 1.0',
         'lmjob_trainer_checkpoint_info{job="j",path="/c/train/step-000000002",stage="train"} 2.0',
+        'lmjob_trainer_checkpoint_write_seconds{job="j",stage="train"} 3.5',
         'lmjob_trainer_world_size{job="j"} 4.0',
         'lmjob_trainer_restarts{job="j"} 2.0',
         'lmjob_trainer_stage_info{job="j",phase="Succeeded",stage="train"} 1.0',
@@ -176,7 +177,8 @@ def test_metrics_follow_the_contract() -> None:
         progress.restarts,
         progress.checkpoint_path,
         progress.checkpoint_step,
-    ) == ("train", 1, 10, 2.0, 1.9, 5.0, 4, 2, "/c/train/step-000000002", 2)
+        progress.checkpoint_write_seconds,
+    ) == ("train", 1, 10, 2.0, 1.9, 5.0, 4, 2, "/c/train/step-000000002", 2, 3.5)
     assert [(e.stage, e.step, e.loss) for e in progress.evaluations] == [("train", 1, 1.9)]
     assert list(progress.stages) == metrics.stage_summary()
 

@@ -95,6 +95,7 @@ class CheckpointManager:
         self._in_flight: Future | None = None
         self._staging: Future | None = None
         self._stall = 0.0
+        self._write_started = 0.0
         self.last_stall_seconds = 0.0
         """Seconds the newest save held up training (benchmarks read it)."""
         self._stager: DefaultStager | None = None
@@ -139,7 +140,10 @@ class CheckpointManager:
         dcp.load(self.states, checkpoint_id=str(path))
         seconds = time.perf_counter() - started
         self.metrics.record_checkpoint_loaded(self.stage, seconds)
-        self.metrics.record_checkpoint_complete(self.stage, str(path), step)
+        # How long it took to write, for the operator's grace period: a save on SIGTERM is
+        # over before anyone scrapes it, so its measure travels in the checkpoint.
+        written = storage.read_meta(path).get("write_seconds") if self.env.is_main else None
+        self.metrics.record_checkpoint_complete(self.stage, str(path), step, write_seconds=written)
         self.last_saved_step = step
         log.info("resumed from checkpoint", extra={"path": str(path), "seconds": round(seconds, 3)})
         return step
@@ -157,6 +161,9 @@ class CheckpointManager:
             return
         started = time.perf_counter()
         self.wait()
+        # From here to the COMPLETE marker is what a save on SIGTERM needs (the grace period
+        # the operator derives), whether or not training waited for all of it.
+        self._write_started = time.perf_counter()
         path = storage.step_dir(self.root, self.stage, step)
         if self.async_save and not blocking:
             self._finalized.clear()
@@ -240,9 +247,16 @@ class CheckpointManager:
             self._finalized.set()
 
     def _finalize(self, path: Path, step: int) -> None:
-        meta = {"step": step, "stage": self.stage, "world_size": self.env.world_size, **self.meta}
+        seconds = round(time.perf_counter() - self._write_started, 3)
+        meta = {
+            "step": step,
+            "stage": self.stage,
+            "world_size": self.env.world_size,
+            "write_seconds": seconds,
+            **self.meta,
+        }
         storage.mark_complete(path, meta)
-        self.metrics.record_checkpoint_complete(self.stage, str(path), step)
+        self.metrics.record_checkpoint_complete(self.stage, str(path), step, write_seconds=seconds)
         self._prune()
 
     def _prune(self) -> None:

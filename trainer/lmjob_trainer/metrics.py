@@ -121,6 +121,12 @@ class TrainerMetrics:
             (*js, names.PATH),
             registry=r,
         )
+        self.checkpoint_write_seconds = Gauge(
+            names.series(names.CHECKPOINT_WRITE_SECONDS),
+            "Seconds the newest checkpoint took from the save call to complete on storage",
+            js,
+            registry=r,
+        )
         self.world_size = Gauge(
             names.series(names.WORLD_SIZE),
             "Processes in the rendezvous",
@@ -272,10 +278,15 @@ class TrainerMetrics:
         if self.exports_job:
             self.checkpoint_save_seconds.labels(self.job, stage).observe(seconds)
 
-    def record_checkpoint_complete(self, stage: str, path: str, step: int) -> None:
-        """The newest complete checkpoint: one series per stage, the older one removed."""
+    def record_checkpoint_complete(
+        self, stage: str, path: str, step: int, *, write_seconds: float | None = None
+    ) -> None:
+        """The newest complete checkpoint: one series per stage, the older one removed;
+        with `write_seconds` when this process wrote it (not when it resumed from it)."""
         if not self.exports_job:
             return
+        if write_seconds is not None:
+            self.checkpoint_write_seconds.labels(self.job, stage).set(write_seconds)
         old = self._latest_path.get(stage)
         if old is not None and old != path:
             self.checkpoint_info.remove(self.job, stage, old)

@@ -91,6 +91,14 @@ def mark_complete(path: Path, meta: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def read_meta(path: Path) -> dict[str, Any]:
+    """A complete checkpoint's meta.json ({} when it has none: written by an older lmjob)."""
+    try:
+        return json.loads((path / META).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def write_report(root: Path, report: StageReport) -> Path:
     """`<root>/<stage>/report.json`, atomically: what the stage produced (read by `lmjob
     run` and tools); its presence marks the stage done."""

@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run Kueue (scripts/build-k8s --only kueue) with its CRDs and webhooks",
     )
+    up.add_argument(
+        "--gang-scheduling",
+        action="store_true",
+        help="Kubernetes' own gang scheduling (1.36 alpha: GenericWorkload and GangScheduling "
+        "feature gates, scheduling.k8s.io/v1alpha2 PodGroups)",
+    )
     actions.add_parser("down", help="stop the nodes, their pods and the control plane")
     actions.add_parser("status", help="what runs, with pids and logs")
     actions.add_parser("env", help="print the export KUBECONFIG line again")
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             controller_manager=not args.no_controller_manager,
             scheduler=not args.no_scheduler,
             crd_dir=None if args.no_crds or not crds.is_dir() else crds,
+            gang_scheduling=args.gang_scheduling,
         )
         try:
             with contextlib.suppress(KeyboardInterrupt):

@@ -66,6 +66,14 @@ class Options:
     # Lifts the apiserver's request throttles, for scale tests with many clients.
     unlimited_inflight: bool = False
     extra_apiserver_args: list[str] = field(default_factory=list)
+    # Kubernetes' own gang scheduling (1.36 alpha): the scheduling.k8s.io/v1alpha2 PodGroup
+    # API and kube-scheduler's GangScheduling plugin. Pods without a schedulingGroup are
+    # scheduled as without it.
+    gang_scheduling: bool = False
+
+
+GANG_FEATURE_GATES = "GenericWorkload=true,GangScheduling=true"
+GANG_RUNTIME_CONFIG = "scheduling.k8s.io/v1alpha2=true"
 
 
 def _free_ports(count: int) -> list[int]:
@@ -575,6 +583,11 @@ class ControlPlane:
                 "--max-mutating-requests-inflight=0",
                 "--enable-priority-and-fairness=false",
             ]
+        if opts.gang_scheduling:
+            args += [
+                f"--feature-gates={GANG_FEATURE_GATES}",
+                f"--runtime-config={GANG_RUNTIME_CONFIG}",
+            ]
         return args + list(opts.extra_apiserver_args)
 
     def _controller_manager_args(self, pki: Pki) -> list[str]:
@@ -593,6 +606,7 @@ class ControlPlane:
             f"--service-account-private-key-file={pki.sa_private}",
             f"--root-ca-file={pki.serving_ca.cert}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            *self._feature_gate_args(),
         ]
 
     def _scheduler_args(self) -> list[str]:
@@ -604,4 +618,9 @@ class ControlPlane:
             f"--bind-address={LOOPBACK}",
             f"--secure-port={self.ports['kube-scheduler']}",
             f"--cert-dir={self.state_dir / 'scheduler-certs'}",
+            *self._feature_gate_args(),
         ]
+
+    def _feature_gate_args(self) -> list[str]:
+        """The gates every component runs with (the apiserver adds its runtime-config)."""
+        return [f"--feature-gates={GANG_FEATURE_GATES}"] if self.options.gang_scheduling else []

@@ -159,6 +159,9 @@ class ProcessKubelet:
         self.pods: dict[str, _Running] = {}  # by pod uid
         self.finished: dict[str, int] = {}  # pod uid -> exit code
         self.exit_codes: dict[str, list[int]] = {}  # pod name -> its incarnations' exit codes
+        # pod name -> exit code of each incarnation stopped by its pod's deletion (SIGTERM;
+        # 137 when it outlived the grace period and was SIGKILLed)
+        self.stopped: dict[str, list[int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="process-kubelet")
         self.errors: list[str] = []
@@ -521,6 +524,12 @@ class ProcessKubelet:
                 return
             self._kill(running.proc, signal.SIGKILL)
             running.proc.wait(10)
+        if running is not None and running.stopping_since is not None:
+            code = running.proc.poll()
+            if code is not None:
+                self.stopped.setdefault(pod.metadata.name, []).append(
+                    128 - code if code < 0 else code
+                )
         self.pods.pop(pod.metadata.uid, None)
         try:
             self.core.delete_namespaced_pod(
