@@ -136,7 +136,8 @@ async def sync(
             decision = Decision(Action.WAIT, True, "WorkloadCreated", decision.message)
         return Gate(decision, workload)
 
-    assert workload is not None  # every other action is about an existing Workload
+    if workload is None:  # a job that finished before it had a Workload: nothing to do
+        return Gate(decision)
     if decision.action == Action.REQUEUE:
         patch = requeue_status(workload, datetime.now(UTC))
         workload = await _patch(kube, workload, patch, sub="status")
@@ -147,10 +148,10 @@ async def sync(
         await finish(kube, job, workload, succeeded=succeeded, message=f"the job {outcome}")
     elif decision.action == Action.RELEASE:
         workload = await release(kube, workload)
-    elif workload is not None and not finished:
+    elif not finished:
         workload = await _follow_spec(kube, job, workload)
 
-    if decision.action in (Action.START, Action.RUN) and workload is not None:
+    if decision.action in (Action.START, Action.RUN):
         return Gate(decision, workload, await _placements(kube, workload))
     return Gate(decision, workload)
 
