@@ -96,7 +96,6 @@ async def sync(
     *,
     pods_active: bool,
     finished: bool,
-    succeeded: bool = False,
     rendezvous_round: int = 0,
 ) -> Gate:
     """One step towards agreeing with Kueue on this job (see the module docstring)."""
@@ -143,23 +142,33 @@ async def sync(
         workload = await _patch(kube, workload, patch, sub="status")
         _log(job).info("gave back the Workload's reservation after %s", decision.reason)
     elif decision.action == Action.FINISH:
-        # The job ended in an earlier pass (whose finish did not go through): finish now.
-        outcome = "succeeded" if succeeded else "failed"
-        await finish(kube, job, workload, succeeded=succeeded, message=f"the job {outcome}")
+        pass  # the reconcile does it, with the job's final word, once its pods are gone
     elif decision.action == Action.RELEASE:
         workload = await release(kube, workload)
     elif not finished:
         workload = await _follow_spec(kube, job, workload)
 
-    if decision.action in (Action.START, Action.RUN):
-        return Gate(decision, workload, await _placements(kube, workload))
+    if decision.action in (Action.START, Action.RUN) and not finished:
+        placed = await _placements(kube, workload)
+        if placed is None and decision.action == Action.START:
+            return held(
+                "ResourceFlavorMissing",
+                "a ResourceFlavor the job was admitted to is gone: waiting for Kueue to evict "
+                "and admit it again",
+                workload,
+            )
+        # Running already: pods created from now on go unplaced only if a flavor vanished
+        # under a running job (Kueue then stops its ClusterQueue and evicts the job).
+        return Gate(decision, workload, placed or {})
     return Gate(decision, workload)
 
 
 async def finish(
     kube: Kube, job: LargeModelJob, workload: dict[str, Any], *, succeeded: bool, message: str
 ) -> None:
-    """Mark the Workload Finished (Kueue frees its quota) and let Kueue forget it."""
+    """Mark the Workload Finished (Kueue frees its quota) and let Kueue forget it. Called once
+    none of the job's pods runs any more, as batch/v1 Jobs add their final condition only
+    when their pods are gone: the quota is not handed on while a pod still holds it."""
     if not is_true(workload, "Finished"):
         patch = finish_status(workload, succeeded=succeeded, message=message, now=datetime.now(UTC))
         workload = await _patch(kube, workload, patch, sub="status")
@@ -217,7 +226,8 @@ async def _follow_spec(kube: Kube, job: LargeModelJob, workload: dict[str, Any])
     return workload
 
 
-async def _placements(kube: Kube, workload: dict[str, Any]) -> dict[str, Placement]:
+async def _placements(kube: Kube, workload: dict[str, Any]) -> dict[str, Placement] | None:
+    """Where each admitted pod set goes; None when one of its flavors no longer exists."""
     admission = (workload.get("status") or {}).get("admission") or {}
     names = {
         flavor
@@ -228,7 +238,7 @@ async def _placements(kube: Kube, workload: dict[str, Any]) -> dict[str, Placeme
     for flavor in sorted(names):
         found = await kube.get(FLAVORS, "", flavor)
         if found is None:
-            raise LookupError(f"ResourceFlavor {flavor} of the job's admission is missing")
+            return None
         flavors[flavor] = found
     return placements(workload, flavors)
 

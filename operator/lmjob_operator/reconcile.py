@@ -38,6 +38,7 @@ from lmjob_operator.kueue_workload import (
     WORKERS,
     Placement,
     apply_placement,
+    is_true,
     queue_name,
 )
 from lmjob_operator.naming import ROLE_RENDEZVOUS
@@ -133,8 +134,8 @@ async def _reconcile(
         previous_written = True
     else:
         previous_written = False
-    if gate is not None and gate.workload is not None and _just_finished(previous, status):
-        # Kueue frees the job's quota once its Workload is Finished.
+    if _finish_due(gate, status, pods):
+        assert gate is not None and gate.workload is not None
         cause = next((c for c in status.conditions if c.type == status.phase.value), None)
         await kueue_sync.finish(
             ctx.kube,
@@ -169,7 +170,11 @@ async def _reconcile(
         pods = _observe(state, pods, uid, datetime.now(UTC))
         status = build_status(job, pods, state.progress, previous, verdict, now, problems)
         await _write_status(ctx, state, job, body, previous, status, post_event)
-    return next_wake(job, status, pods, now, ctx.config)
+    wake = next_wake(job, status, pods, now, ctx.config)
+    if _workload_unfinished(gate, status) and not _finish_due(gate, status, pods):
+        # Its Workload is marked Finished once the pods are gone: look again soon.
+        wake = min(wake, ctx.config.resync_seconds)
+    return wake
 
 
 async def _kueue_gate(
@@ -189,7 +194,6 @@ async def _kueue_gate(
         ctx.config,
         pods_active=bool(pods),
         finished=previous.phase.finished,
-        succeeded=previous.phase == JobPhase.SUCCEEDED,
         rendezvous_round=previous.restarts,
     )
     if not previous.phase.finished:
@@ -197,8 +201,17 @@ async def _kueue_gate(
     return gate
 
 
-def _just_finished(previous: Status, status: Status) -> bool:
-    return status.phase.finished and not previous.phase.finished
+def _finish_due(gate: kueue_sync.Gate | None, status: Status, pods: list[PodView]) -> bool:
+    """Whether to mark the job's Workload Finished now: the job has finished and none of its
+    pods still runs (the rendezvous store is deleted as the job finishes)."""
+    return _workload_unfinished(gate, status) and all(p.finished for p in pods)
+
+
+def _workload_unfinished(gate: kueue_sync.Gate | None, status: Status) -> bool:
+    """The job has finished but its Workload is not marked so yet."""
+    if gate is None or gate.workload is None or not status.phase.finished:
+        return False
+    return not is_true(gate.workload, "Finished")
 
 
 def _at_admitted_size(job: LargeModelJob, admitted: int | None) -> LargeModelJob:
