@@ -17,6 +17,8 @@ from lmjob_api.base import ApiModel
 class JobPhase(StrEnum):
     """Where a job is in its life; the Phase printer column."""
 
+    QUEUED = "Queued"
+    """Waiting in a Kueue queue for admission (no pods); the Queued condition says why."""
     PENDING = "Pending"
     RUNNING = "Running"
     RESTARTING = "Restarting"
@@ -132,7 +134,10 @@ class LargeModelJobStatus(ApiModel):
 
     phase: JobPhase = Field(
         JobPhase.PENDING,
-        description="Pending, Running, Restarting, Compressing, Succeeded, Failed or Suspended.",
+        description=(
+            "Queued (waiting for Kueue), Pending, Running, Restarting, Compressing, Succeeded,"
+            " Failed or Suspended."
+        ),
     )
     conditions: list[Condition] = Field(
         default_factory=list, description="Conditions with reasons."

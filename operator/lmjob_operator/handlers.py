@@ -11,8 +11,10 @@ from typing import Any
 
 import kopf
 
-from lmjob_api import GROUP, PLURAL, VERSION
+from lmjob_api import GROUP, KIND, PLURAL, VERSION
 from lmjob_operator import connection
+from lmjob_operator.kueue_sync import release_deleted_job
+from lmjob_operator.kueue_workload import JOB_UID_LABEL
 from lmjob_operator.naming import JOB_LABEL
 from lmjob_operator.pod_view import PodView, view_pod
 from lmjob_operator.reconcile import run_job_daemon
@@ -55,6 +57,15 @@ async def pods_by_job(
     return {(namespace, labels[JOB_LABEL]): view_pod(body)}
 
 
+# Kueue's verdicts on a job's Workload (admitted, evicted, why it waits) wake the job, so its
+# status shows them within a pass. Without Kueue's CRDs kopf only logs that it cannot watch.
+@kopf.on.event("kueue.x-k8s.io", "v1beta2", "workloads", labels={JOB_UID_LABEL: kopf.PRESENT})
+async def workload_changed(namespace: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    for owner in body.get("metadata", {}).get("ownerReferences") or []:
+        if owner.get("kind") == KIND and owner.get("apiVersion", "").startswith(f"{GROUP}/"):
+            memo.ctx.registry.wake(namespace, owner["name"])
+
+
 # No on.create: the daemon starts with the object and its first pass creates everything.
 @kopf.on.update(*JOBS, field="spec")
 async def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
@@ -73,3 +84,6 @@ async def job_loop(
         kopf.event(body, type=type_, reason=reason, message=message)
 
     await run_job_daemon(memo.ctx, body, pods_by_job, post, stopped)
+    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+        # The job is going: its Kueue Workload (if any) must not hang on our finalizer.
+        await release_deleted_job(memo.ctx.kube, body)

@@ -57,8 +57,10 @@ class ResourcePath:
     plural: str
 
     def url(self, namespace: str, name: str = "", sub: str = "") -> str:
+        """The object's URL; an empty `namespace` means a cluster-scoped kind."""
         base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        url = f"{base}/namespaces/{quote(namespace)}/{self.plural}"
+        scope = f"/namespaces/{quote(namespace)}" if namespace else ""
+        url = f"{base}{scope}/{self.plural}"
         if name:
             url += f"/{quote(name)}"
         if sub:
@@ -170,6 +172,15 @@ class Kube:
         finally:
             metrics.API_CALLS.labels(verb=method.lower(), resource=resource, code=code).inc()
             metrics.API_SECONDS.labels(verb=method.lower()).observe(time.monotonic() - started)
+
+    async def get(self, where: ResourcePath, namespace: str, name: str) -> dict | None:
+        """The object, or None when there is none (404)."""
+        try:
+            return await self.request("GET", where.url(namespace, name), resource=where.plural)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
 
     async def create(self, where: ResourcePath, namespace: str, body: dict[str, Any]) -> dict:
         return await self.request(

@@ -121,8 +121,10 @@ def plan_pods(
         expired = ttl is not None and done is not None and now >= done + timedelta(seconds=ttl)
         return PodPlan(delete=tuple(delete), force_delete=force, delete_job=expired)
 
-    if status.phase == JobPhase.SUSPENDED:
-        delete = [(p.name, p.uid, "job suspended") for p in present]
+    if status.phase in (JobPhase.SUSPENDED, JobPhase.QUEUED):
+        # Both a stop, not a failure: the trainer checkpoints on SIGTERM and resumes later.
+        why = "job suspended" if status.phase == JobPhase.SUSPENDED else "job queued by Kueue"
+        delete = [(p.name, p.uid, why) for p in present]
         return PodPlan(delete=tuple(delete), force_delete=force)
 
     replicas = job.spec.workers.replicas

@@ -13,8 +13,9 @@ volcano, else the first of Kubernetes' own and scheduler-plugins' the cluster se
 The gang's size (minCount / minMember) is `workers.minReplicas`: the smallest gang the job
 can train with; pods beyond it (an elastic job above its minimum) join once it is placed.
 
-Without Volcano, `spec.scheduling.queue` names a Kueue LocalQueue: worker pods carry Kueue's
-plain-pod-group labels so Kueue admits them as one gang (docs/operator.md, "Kueue").
+Without Volcano, `spec.scheduling.queue` names a Kueue LocalQueue: the job waits as a Kueue
+Workload the operator owns (kueue_sync.py, docs/kueue.md), so worker pods carry no Kueue
+labels (Kueue's pod integration would queue them a second time).
 """
 
 from __future__ import annotations
@@ -33,9 +34,6 @@ FLAVOUR_OF_API: dict[str, Flavour] = {
     "Volcano": "volcano",
 }
 
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
-KUEUE_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 
@@ -112,7 +110,7 @@ def build_pod_group(job: LargeModelJob, flavour: Flavour) -> dict[str, Any]:
 def build_scheduling_metadata(
     job: LargeModelJob, flavour: Flavour | None
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """(labels, annotations) that put a worker pod into its gang and queue."""
+    """(labels, annotations) that put a worker pod into its gang."""
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
     name = job.metadata.name
@@ -120,11 +118,6 @@ def build_scheduling_metadata(
         annotations[VOLCANO_GROUP_ANNOTATION] = pod_group_name(name)
     elif flavour == "scheduler-plugins":
         labels[COSCHEDULING_LABEL] = pod_group_name(name)
-    queue = job.spec.scheduling.queue
-    if queue and job.spec.scheduling.scheduler_name != "volcano":
-        labels[KUEUE_QUEUE_LABEL] = queue
-        labels[KUEUE_GROUP_LABEL] = name
-        annotations[KUEUE_COUNT_ANNOTATION] = str(job.spec.workers.replicas)
     return labels, annotations
 
 

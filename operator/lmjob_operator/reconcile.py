@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from lmjob_api import GROUP, PLURAL, VERSION, JobPhase, LargeModelJob
 from lmjob_api import LargeModelJobStatus as Status
-from lmjob_operator import metrics
+from lmjob_operator import kueue_sync, metrics
 from lmjob_operator.config_map import build_config_map, needs_config_map
 from lmjob_operator.failures import (
     Action,
@@ -33,7 +33,16 @@ from lmjob_operator.failures import (
 )
 from lmjob_operator.gang_condition import gang_problem
 from lmjob_operator.grace_condition import grace_problem
+from lmjob_operator.job_log import JobLog, job_log
 from lmjob_operator.kube import CONFIG_MAPS, PODS, SERVICES, ApiError, ResourcePath
+from lmjob_operator.kueue_workload import (
+    RENDEZVOUS,
+    WORKERS,
+    Placement,
+    apply_placement,
+    is_true,
+    queue_name,
+)
 from lmjob_operator.naming import ROLE_RENDEZVOUS
 from lmjob_operator.plan import (
     IDLE_SECONDS,
@@ -117,7 +126,11 @@ async def _reconcile(
     grace = grace_problem(job, previous.checkpoint.save_seconds if previous.checkpoint else None)
     if grace is not None:
         problems.append(grace)
-    active = not previous.phase.finished and not job.spec.run_policy.suspend
+    gate = await _kueue_gate(ctx, job, pods, previous, problems)
+    if gate is not None and not gate.queued:
+        job = _at_admitted_size(job, gate.admitted_workers)
+    queued = gate is not None and gate.queued
+    active = not previous.phase.finished and not job.spec.run_policy.suspend and not queued
     verdict = Verdict()
     if active and not any(p.type == "Failed" for p in problems):
         verdict = judge_failures(pods, rendezvous, job.spec.run_policy, previous.restarts)
@@ -133,6 +146,16 @@ async def _reconcile(
         previous_written = True
     else:
         previous_written = False
+    if _finish_due(gate, status, pods):
+        assert gate is not None and gate.workload is not None
+        cause = next((c for c in status.conditions if c.type == status.phase.value), None)
+        await kueue_sync.finish(
+            ctx.kube,
+            job,
+            gate.workload,
+            succeeded=status.phase == JobPhase.SUCCEEDED,
+            message=cause.message if cause else status.phase.value,
+        )
 
     if plan.delete_job:
         _job_log(job).info("deleting job: ttlSecondsAfterFinished passed")
@@ -143,7 +166,7 @@ async def _reconcile(
                 raise
         return IDLE_SECONDS
     ensure_with_pods = False
-    if not status.phase.finished and status.phase != JobPhase.SUSPENDED:
+    if not status.phase.finished and status.phase not in (JobPhase.SUSPENDED, JobPhase.QUEUED):
         if gang is not None:
             # A gang scheduler must find the PodGroup before the first of its pods.
             await _ensure_objects(ctx, state, job, gang)
@@ -151,12 +174,66 @@ async def _reconcile(
             # Nothing checks a pod's Service or ConfigMap when it is created (the kubelet waits
             # for a missing ConfigMap): they go out with the pods, not before them.
             ensure_with_pods = True
-    await _apply_plan(ctx, state, job, status, plan, verdict, gang, ensure=ensure_with_pods)
+    placements = gate.placements if gate is not None else {}
+    await _apply_plan(
+        ctx, state, job, status, plan, verdict, gang, ensure=ensure_with_pods, placements=placements
+    )
     if not previous_written:
         pods = _observe(state, pods, uid, datetime.now(UTC))
         status = build_status(job, pods, state.progress, previous, verdict, now, problems)
         await _write_status(ctx, state, job, body, previous, status, post_event)
-    return next_wake(job, status, pods, now, ctx.config)
+    wake = next_wake(job, status, pods, now, ctx.config)
+    if _workload_unfinished(gate, status) and not _finish_due(gate, status, pods):
+        # Its Workload is marked Finished once the pods are gone: look again soon.
+        wake = min(wake, ctx.config.resync_seconds)
+    return wake
+
+
+async def _kueue_gate(
+    ctx: Context,
+    job: LargeModelJob,
+    pods: list[PodView],
+    previous: Status,
+    problems: list[Problem],
+) -> kueue_sync.Gate | None:
+    """Kueue's verdict on a job that names a queue (None for any other job, and for one that
+    cannot run at all); its Queued condition joins `problems` while the job is not done."""
+    if queue_name(job) is None or any(p.type == "Failed" for p in problems):
+        return None
+    gate = await kueue_sync.sync(
+        ctx.kube,
+        job,
+        ctx.config,
+        pods_active=bool(pods),
+        finished=previous.phase.finished,
+        rendezvous_round=previous.restarts,
+    )
+    if not previous.phase.finished:
+        problems.append(gate.condition())
+    return gate
+
+
+def _finish_due(gate: kueue_sync.Gate | None, status: Status, pods: list[PodView]) -> bool:
+    """Whether to mark the job's Workload Finished now: the job has finished and none of its
+    pods still runs (the rendezvous store is deleted as the job finishes)."""
+    return _workload_unfinished(gate, status) and all(p.finished for p in pods)
+
+
+def _workload_unfinished(gate: kueue_sync.Gate | None, status: Status) -> bool:
+    """The job has finished but its Workload is not marked so yet."""
+    if gate is None or gate.workload is None or not status.phase.finished:
+        return False
+    return not is_true(gate.workload, "Finished")
+
+
+def _at_admitted_size(job: LargeModelJob, admitted: int | None) -> LargeModelJob:
+    """The job as it runs: Kueue may admit fewer workers than asked (partial admission, an
+    elastic job's minReplicas), and a job scaled up after admission keeps its admitted size
+    until it is admitted again (docs/kueue.md, "Elastic resizes")."""
+    if admitted is None or admitted >= job.spec.workers.replicas:
+        return job
+    workers = job.spec.workers.model_copy(update={"replicas": admitted})
+    return job.model_copy(update={"spec": job.spec.model_copy(update={"workers": workers})})
 
 
 def _observe(state: JobState, indexed: Iterable[PodView], uid: str, now: datetime) -> list[PodView]:
@@ -353,10 +430,17 @@ async def _apply_plan(
     verdict: Verdict,
     gang: Flavour | None,
     ensure: bool = False,
+    placements: Mapping[str, Placement] | None = None,
 ) -> None:
     """Delete, then create what the plan says; with `ensure`, the job's other objects are
     applied next to the creations (after a new job's first pod: it goes out alone, as the
-    API server answers one request faster than a burst)."""
+    API server answers one request faster than a burst). `placements`: where Kueue admitted
+    each pod set (its flavors' node labels and tolerations)."""
+    placements = placements or {}
+
+    def placed(pod: dict[str, Any], pod_set: str) -> dict[str, Any]:
+        return apply_placement(pod, placements[pod_set]) if pod_set in placements else pod
+
     namespace = job.metadata.namespace or "default"
     kube = ctx.kube
 
@@ -391,6 +475,7 @@ async def _apply_plan(
             pod = build_worker_pod(
                 job, index, status.restarts, ctx.config, gang=gang, save_seconds=save_seconds
             )
+            pod = placed(pod, WORKERS)
             await _create_pod(ctx, state, job, pod, "worker")
 
     workers = list(plan.create_workers)
@@ -402,7 +487,7 @@ async def _apply_plan(
     # endpoint on their own (torchrun's c10d join timeout).
     creations: list[Awaitable[None]] = [_ensure_objects(ctx, state, job, gang)] if ensure else []
     if plan.create_rendezvous:
-        pod = build_rendezvous_pod(job, ctx.config)
+        pod = placed(build_rendezvous_pod(job, ctx.config), RENDEZVOUS)
         creations.append(_create_pod(ctx, state, job, pod, "rendezvous"))
     creations += [create(i) for i in workers]
     await asyncio.gather(*creations)
@@ -437,21 +522,8 @@ async def _create_pod(
     metrics.PODS_CREATED.labels(role=role).inc()
 
 
-class JobLog(logging.LoggerAdapter):
-    """Log lines of one job: `[namespace/name] message`, with both as structured fields."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
-        return f"[{extra.get('namespace')}/{extra.get('job')}] {msg}", kwargs
-
-
-def job_log(namespace: str, name: str) -> JobLog:
-    return JobLog(log, {"job": name, "namespace": namespace})
-
-
 def _job_log(job: LargeModelJob) -> JobLog:
-    return job_log(job.metadata.namespace or "", job.metadata.name)
+    return job_log(job.metadata.namespace or "", job.metadata.name, log)
 
 
 async def run_job(
@@ -478,7 +550,7 @@ async def run_job(
             reason = f"api{err.status}" if isinstance(err, ApiError) else type(err).__name__
             metrics.RECONCILE_ERRORS.labels(reason=reason).inc()
             delay = min(60.0, 0.5 * 2**failures)
-            job_log(*state.key).warning(
+            job_log(*state.key, log).warning(
                 "reconcile failed (retry in %.1fs): %s",
                 delay,
                 err,

@@ -5,6 +5,7 @@ failure verdict, problems it found) and the previous status, and returns the who
 `LargeModelJobStatus`. Nothing else writes status, so the Phase and Workers printer
 columns are always what this function says. Phases (docs/operator.md):
 
+  Queued      waiting for Kueue to admit the job (no pods); the Queued condition says why
   Pending     fewer than minReplicas workers running (scheduling, pulling images)
   Running     at least minReplicas workers running, training
   Compressing as Running, in a compression stage
@@ -39,7 +40,7 @@ from lmjob_operator.progress import final_stages
 from lmjob_operator.worker_pod import procs_per_worker
 
 # Conditions whose transitions are the job's phase changes; they get one event per phase.
-PHASE_CONDITIONS = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
+PHASE_CONDITIONS = ("Queued", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 WARNING_REASONS = frozenset(
     {
         "WorkerFailed",
@@ -58,6 +59,9 @@ WARNING_REASONS = frozenset(
         "StragglersFound",
         "Unschedulable",
         "GracePeriodShort",
+        "Inadmissible",
+        "WorkloadRejected",
+        "PriorityClassNotFound",
     }
 )
 
@@ -122,11 +126,14 @@ def deadline_exceeded(job: LargeModelJob, previous: LargeModelJobStatus, now: da
     start = parse_time(previous.start_time)
     if limit is None or start is None or job.spec.run_policy.suspend:
         return False
-    suspended = _condition(previous, "Suspended")
-    if suspended and suspended.status == "False":
-        resumed = parse_time(suspended.last_transition_time)
-        if resumed and resumed > start:
-            start = resumed
+    # Like batch/v1 Jobs, the clock restarts when the job resumes: after runPolicy.suspend,
+    # and after Kueue admits it again (an eviction is not the job's time to spend).
+    for held in ("Suspended", "Queued"):
+        cond = _condition(previous, held)
+        if cond and cond.status == "False":
+            resumed = parse_time(cond.last_transition_time)
+            if resumed and resumed > start:
+                start = resumed
     return now - start > timedelta(seconds=limit)
 
 
@@ -150,6 +157,7 @@ def build_status(
     desired = spec.workers.replicas
     conditions: dict[str, Condition] = {c.type: c for c in previous.conditions}
     invalid = [p for p in problems if p.type == "Failed"]
+    queued = next((p for p in problems if p.type == "Queued" and p.status == "True"), None)
 
     # Phase: final phases stick; then failure, success, suspension, recovery, progress.
     phase, reason, message = previous.phase, "", ""
@@ -159,7 +167,7 @@ def build_status(
         phase, reason, message = JobPhase.FAILED, invalid[0].reason, invalid[0].message
     elif verdict.action == Action.FAIL:
         phase, reason, message = JobPhase.FAILED, verdict.reason, verdict.message
-    elif deadline_exceeded(job, previous, now):
+    elif queued is None and deadline_exceeded(job, previous, now):
         phase, reason = JobPhase.FAILED, "DeadlineExceeded"
         message = f"the job ran longer than activeDeadlineSeconds ({spec.run_policy.active_deadline_seconds}s)"
     elif any(p.phase == "Succeeded" for p in current) and not any(p.live for p in current):
@@ -169,6 +177,8 @@ def build_status(
         )
     elif spec.run_policy.suspend:
         phase, reason, message = JobPhase.SUSPENDED, "JobSuspended", "runPolicy.suspend is true"
+    elif queued is not None:
+        phase, reason, message = JobPhase.QUEUED, queued.reason, queued.message
     elif verdict.action in (Action.RESTART_GROUP, Action.REPLACE):
         phase, reason, message = JobPhase.RESTARTING, verdict.reason, verdict.message
     elif previous.phase == JobPhase.RESTARTING and len(running) < desired:
@@ -411,6 +421,7 @@ def _phase_cause(status: LargeModelJobStatus) -> Condition | None:
         JobPhase.SUCCEEDED: ("Succeeded", "True"),
         JobPhase.SUSPENDED: ("Suspended", "True"),
         JobPhase.RESTARTING: ("Restarting", "True"),
+        JobPhase.QUEUED: ("Queued", "True"),
     }.get(status.phase, ("Running", "True" if status.phase != JobPhase.PENDING else "False"))
     return next(
         (c for c in status.conditions if (c.type, c.status) == wanted),

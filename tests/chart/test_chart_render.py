@@ -16,7 +16,15 @@ import yaml
 from tests.chart.helm_runs import CHART, REPO, Render, find, run_helm, write_values
 
 OPERATOR_RULES = yaml.safe_load((CHART / "files" / "operator-rules.yaml").read_text())
-CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
+CLUSTER_SCOPED = {
+    "customresourcedefinitions",
+    "namespaces",
+    "clusterkopfpeerings",
+    # Kueue: the admitted flavors and the priority class a queued job names (read only).
+    "resourceflavors",
+    "workloadpriorityclasses",
+    "priorityclasses",
+}
 CONTRACTS = (REPO / "docs" / "contracts.md").read_text()
 
 SCENARIOS: dict[str, dict[str, Any]] = {

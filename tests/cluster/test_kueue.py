@@ -3,10 +3,11 @@
 1. Kueue itself: its controllers activate the queues, its webhook suspends a queued Job at
    creation, its scheduler admits Jobs up to the ClusterQueue's quota with the flavor's
    node labels, explains the one it holds back, and admits it once an eviction frees quota.
-2. lmjob's side of the protocol (operator/lmjob_operator/kueue_workload.py, not yet wired
-   into the reconcile loop): the Workload built for a LargeModelJob is accepted and
-   admitted by Kueue, a higher-priority one preempts it, `decide` reads each verdict, and
-   the status patches it prescribes move Kueue on (requeue, finish), as an operator would.
+2. lmjob's side of the protocol (operator/lmjob_operator/kueue_workload.py), step by step
+   without the operator: the Workload built for a LargeModelJob is accepted and admitted
+   by Kueue, a higher-priority one preempts it, `decide` reads each verdict, and the status
+   patches it prescribes move Kueue on (requeue, finish). The operator doing the same on
+   its own: tests/operator/test_cluster_kueue.py.
 3. `lmjob cluster up --kueue`: users get the same Kueue on their dev cluster.
 """
 

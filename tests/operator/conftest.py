@@ -27,6 +27,7 @@ from tests.operator.harness import (
     SHAKESPEARE,
     OperatorProcess,
     provision_operator_account,
+    wait_for,
 )
 
 
@@ -63,18 +64,63 @@ def corpus(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def kubelet(operator, kube, namespace, tmp_path: Path) -> Iterator[ProcessKubelet]:
+def kubelet(operator, kube, namespace, tmp_path: Path, request) -> Iterator[ProcessKubelet]:
     """This test's node, named as its namespace, with this machine's capacity (as a local
     cluster's node): runs the pods the scheduler binds to it and serves their logs to the API
     server; stopped (every process killed, the Node deleted) after the test. Jobs reach it
-    through harness.on_node in their workers.template."""
+    through harness.on_node in their workers.template. Parametrized indirectly with a number,
+    it also advertises that many nvidia.com/gpu (as `lmjob cluster up --gpus`)."""
     node = ProcessKubelet(
         kube.core,
         tmp_path / "node",
         node_name=namespace,
-        capacity=build_capacity(gpus=0),
+        capacity=build_capacity(gpus=getattr(request, "param", 0)),
         taint=True,
     )
     node.start()
     yield node
     node.stop()
+
+
+@pytest.fixture
+def storage(kubelet: ProcessKubelet, kube, namespace) -> Iterator[Path]:
+    """Claim `ckpt`, bound to a PersistentVolume whose hostPath is the folder the node keeps
+    for that claim; returns that folder."""
+    folder = kubelet.claim_dir("ckpt", namespace)
+    folder.mkdir(parents=True)
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": namespace},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": str(folder)},
+            "claimRef": {"namespace": namespace, "name": "ckpt"},
+        },
+    }
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "ckpt"},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "volumeName": namespace,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    kube.core.create_persistent_volume(volume)
+    kube.core.create_namespaced_persistent_volume_claim(namespace, claim)
+
+    def bound() -> bool:
+        return (
+            kube.core.read_namespaced_persistent_volume_claim("ckpt", namespace).status.phase
+            == "Bound"
+        )
+
+    wait_for(bound, timeout=30, what="claim ckpt bound")
+    yield folder
+    kube.core.delete_persistent_volume(namespace)

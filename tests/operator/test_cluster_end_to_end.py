@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,50 +56,6 @@ def job_spec(text: Path, steps: int, node: str) -> dict:
         "metrics": {"port": free_port()},
         "storage": {"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}},
     }
-
-
-@pytest.fixture
-def storage(kubelet: ProcessKubelet, kube, namespace) -> Iterator[Path]:
-    """Claim `ckpt`, bound to a PersistentVolume whose hostPath is the folder the node keeps
-    for that claim; returns that folder."""
-    folder = kubelet.claim_dir("ckpt", namespace)
-    folder.mkdir(parents=True)
-    volume = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": namespace},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
-            "hostPath": {"path": str(folder)},
-            "claimRef": {"namespace": namespace, "name": "ckpt"},
-        },
-    }
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "ckpt"},
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": "",
-            "volumeName": namespace,
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    kube.core.create_persistent_volume(volume)
-    kube.core.create_namespaced_persistent_volume_claim(namespace, claim)
-
-    def bound() -> bool:
-        return (
-            kube.core.read_namespaced_persistent_volume_claim("ckpt", namespace).status.phase
-            == "Bound"
-        )
-
-    wait_for(bound, timeout=30, what="claim ckpt bound")
-    yield folder
-    kube.core.delete_persistent_volume(namespace)
 
 
 def wait_for_status(kube, namespace: str, ready: Callable[[dict], bool], what: str) -> dict:

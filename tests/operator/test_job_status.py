@@ -252,6 +252,75 @@ def test_gang_condition_is_reported() -> None:
     assert condition(status, "GangScheduling").reason == "PodGroupAPIMissing"
 
 
+PENDING_QUOTA = Problem(
+    "Queued", "True", "Pending", "couldn't assign flavors to pod set workers: insufficient quota"
+)
+ADMITTED = Problem("Queued", "False", "Admitted", "admitted by ClusterQueue cq")
+
+
+# (case id, pods, previous, Kueue's verdict, phase, Queued condition (status, reason))
+QUEUE_CASES = [
+    ("waits for quota", [], prev(), PENDING_QUOTA, JobPhase.QUEUED, ("True", "Pending")),
+    (
+        # Evicted while running: the pods being stopped are not a failure or a success.
+        "evicted, pods stopping",
+        [worker(0, deletion_timestamp=NOW), worker(1, "Succeeded", deletion_timestamp=NOW)],
+        prev(JobPhase.RUNNING, start_time=stamp(NOW)),
+        Problem("Queued", "True", "EvictedPreempted", "preempted by default/high"),
+        JobPhase.QUEUED,
+        ("True", "EvictedPreempted"),
+    ),
+    ("admitted, pods starting", [], prev(JobPhase.QUEUED), ADMITTED, JobPhase.PENDING,
+     ("False", "Admitted")),
+    ("admitted, running", [worker(0), worker(1)], prev(JobPhase.QUEUED), ADMITTED,
+     JobPhase.RUNNING, ("False", "Admitted")),
+    ("suspend wins over the queue", [], prev(JobPhase.QUEUED), PENDING_QUOTA, JobPhase.SUSPENDED,
+     ("True", "Pending")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("pods", "previous", "queue", "phase", "queued"),
+    [c[1:] for c in QUEUE_CASES],
+    ids=[c[0] for c in QUEUE_CASES],
+)
+def test_queued_phase_follows_kueue(
+    pods: list[PodView],
+    previous: LargeModelJobStatus,
+    queue: Problem,
+    phase: JobPhase,
+    queued: tuple[str, str],
+) -> None:
+    spec = {"runPolicy": {"suspend": True}} if phase == JobPhase.SUSPENDED else {}
+    status = build_status(make_job(spec), pods, None, previous, Verdict(), NOW, [queue])
+    assert status.phase == phase
+    cond = condition(status, "Queued")
+    assert (cond.status, cond.reason, cond.message) == (*queued, queue.message)
+    assert status.restarts == 0
+    if phase == JobPhase.QUEUED:
+        running = condition(status, "Running")
+        assert (running.status, running.reason) == ("False", queue.reason)
+        events = transition_events(previous, status)
+        assert [(e.reason, e.message) for e in events if "Queued" in e.message] == [
+            (queue.reason, f"{previous.phase.value} → Queued: {queue.message}")
+        ]
+
+
+def test_queued_time_does_not_count_against_the_deadline() -> None:
+    readmitted = Condition(
+        type="Queued", status="False", reason="Admitted",
+        last_transition_time=stamp(NOW - timedelta(seconds=30)),
+    )  # fmt: skip
+    previous = prev(
+        JobPhase.RUNNING,
+        start_time=stamp(NOW - timedelta(seconds=600)),
+        conditions=[readmitted],
+    )
+    job = make_job({"runPolicy": {"activeDeadlineSeconds": 60}})
+    status = build_status(job, [worker(0), worker(1)], None, previous, Verdict(), NOW, [ADMITTED])
+    assert status.phase == JobPhase.RUNNING
+
+
 @pytest.mark.parametrize(
     ("seconds_ago", "suspended_at", "exceeded"),
     [(30, None, False), (61, None, True), (600, 30, False), (600, 61, True)],

@@ -149,6 +149,18 @@ CASES = [
         ["demo-rendezvous", "demo-worker-1"],
     ),
     (
+        # Kueue evicted the job: every pod stops (SIGTERM, checkpoint), none is created.
+        "queued stops every pod",
+        {},
+        status(JobPhase.QUEUED),
+        [worker(0), worker(1, "Failed", exit_code=143), rendezvous()],
+        Verdict(),
+        (),
+        False,
+        ["demo-rendezvous", "demo-worker-0", "demo-worker-1"],
+    ),
+    ("queued creates nothing", {}, status(JobPhase.QUEUED), [], Verdict(), (), False, []),
+    (
         "failed, cleanPodPolicy All",
         {"runPolicy": {"cleanPodPolicy": "All"}},
         status(JobPhase.FAILED),

@@ -81,6 +81,7 @@ clusterroles clusterrolebindings clusterkopfpeerings runtimeclasses ingressclass
 validatingwebhookconfigurations mutatingwebhookconfigurations apiservices
 tokenreviews subjectaccessreviews selfsubjectaccessreviews selfsubjectrulesreviews
 certificatesigningrequests validatingadmissionpolicies validatingadmissionpolicybindings
+resourceflavors workloadpriorityclasses clusterqueues cohorts
 {{- end }}
 
 {{- define "lmjob.rbac.split" -}}
