@@ -4,6 +4,8 @@ A `Rule` carries a CEL expression (emitted into the CRD as `x-kubernetes-validat
 so the API server enforces it) and the same check in Python (run by `lmjob validate`,
 the operator and the trainer). Both report the same message, so users see one wording
 whichever side rejects them; the shared invalid-manifest table keeps the two in step.
+A transition rule compares an object with its stored version (CEL's `oldSelf`): only the
+API server can check it, on update; offline validation has no old object and skips it.
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ class Rule:
     """CEL over `self` (the object the rule is attached to), true when valid."""
     message: str
     """What is wrong and what to do; names the field."""
-    check: Callable[[Any], bool]
-    """The Python twin of `cel`, given the validated model; true when valid."""
+    check: Callable[..., bool]
+    """The Python twin of `cel`, given the validated model (a transition rule: the new and
+    the old model); true when valid."""
     field: str | None = None
     """Dotted path (camelCase) below the object that the error points at, when one field is at fault."""
+    transition: bool = False
+    """The rule reads `oldSelf`: the API server evaluates it on updates only, and offline
+    validation (`lmjob validate`, the operator, the trainer: one manifest, no stored
+    version) skips it. Kubernetes allows one on a required object (e.g. the spec)."""
 
     def to_crd(self) -> dict[str, str]:
         out = {"rule": self.cel, "message": self.message}

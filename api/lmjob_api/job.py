@@ -286,6 +286,17 @@ class MetricsSpec(ApiModel):
     )
 
 
+# `spec.managedBy`, as batch/v1 Job's: which controller runs the job. Absent or this
+# operator's name: lmjob runs it; any other (MultiKueue's `kueue.x-k8s.io/multikueue`):
+# lmjob leaves it alone. A domain-prefixed path, as Kubernetes validates the Job's field.
+MANAGED_BY_OPERATOR = "lmjob.dev/operator"
+MAX_MANAGED_BY = 63
+MANAGED_BY_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+    r"/[-A-Za-z0-9/._~%!$&'()*+,;=:]+$"
+)
+
+
 class LargeModelJobSpec(ApiModel):
     """A training job: workers, what they run, and what happens to the result."""
 
@@ -317,8 +328,28 @@ class LargeModelJobSpec(ApiModel):
     )
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement.")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus endpoint.")
+    managed_by: str | None = Field(
+        None,
+        max_length=MAX_MANAGED_BY,
+        pattern=MANAGED_BY_PATTERN,
+        description=f"The controller that runs the job, as a domain-prefixed path. Absent or "
+        f"`{MANAGED_BY_OPERATOR}`: the lmjob operator. Any other value (e.g. "
+        "`kueue.x-k8s.io/multikueue`): the lmjob operator leaves the job alone (no pods, no "
+        "status) and that controller runs it. Immutable.",
+    )
 
     rules = (
+        Rule(
+            # On the spec, not the field: Kubernetes only lets a transition rule see a field
+            # that may be absent through a required parent (here: adding or removing it).
+            cel="has(self.managedBy) == has(oldSelf.managedBy) "
+            "&& (!has(self.managedBy) || self.managedBy == oldSelf.managedBy)",
+            message="spec.managedBy is immutable: it cannot be set, changed or removed once "
+            "the job exists; delete the job and create it with the managedBy you want",
+            check=lambda new, old: new.managed_by == old.managed_by,
+            field="managedBy",
+            transition=True,
+        ),
         Rule(
             cel="has(self.command) != has(self.training)",
             message="set exactly one of spec.command (your own entrypoint) and spec.training "

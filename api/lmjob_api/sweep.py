@@ -69,7 +69,7 @@ PARAMETER_PATHS: tuple[str, ...] = tuple(
     p
     for p in _leaf_paths(LargeModelJobSpec)
     # Free-form and identity fields are not hyperparameters: a pod template, commands,
-    # names and paths of data and storage.
+    # names and paths of data and storage, the controller that runs the job.
     if not p.startswith(
         (
             "workers.template",
@@ -81,6 +81,7 @@ PARAMETER_PATHS: tuple[str, ...] = tuple(
             "scheduling.",
             "training.hang.",
             "training.stragglers.",
+            "managedBy",
         )
     )
     and p.split(".")[-1] not in ("name", "path", "source", "tokenizer", "cacheDir", "type")

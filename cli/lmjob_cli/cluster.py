@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lmjob_api import GROUP, PLURAL, VERSION
+from lmjob_api.job import MANAGED_BY_OPERATOR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -201,6 +202,10 @@ def format_status(obj: dict[str, Any]) -> str:
         f"world size {st.get('worldSize', 0)}",
         f"Restarts:    {st.get('restarts', 0)}",
     ]
+    manager = (obj.get("spec") or {}).get("managedBy")
+    if manager and manager != MANAGED_BY_OPERATOR:
+        # Another controller (MultiKueue) runs the job; the status is what it mirrors back.
+        lines.insert(1, f"Managed by:  {manager} (not the lmjob operator)")
     progress = st.get("progress")
     if progress:
         loss = progress.get("loss")

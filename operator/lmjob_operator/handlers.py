@@ -3,18 +3,23 @@
 One daemon per LargeModelJob runs the job's reconcile loop (reconcile.run_job); pod events
 and spec changes only wake it (async handlers: they run in the event loop, next to it), so a burst of events becomes one pass, passes of one job
 never overlap, and the pod index (filled before any handler runs) is always complete.
+A job another controller runs (spec.managedBy, managed_by.py) passes none of the job
+handlers' filters: kopf keeps no state on it, and one event handler logs that once.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kopf
 
 from lmjob_api import GROUP, KIND, PLURAL, VERSION
 from lmjob_operator import connection
+from lmjob_operator.job_log import job_log
 from lmjob_operator.kueue_sync import release_deleted_job
 from lmjob_operator.kueue_workload import JOB_UID_LABEL
+from lmjob_operator.managed_by import is_ours
 from lmjob_operator.naming import JOB_LABEL
 from lmjob_operator.pod_view import PodView, view_pod
 from lmjob_operator.reconcile import run_job_daemon
@@ -22,6 +27,15 @@ from lmjob_operator.registry import build_context
 from lmjob_operator.settings import apply_settings
 
 JOBS = (GROUP, VERSION, PLURAL)
+log = logging.getLogger(__name__)
+
+
+def _ours(spec: kopf.Spec, **_: Any) -> bool:
+    return is_ours(spec)
+
+
+def _not_ours(spec: kopf.Spec, **_: Any) -> bool:
+    return not is_ours(spec)
 
 
 @kopf.on.startup()
@@ -66,13 +80,31 @@ async def workload_changed(namespace: str, body: kopf.Body, memo: kopf.Memo, **_
             memo.ctx.registry.wake(namespace, owner["name"])
 
 
+@kopf.on.event(*JOBS, when=_not_ours)
+async def job_managed_elsewhere(
+    type: str | None,
+    namespace: str,
+    name: str,
+    uid: str,
+    spec: kopf.Spec,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    if memo.ctx.registry.note_managed_elsewhere(uid, gone=type == "DELETED"):
+        job_log(namespace, name, log).info(
+            "leaving the job alone: spec.managedBy names %s, which runs it",
+            spec["managedBy"],
+            extra={"managedBy": spec["managedBy"]},
+        )
+
+
 # No on.create: the daemon starts with the object and its first pass creates everything.
-@kopf.on.update(*JOBS, field="spec")
+@kopf.on.update(*JOBS, field="spec", when=_ours)
 async def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.ctx.registry.wake(namespace, name)
 
 
-@kopf.daemon(*JOBS, cancellation_timeout=5.0)
+@kopf.daemon(*JOBS, cancellation_timeout=5.0, when=_ours)
 async def job_loop(
     body: kopf.Body,
     memo: kopf.Memo,

@@ -64,6 +64,18 @@ class Registry:
 
     jobs: dict[tuple[str, str], JobState] = field(default_factory=dict)
     sweeps: dict[tuple[str, str], SweepState] = field(default_factory=dict)
+    managed_elsewhere: set[str] = field(default_factory=set)
+    """Uids of the jobs another controller runs (spec.managedBy) that were logged already."""
+
+    def note_managed_elsewhere(self, uid: str, gone: bool) -> bool:
+        """Record an event of a job another controller runs; true the first time it is seen
+        (so the operator says once that it leaves it alone)."""
+        if gone:
+            self.managed_elsewhere.discard(uid)
+            return False
+        first = uid not in self.managed_elsewhere
+        self.managed_elsewhere.add(uid)
+        return first
 
     def state(self, namespace: str, name: str, uid: str) -> JobState:
         """The state of this incarnation of the job (a recreated job starts afresh)."""

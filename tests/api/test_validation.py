@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lmjob_api.base import Rule
+from lmjob_api.crd import build_schema
+from lmjob_api.job import LargeModelJobSpec
 from lmjob_api.validation import validate_job
 from tests.support.invalid_jobs import load_base, load_cases
 
@@ -77,3 +80,48 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lmjob_cli.main", *args], capture_output=True, text=True, timeout=60
     )
+
+
+# spec.managedBy: the values that must pass offline (the server's side of the same
+# values is in tests/cluster/test_admission.py), and the transition rule's Python twin.
+@pytest.mark.parametrize(
+    "manager", ["lmjob.dev/operator", "kueue.x-k8s.io/multikueue", "example.com/a/b_c~d", "x/y"]
+)
+def test_managed_by_accepted(manager: str) -> None:
+    manifest = load_base()
+    manifest["spec"]["managedBy"] = manager
+    job, problems = validate_job(manifest)
+    assert problems == []
+    assert job is not None and job.spec.managed_by == manager
+
+
+def _immutability_rule() -> Rule:
+    return next(r for r in LargeModelJobSpec.rules if r.transition)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        (None, None, True),
+        ("kueue.x-k8s.io/multikueue", "kueue.x-k8s.io/multikueue", True),
+        (None, "kueue.x-k8s.io/multikueue", False),
+        ("kueue.x-k8s.io/multikueue", None, False),
+        ("kueue.x-k8s.io/multikueue", "lmjob.dev/operator", False),
+    ],
+)
+def test_managed_by_immutable(old: str | None, new: str | None, allowed: bool) -> None:
+    rule = _immutability_rule()
+    assert "oldSelf" in rule.cel and rule.field == "managedBy"
+    assert (
+        rule.check(LargeModelJobSpec(managed_by=new), LargeModelJobSpec(managed_by=old)) is allowed
+    )
+
+
+def test_transition_rule_reaches_the_crd_and_not_offline_checks() -> None:
+    rules = build_schema()["properties"]["spec"]["x-kubernetes-validations"]
+    assert {"rule": _immutability_rule().cel, "message": _immutability_rule().message,
+            "fieldPath": ".managedBy"} in rules  # fmt: skip
+    # Offline there is no stored object: a manifest that sets managedBy is simply valid.
+    manifest = load_base()
+    manifest["spec"]["managedBy"] = "kueue.x-k8s.io/multikueue"
+    assert validate_job(manifest)[1] == []

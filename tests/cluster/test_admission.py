@@ -246,3 +246,38 @@ def test_yaml_spellings_typed_as_kubectl_types_them(
     for part in path.split(".")[1:]:
         server, ours_wire = server[part], ours_wire[part]
     assert server == ours_wire, f"{spelling}: server {server!r}, lmjob {ours_wire!r}"
+
+
+# spec.managedBy is immutable (a CEL transition rule): (value at creation, patch, accepted).
+# The accepted rows are the control: the rule refuses changes, not updates as such.
+MANAGED_BY_UPDATES = [
+    ("none-other-field", None, {"spec": {"workers": {"replicas": 3}}}, True),
+    ("set-other-field", "kueue.x-k8s.io/multikueue", {"spec": {"workers": {"replicas": 3}}}, True),
+    ("set-same", "kueue.x-k8s.io/multikueue", {"spec": {"managedBy": "kueue.x-k8s.io/multikueue"}}, True),
+    ("add", None, {"spec": {"managedBy": "kueue.x-k8s.io/multikueue"}}, False),
+    ("change", "kueue.x-k8s.io/multikueue", {"spec": {"managedBy": "lmjob.dev/operator"}}, False),
+    ("remove", "kueue.x-k8s.io/multikueue", {"spec": {"managedBy": None}}, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case_id", "initial", "patch", "accepted"),
+    MANAGED_BY_UPDATES,
+    ids=[c[0] for c in MANAGED_BY_UPDATES],
+)
+def test_managed_by_is_immutable(
+    kubectl, namespace: str, case_id: str, initial: str | None, patch: dict, accepted: bool
+) -> None:
+    manifest = load_base()
+    if initial is not None:
+        manifest["spec"]["managedBy"] = initial
+    kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest))
+    out = kubectl("patch", "lmj", "table-job", "-n", namespace, "--type=merge",
+                  "-p", json.dumps(patch), check=False)  # fmt: skip
+    assert (out.returncode == 0) is accepted, f"{case_id}:\n{out.stderr}"
+    saved = _get(kubectl, namespace)["spec"].get("managedBy")
+    if accepted:
+        assert saved == (patch["spec"].get("managedBy") or initial)
+    else:
+        assert "spec.managedBy" in out.stderr and "immutable" in out.stderr, out.stderr
+        assert saved == initial
