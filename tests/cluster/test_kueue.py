@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,86 +46,26 @@ from lmjob_operator.worker_pod import build_worker_pod
 from tests.operator.factories import TRAINING
 from tests.operator.harness import wait_for
 from tests.support.clients import KubeClients
+from tests.support.kueue_queues import GPU, Queues, gpu_queues, kueue_object
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
 FLAVOR_LABEL = "lmjob.dev/test-flavor"
-GPU = "nvidia.com/gpu"
 
 
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
 
 
-def kueue_object(kind: str, name: str, spec: dict[str, Any] | None = None, **top: Any) -> dict:
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, **top}
-    return {**body, "spec": spec} if spec is not None else body
-
-
-@dataclass
-class Queues:
-    """A ResourceFlavor, a ClusterQueue with `gpus` of quota, and LocalQueue `team`."""
-
-    namespace: str
-    flavor: str
-    cluster_queue: str
-    local_queue: str = "team"
-
-
 @pytest.fixture
 def queues(kueue, kube: KubeClients, namespace: str, request) -> Iterator[Queues]:
     gpus, extra = getattr(request, "param", (2, {}))
-    custom = kube.custom
-    # Cluster-scoped objects are named after this test's namespace: no clash across runs.
-    q = Queues(namespace, f"{namespace}-gpu", f"{namespace}-cq")
-    custom.create_cluster_custom_object(
-        GROUP, VERSION, "resourceflavors",
-        kueue_object("ResourceFlavor", q.flavor, {"nodeLabels": {FLAVOR_LABEL: q.flavor}}),
-    )  # fmt: skip
-    quota = [
-        {"name": "cpu", "nominalQuota": "10"},
-        {"name": "memory", "nominalQuota": "64Gi"},
-        {"name": GPU, "nominalQuota": str(gpus)},
-    ]
-    custom.create_cluster_custom_object(
-        GROUP, VERSION, "clusterqueues",
-        kueue_object("ClusterQueue", q.cluster_queue, {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "resourceGroups": [{
-                "coveredResources": ["cpu", "memory", GPU],
-                "flavors": [{"name": q.flavor, "resources": quota}],
-            }],
-            **extra,
-        }),
-    )  # fmt: skip
-    custom.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "localqueues",
-        kueue_object("LocalQueue", q.local_queue, {"clusterQueue": q.cluster_queue}),
-    )  # fmt: skip
-    try:
-        # Kueue's queue controllers mark both queues Active once the flavor exists.
-        wait_for(
-            lambda: condition(
-                custom.get_cluster_custom_object(GROUP, VERSION, "clusterqueues", q.cluster_queue),
-                "Active",
-            ).get("status") == "True",
-            timeout=30, what="ClusterQueue Active",
-        )  # fmt: skip
-        wait_for(
-            lambda: condition(
-                custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, "localqueues", q.local_queue
-                ),
-                "Active",
-            ).get("status") == "True",
-            timeout=30, what="LocalQueue Active",
-        )  # fmt: skip
+    flavor = {"nodeLabels": {FLAVOR_LABEL: f"{namespace}-gpu"}}
+    with gpu_queues(
+        kube.custom, namespace, gpus=gpus, flavor_spec=flavor, cpu="10", memory="64Gi", **extra
+    ) as q:
         yield q
-    finally:
-        # Not waited for: their finalizers go once the namespace's workloads are gone.
-        custom.delete_cluster_custom_object(GROUP, VERSION, "clusterqueues", q.cluster_queue)
-        custom.delete_cluster_custom_object(GROUP, VERSION, "resourceflavors", q.flavor)
 
 
 def gpu_job(name: str, queue: str) -> client.V1Job:

@@ -28,7 +28,6 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,77 +61,19 @@ from tests.operator.harness import (
 from tests.operator.harness import (
     VERSION as LMJOB_VERSION,
 )
+from tests.support.kueue_queues import GPU, gpu_queues, kueue_object
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 KUEUE, V = "kueue.x-k8s.io", "v1beta2"
-GPU = "nvidia.com/gpu"
 TOLERATION = {"key": TAINT["key"], "operator": "Exists", "effect": TAINT["effect"]}
 
 
-@dataclass
-class Queues:
-    flavor: str
-    cluster_queue: str
-    local_queue: str = "team"
-
-
-def kueue_object(kind: str, name: str, spec: dict | None = None, **top: Any) -> dict:
-    body = {"apiVersion": f"{KUEUE}/{V}", "kind": kind, "metadata": {"name": name}, **top}
-    return {**body, "spec": spec} if spec is not None else body
-
-
-@contextlib.contextmanager
-def queues(kube, namespace: str, node: str, gpus: int, **extra: Any) -> Iterator[Queues]:
-    """A ResourceFlavor that places pods on test node `node` (its hostname label and a
-    toleration of its taint), a ClusterQueue with `gpus` of quota, LocalQueue `team`."""
-    custom = kube.custom
-    q = Queues(f"{namespace}-gpu", f"{namespace}-cq")
-    custom.create_cluster_custom_object(
-        KUEUE, V, "resourceflavors",
-        kueue_object("ResourceFlavor", q.flavor, {
-            "nodeLabels": {"kubernetes.io/hostname": node}, "tolerations": [TOLERATION],
-        }),
-    )  # fmt: skip
-    quota = [
-        {"name": "cpu", "nominalQuota": "16"},
-        {"name": "memory", "nominalQuota": "256Gi"},
-        {"name": GPU, "nominalQuota": str(gpus)},
-    ]
-    custom.create_cluster_custom_object(
-        KUEUE, V, "clusterqueues",
-        kueue_object("ClusterQueue", q.cluster_queue, {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "resourceGroups": [{
-                "coveredResources": ["cpu", "memory", GPU],
-                "flavors": [{"name": q.flavor, "resources": quota}],
-            }],
-            **extra,
-        }),
-    )  # fmt: skip
-    custom.create_namespaced_custom_object(
-        KUEUE, V, namespace, "localqueues",
-        kueue_object("LocalQueue", q.local_queue, {"clusterQueue": q.cluster_queue}),
-    )  # fmt: skip
-    try:
-
-        def active() -> bool:
-            lq = custom.get_namespaced_custom_object(
-                KUEUE, V, namespace, "localqueues", q.local_queue
-            )
-            return condition(lq.get("status") or {}, "Active").get("status") == "True"
-
-        deadline = time.monotonic() + 30
-        while not active():
-            if time.monotonic() > deadline:
-                cq = custom.get_cluster_custom_object(KUEUE, V, "clusterqueues", q.cluster_queue)
-                raise AssertionError(f"LocalQueue not Active; ClusterQueue: {cq.get('status')}")
-            time.sleep(0.05)
-        yield q
-    finally:
-        with contextlib.suppress(ApiException):
-            custom.delete_cluster_custom_object(KUEUE, V, "clusterqueues", q.cluster_queue)
-            custom.delete_cluster_custom_object(KUEUE, V, "resourceflavors", q.flavor)
+def queues(kube, namespace: str, node: str, gpus: int, **extra: Any) -> Any:
+    """Queues whose flavor places pods on test node `node` (its hostname label and a
+    toleration of its taint), with `gpus` of quota."""
+    flavor = {"nodeLabels": {"kubernetes.io/hostname": node}, "tolerations": [TOLERATION]}
+    return gpu_queues(kube.custom, namespace, gpus=gpus, flavor_spec=flavor, **extra)
 
 
 def submit(kube, namespace: str, name: str, spec: dict, labels: dict[str, str]) -> None:
