@@ -56,6 +56,7 @@ from kubernetes import client  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
 
 from lmjob_cli.localcluster.controlplane import ControlPlane, Options  # noqa: E402
+from lmjob_cli.localcluster.kwok import Kwok, build_fake_node  # noqa: E402
 from tests.operator.harness import (  # noqa: E402
     OPERATOR_ACCOUNT,
     OPERATOR_NAMESPACE,
@@ -363,72 +364,6 @@ def _has_default_sa(kube: Any, namespace: str) -> bool:
 
 # -- scale: lmjob alone, pods Running through kwok ----------------------------------------
 
-# kwok's fast stages (v0.8.0 kustomize/stage/{node,pod}/fast), trimmed to what the operator
-# reads: nodes become Ready, bound pods become Running and Ready. Inline so a fresh clone
-# needs no module cache.
-KWOK_STAGES = """\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata: {name: node-initialize}
-spec:
-  resourceRef: {apiGroup: v1, kind: Node}
-  selector:
-    matchExpressions:
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: NotIn
-      values: ['True']
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      {{ range NodeConditions }}
-      - lastHeartbeatTime: {{ $now | Quote }}
-        lastTransitionTime: {{ $now | Quote }}
-        message: {{ .message | Quote }}
-        reason: {{ .reason | Quote }}
-        status: {{ .status | Quote }}
-        type: {{ .type | Quote }}
-      {{ end }}
-      addresses:
-      - {address: {{ NodeIP | Quote }}, type: InternalIP}
-      allocatable: {cpu: 1k, memory: 1Ti, pods: 1M}
-      capacity: {cpu: 1k, memory: 1Ti, pods: 1M}
-      nodeInfo: {architecture: amd64, kubeletVersion: fake, operatingSystem: linux}
-      phase: Running
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata: {name: pod-ready}
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - {key: .metadata.deletionTimestamp, operator: DoesNotExist}
-    - {key: .status.phase, operator: In, values: [Pending]}
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: NotIn
-      values: ['True']
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Ready}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: ContainersReady}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - image: {{ .image | Quote }}
-        name: {{ .name | Quote }}
-        ready: true
-        restartCount: 0
-        state: {running: {startedAt: {{ $now | Quote }}}}
-      {{ end }}
-      {{ with PodIPsWith .spec.nodeName false .metadata.uid .metadata.name .metadata.namespace }}
-      podIP: {{ index . 0 | Quote }}
-      {{ end }}
-      phase: Running
-      startTime: {{ $now | Quote }}
-"""
 KWOK_NODES = 10  # the scheduler spreads the pods; each fake node takes up to 1M
 
 
@@ -488,57 +423,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run_scale(state: Path, bin_dir: Path, jobs: int, workers: int = 8) -> list[str]:
+def run_scale(state: Path, jobs: int, workers: int = 8) -> list[str]:
     """N jobs × 8 workers created at once; pods scheduled onto kwok nodes and Running."""
     plane = ControlPlane(state / "scale-cp", Options(unlimited_inflight=True))
     plane.start()
     kwok = operator = None
     try:
         kube = build_kube_clients(plane.kubeconfig)
-        (state / "kwok.yaml").write_text(KWOK_STAGES)
-        kwok_log = (state / "kwok.log").open("ab")
-        kwok = subprocess.Popen(
-            [
-                str(bin_dir / "kwok"),
-                f"--kubeconfig={plane.kubeconfig}",
-                f"--config={state / 'kwok.yaml'}",
-                "--manage-all-nodes=false",
-                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                # Pod IPs on loopback: the operator's progress scrape of a Running worker is
-                # refused at once (kwok pods serve no metrics); unroutable IPs would hold each
-                # scrape for its whole timeout and the status of 1,000 jobs behind them.
-                "--cidr=127.128.0.0/12",
-                "--node-ip=127.127.0.1",
-                # Node leases are the heartbeat: without them the node lifecycle controller
-                # marks the nodes unreachable after 40 s, and every pod NotReady.
-                "--node-lease-duration-seconds=40",
-            ],
-            stdout=kwok_log,
-            stderr=subprocess.STDOUT,
-        )
+        # Pod IPs on loopback: the operator's progress scrape of a Running worker is refused
+        # at once (kwok pods serve no metrics); unroutable IPs would hold each scrape for its
+        # whole timeout and the status of 1,000 jobs behind them.
+        kwok = Kwok(plane, state / "kwok", cidr="127.128.0.0/12", node_ip="127.127.0.1")
+        kwok.start()
         for i in range(KWOK_NODES):
-            node = {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": f"kwok-{i}",
-                    "annotations": {"kwok.x-k8s.io/node": "fake"},
-                    "labels": {"type": "kwok"},
-                },
-            }
+            # Untainted: every pod of the benchmark lands on them.
+            node = build_fake_node(
+                f"kwok-{i}", gpus=0, cpus=1000, memory=2**40, pods=1_000_000, tainted=False
+            )
             kube.core.create_node(node)
-        wait_for(
-            lambda: (
-                all(
-                    c.type != "Ready" or c.status == "True"
-                    for n in kube.core.list_node().items
-                    for c in (n.status.conditions or [])
-                )
-                and len(kube.core.list_node().items) == KWOK_NODES
-            ),
-            timeout=60,
-            what="kwok nodes Ready",
-        )
+        for i in range(KWOK_NODES):
+            kwok.wait_ready(kube.core, f"kwok-{i}", timeout=60)
         lmjob_kubeconfig = provision_operator_account(plane, state / "scale-lmjob.kubeconfig")
         operator = OperatorProcess(
             lmjob_kubeconfig, [], state / "scale-lmjob.log", {"LMJOB_TRAINER_IMAGE": IMAGE}
@@ -579,8 +483,7 @@ def run_scale(state: Path, bin_dir: Path, jobs: int, workers: int = 8) -> list[s
         if operator is not None:
             operator.stop()
         if kwok is not None:
-            kwok.terminate()
-            kwok.wait(10)
+            kwok.stop()
         plane.stop()
     lines = [
         f"Scale: {jobs} jobs × {workers} workers created at once ({jobs * (workers + 1)} pods with "
@@ -810,7 +713,7 @@ def main() -> int:
                 detail = ", ".join(f"{verb} {res} {n}" for (verb, res), n in counts.most_common())
                 lines.append(f"- {name}, {size}: {detail}")
     if args.scale:
-        lines += ["", *run_scale(state, bin_dir, args.scale)]
+        lines += ["", *run_scale(state, args.scale)]
     print("\n".join(lines))
     return 0
 

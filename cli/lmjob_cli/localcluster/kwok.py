@@ -106,9 +106,20 @@ STAGES = [
 ]
 
 
-def build_fake_node(name: str, *, gpus: int, cpus: int = 64, memory: int = 512 * 2**30) -> dict:
-    """A Node kwok takes over: its annotation, its taint, and the given capacity."""
+def build_fake_node(
+    name: str,
+    *,
+    gpus: int,
+    cpus: int = 64,
+    memory: int = 512 * 2**30,
+    pods: int | None = None,
+    tainted: bool = True,
+) -> dict:
+    """A Node kwok takes over: its annotation, its taint (unless `tainted` is false: a
+    cluster of fake nodes only, as in a benchmark), and the given capacity."""
     capacity = build_capacity(gpus=gpus, cpus=cpus, memory=memory)
+    if pods is not None:
+        capacity["pods"] = str(pods)
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -117,7 +128,7 @@ def build_fake_node(name: str, *, gpus: int, cpus: int = 64, memory: int = 512 *
             "annotations": {ANNOTATION: "fake"},
             "labels": {"type": "kwok", "kubernetes.io/hostname": name},
         },
-        "spec": {"taints": [TAINT]},
+        "spec": {"taints": [TAINT] if tainted else []},
         "status": {"capacity": capacity, "allocatable": capacity},
     }
 
@@ -125,9 +136,19 @@ def build_fake_node(name: str, *, gpus: int, cpus: int = 64, memory: int = 512 *
 class Kwok:
     """One kwok process against a control plane, managing the nodes with its annotation."""
 
-    def __init__(self, plane: ControlPlane, state_dir: Path) -> None:
+    def __init__(
+        self,
+        plane: ControlPlane,
+        state_dir: Path,
+        *,
+        cidr: str = "10.244.0.0/16",
+        node_ip: str = "10.0.0.1",
+    ) -> None:
+        """`cidr`/`node_ip`: the pod and node addresses kwok hands out (a benchmark puts them
+        on loopback, where a scrape of a fake pod is refused at once instead of timing out)."""
         self.plane = plane
         self.state_dir = Path(state_dir)
+        self.cidr, self.node_ip = cidr, node_ip
         self.component: Component | None = None
 
     @property
@@ -143,8 +164,8 @@ class Kwok:
             f"--manage-nodes-with-annotation-selector={ANNOTATION}=fake",
             # Its default config path is under $HOME: never read a user's.
             f"--config={self.state_dir / 'kwok.yaml'}",
-            "--cidr=10.244.0.0/16",
-            "--node-ip=10.0.0.1",
+            f"--cidr={self.cidr}",
+            f"--node-ip={self.node_ip}",
         ]
         (self.state_dir / "kwok.yaml").write_text(yaml.safe_dump_all(STAGES))
         self.component = Component("kwok", argv, self.log_path)
