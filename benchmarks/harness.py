@@ -17,6 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "examples" / "data" / "tinyshakespeare.txt"
 
 
+def use_checkout() -> None:
+    """This checkout first on sys.path: its packages (api, cli, operator, trainer) and the
+    repo root (for tests.support), so a benchmark runs the code beside it, installed or not."""
+    for path in (REPO, *(REPO / d for d in ("operator", "trainer", "cli", "api"))):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+
+
 def worker_env(**extra: str) -> dict[str, str]:
     """The environment of worker processes: this checkout's code first on the path."""
     env = dict(os.environ)

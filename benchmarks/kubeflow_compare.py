@@ -46,10 +46,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _dir in (REPO_ROOT, *(REPO_ROOT / d for d in ("operator", "trainer", "cli", "api"))):
-    if str(_dir) not in sys.path:
-        sys.path.insert(0, str(_dir))
+from harness import REPO as REPO_ROOT
+from harness import use_checkout
+
+use_checkout()
 
 import yaml  # noqa: E402
 from kubernetes import client  # noqa: E402

@@ -24,10 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _dir in (REPO_ROOT, *(REPO_ROOT / d for d in ("operator", "trainer", "cli", "api"))):
-    if str(_dir) not in sys.path:
-        sys.path.insert(0, str(_dir))
+from harness import use_checkout
+
+use_checkout()
 
 from kubernetes import client, watch  # noqa: E402
 

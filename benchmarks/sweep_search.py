@@ -22,16 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-from harness import REPO, machine, worker_env
+from harness import REPO, machine, use_checkout, worker_env
 
-for sub in ("api", "cli", "operator", "trainer"):
-    sys.path.insert(0, str(REPO / sub))
+use_checkout()
 
 from lmjob_api.sweep_checks import validate_manifest  # noqa: E402
 from lmjob_cli.sweep import run_sweep  # noqa: E402
