@@ -1,7 +1,7 @@
 """Sweep benchmark: TPE vs random search, and early stopping vs none, on the Shakespeare job.
 
     python benchmarks/sweep_search.py [--out runs/bench-sweep] [--trials 10] [--steps 150]
-                                      [--seeds 0] [--rule asha]
+                                      [--seeds 0] [--rule asha] [--startup N]
 
 Every variant is the sweep of examples/shakespeare-sweep.yaml (its template, parameters and
 objective) with `--trials` trials of `--steps` training steps, run by the engine the
@@ -39,7 +39,14 @@ EXAMPLE = REPO / "examples" / "shakespeare-sweep.yaml"
 
 
 def variant_manifest(
-    out: Path, *, algorithm: str, rule: str, seed: int, trials: int, steps: int
+    out: Path,
+    *,
+    algorithm: str,
+    rule: str,
+    seed: int,
+    trials: int,
+    steps: int,
+    startup: int | None = None,
 ) -> dict[str, Any]:
     """The example sweep with this variant's algorithm, early stopping, trials and steps."""
     data = yaml.safe_load(EXAMPLE.read_text())
@@ -51,6 +58,8 @@ def variant_manifest(
     training["steps"] = steps
     training["checkpoint"]["everySteps"] = steps  # a checkpoint costs; nothing resumes here
     spec["algorithm"] = {**spec["algorithm"], "type": algorithm, "seed": seed}
+    if startup is not None:
+        spec["algorithm"]["startupTrials"] = startup
     spec["earlyStopping"] = {**spec.get("earlyStopping", {}), "type": rule}
     spec["maxTrials"] = trials
     spec["parallelTrials"] = 1
@@ -140,6 +149,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rule", choices=["asha", "median", "hyperband"], default="asha")
+    parser.add_argument(
+        "--startup",
+        type=int,
+        default=None,
+        help="random trials before TPE models the results (default: the example's)",
+    )
     args = parser.parse_args()
     # `kill` stops the running trial (its own process group) as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -150,7 +165,14 @@ def main() -> None:
         # TPE without and with early stopping first: the longest comparison to wait for.
         for algorithm, rule in (("tpe", "none"), ("tpe", args.rule), ("random", "none")):
             manifest = variant_manifest(
-                out, algorithm=algorithm, rule=rule, seed=seed, trials=args.trials, steps=args.steps
+                out,
+                algorithm=algorithm,
+                rule=rule,
+                seed=seed,
+                trials=args.trials,
+                steps=args.steps,
+                # random has no startup phase; its sweep stays the one already run.
+                startup=args.startup if algorithm == "tpe" else None,
             )
             results.append(run_variant(out, manifest))
     budget = args.trials * args.steps
@@ -158,7 +180,7 @@ def main() -> None:
         [
             f"machine: {machine()}",
             f"{args.trials} trials x {args.steps} steps per sweep (budget {budget} trial-steps), "
-            "one trial at a time",
+            f"one trial at a time, startup trials {args.startup or 'as the example'}",
             "",
             table(results, budget),
             "",

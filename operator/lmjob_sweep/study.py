@@ -95,7 +95,14 @@ def sampler(spec: LargeModelSweepSpec, number: int) -> BaseSampler:
     if algorithm.type == AlgorithmType.CMAES:
         return CmaEsSampler(seed=seed, n_startup_trials=algorithm.startup_trials)
     # constant_liar: trials still running count as bad guesses, so parallel trials spread out.
-    return TPESampler(seed=seed, n_startup_trials=algorithm.startup_trials, constant_liar=True)
+    # multivariate: learning rate, warmup and dropout interact; one joint density models that
+    # where independent ones chase each parameter's noisy best alone.
+    return TPESampler(
+        seed=seed,
+        n_startup_trials=algorithm.startup_trials,
+        constant_liar=True,
+        multivariate=True,
+    )
 
 
 def pruner(spec: LargeModelSweepSpec) -> BasePruner:
