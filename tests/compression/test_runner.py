@@ -124,45 +124,6 @@ def _load_in_fresh_process(root: Path, stages: list[str]) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
-def test_every_stage_type_runs_reloads_and_reports(tmp_path: Path) -> None:
-    stages = [
-        {"name": "prune", "type": "prune", "sparsity": 0.5, "finetuneSteps": 10},
-        {"name": "lowrank", "type": "lowrank", "rankRatio": 0.5, "finetuneSteps": 10,
-         "calibrationBatches": 2},
-        {"name": "int8", "type": "quantize", "method": "int8-weight-only"},
-        {"name": "student", "type": "distill", "student": {"layers": 1}, "steps": 10},
-    ]  # fmt: skip
-    root = tmp_path / "run"
-    # fsdp+tp: compressed layers fine-tune with FSDP alone, the student with the 2-D plan.
-    _finish(_torchrun(_config(tmp_path, stages, strategy="fsdp+tp"), root))
-
-    reports = {s["name"]: _report(root, s["name"]) for s in stages}
-    for name, report in reports.items():
-        assert report["phase"] == "Succeeded"
-        assert report["metrics"].keys() >= CONTRACT_METRICS, name
-        assert (root / name / "final" / "COMPLETE").exists()
-        # bytes is what the folder really holds, not an estimate
-        on_disk = sum(p.stat().st_size for p in (root / name / "final").iterdir())
-        assert report["bytes"] == on_disk
-    assert reports["prune"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
-    assert reports["prune"]["evalLossBeforeFinetune"] is not None
-    assert reports["prune"]["details"]["finetuneStrategy"] == "fsdp"
-    assert reports["lowrank"]["details"]["layersFactorized"] == 6
-    assert reports["lowrank"]["params"] < reports["prune"]["params"]
-    assert reports["int8"]["linearCompression"] > 3
-    assert reports["int8"]["bytes"] < reports["lowrank"]["bytes"]
-    assert reports["student"]["params"] < reports["int8"]["params"]
-    # Each stage starts from the one before it.
-    assert reports["lowrank"]["inputEvalLoss"] == pytest.approx(reports["prune"]["evalLoss"])
-
-    loaded = _load_in_fresh_process(root, ["train", *(s["name"] for s in stages)])
-    assert all(v["finite"] and v["eval"] for v in loaded.values())
-    assert loaded["lowrank"]["fc"] == "LowRankLinear"
-    assert loaded["int8"]["weight"] == "Int8Tensor"
-    assert loaded["student"]["fc"] == loaded["train"]["fc"] == "Linear"
-
-
 def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen[str]) -> Path:
     folder, pattern = path_glob
     deadline = time.monotonic() + RUN_TIMEOUT
@@ -177,14 +138,21 @@ def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen[str]) -> Path:
 
 
 @pytest.mark.slow
-def test_killed_stage_resumes_from_its_checkpoint_without_redoing_earlier_ones(
-    tmp_path: Path,
-) -> None:
+def test_every_stage_type_runs_resumes_from_a_kill_reloads_and_reports(tmp_path: Path) -> None:
+    """Every stage type in one chain, killed (launcher and workers at once, like a lost node)
+    in the middle of a stage's fine-tune: the rerun skips what finished, resumes that stage
+    from its checkpoint, and runs the rest; every stage's folder then loads in a fresh
+    process."""
     stages = [
         {"name": "heads", "type": "prune", "sparsity": 0.5, "structure": "head"},
-        {"name": "prune", "type": "prune", "sparsity": 0.5, "finetuneSteps": 60},
-    ]
-    config = _config(tmp_path, stages, strategy="fsdp")
+        {"name": "prune", "type": "prune", "sparsity": 0.5, "finetuneSteps": 40},
+        {"name": "lowrank", "type": "lowrank", "rankRatio": 0.5, "finetuneSteps": 10,
+         "calibrationBatches": 2},
+        {"name": "int8", "type": "quantize", "method": "int8-weight-only"},
+        {"name": "student", "type": "distill", "student": {"layers": 1}, "steps": 10},
+    ]  # fmt: skip
+    # fsdp+tp: compressed layers fine-tune with FSDP alone, the student with the 2-D plan.
+    config = _config(tmp_path, stages, strategy="fsdp+tp")
     root = tmp_path / "run"
     proc = _torchrun(config, root)
     _wait_for((root / "prune", "step-*/COMPLETE"), proc)
@@ -203,11 +171,36 @@ def test_killed_stage_resumes_from_its_checkpoint_without_redoing_earlier_ones(
     assert "stage finished before; skipped" in out
     resumed = [line for line in out.splitlines() if "stage=prune" in line and "continuing" in line]
     assert resumed and "from_step=0" not in resumed[0], out[-3000:]
-    report = _report(root, "prune")
-    # The masks held through FSDP sharding, the kill and the resume.
-    assert report["sparsity"] == pytest.approx(0.5, abs=1e-3)
-    assert report["steps"] == 60
-    assert _report(root, "heads")["sparsity"] == pytest.approx(0.5)
+
+    reports = {s["name"]: _report(root, s["name"]) for s in stages}
+    for name, report in reports.items():
+        assert report["phase"] == "Succeeded"
+        assert report["metrics"].keys() >= CONTRACT_METRICS, name
+        assert (root / name / "final" / "COMPLETE").exists()
+        # bytes is what the folder really holds, not an estimate
+        on_disk = sum(p.stat().st_size for p in (root / name / "final").iterdir())
+        assert report["bytes"] == on_disk
+    # The masks held through sharding, the kill and the resume.
+    assert reports["heads"]["sparsity"] == pytest.approx(0.5)
+    assert reports["prune"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert reports["prune"]["steps"] == 40
+    assert reports["prune"]["evalLossBeforeFinetune"] is not None
+    assert reports["prune"]["details"]["finetuneStrategy"] == "fsdp"
+    # All 4 linears of both blocks: with half the heads gone, even the attention output
+    # projection (no longer square) is smaller at half its rank.
+    assert reports["lowrank"]["details"]["layersFactorized"] == 8
+    assert reports["lowrank"]["params"] < reports["prune"]["params"]
+    assert reports["int8"]["linearCompression"] > 3
+    assert reports["int8"]["bytes"] < reports["lowrank"]["bytes"]
+    assert reports["student"]["params"] < reports["int8"]["params"]
+    # Each stage starts from the one before it.
+    assert reports["lowrank"]["inputEvalLoss"] == pytest.approx(reports["prune"]["evalLoss"])
+
+    loaded = _load_in_fresh_process(root, ["train", *(s["name"] for s in stages)])
+    assert all(v["finite"] and v["eval"] for v in loaded.values())
+    assert loaded["lowrank"]["fc"] == "LowRankLinear"
+    assert loaded["int8"]["weight"] == "Int8Tensor"
+    assert loaded["student"]["fc"] == loaded["train"]["fc"] == "Linear"
 
 
 def test_bad_chain_fails_before_training(tmp_path: Path) -> None:
