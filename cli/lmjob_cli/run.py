@@ -91,9 +91,19 @@ def _run(plan: Any, *, tee: bool) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from lmjob_trainer.local_run import CONFIG_ERROR_MARKER, launch
+    from lmjob_trainer.local_run import CONFIG_ERROR_MARKER, launch, nothing_left
 
     out = sys.stderr
+    if nothing_left(plan):
+        # As the trainer would: it skips every finished stage; no processes to start for that.
+        print(
+            f"lmjob run: {plan.job_name}: every stage finished in an earlier run "
+            f"(storage {_short(plan.run_dir)}/); delete that folder to train again, or raise "
+            "training.steps to train on",
+            file=out,
+        )
+        _print_summary(plan, sys.stdout)
+        return 0
     what = (
         "the built-in trainer"
         if plan.config is not None

@@ -13,7 +13,6 @@ from lmjob_trainer import storage
 from lmjob_trainer.compression.report import (
     StageMeasurements,
     measure_latency,
-    read_report,
     write_report,
 )
 
@@ -45,8 +44,13 @@ def test_metrics_hold_the_contract_keys_and_derived_figures(tmp_path: Path) -> N
     assert metrics["linearCompression"] == pytest.approx(3.9)
     assert metrics["perplexity"] == pytest.approx(7.389, rel=1e-3)
     write_report(report, tmp_path / "prune")
-    assert read_report(tmp_path / "prune") == report
-    assert read_report(tmp_path / "nowhere") is None
+    assert StageMeasurements.from_report(storage.read_report(tmp_path, "prune")) == report
+    # Finished (a rerun skips it) only once its output is complete too.
+    assert storage.finished_stage(tmp_path, "prune") is None
+    (tmp_path / "prune" / storage.FINAL).mkdir()
+    storage.mark_complete(tmp_path / "prune" / storage.FINAL, {})
+    assert StageMeasurements.from_report(storage.finished_stage(tmp_path, "prune")) == report
+    assert storage.finished_stage(tmp_path, "nowhere") is None
 
 
 def test_report_json_reads_like_the_train_report(tmp_path: Path) -> None:
@@ -61,7 +65,9 @@ def test_report_json_reads_like_the_train_report(tmp_path: Path) -> None:
     )
     storage.write_report(tmp_path, train)
     assert storage.read_report(tmp_path, "train") == train
-    assert read_report(tmp_path / "train") is None
+    assert storage.finished_stage(tmp_path, "train") is None
+    assert storage.finished_training(tmp_path, steps=5) == train
+    assert storage.finished_training(tmp_path, steps=6) is None  # `steps` raised: train on
     assert {"stage", "type", "phase", "steps", "metrics"} <= train.to_json().keys()
     assert train.status().model_dump() == {
         "name": "train",

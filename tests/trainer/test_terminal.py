@@ -78,6 +78,9 @@ def test_a_terminal_gets_live_bars_then_tables_and_the_loss_curve(job: Path) -> 
 
 def test_a_log_gets_the_same_tables_and_curve_as_plain_text(job: Path) -> None:
     """The same job again, in a pipe: finished, so it only reports (and draws) what is there."""
+    logs = job.parent / "runs" / "tty" / "logs"
+    launched_before = sorted(logs.iterdir())
+    assert launched_before, "the terminal run left no launch logs"
     proc = subprocess.run(
         [sys.executable, "-m", "lmjob_cli.main", "run", str(job)],
         cwd=job.parent,
@@ -90,5 +93,8 @@ def test_a_log_gets_the_same_tables_and_curve_as_plain_text(job: Path) -> None:
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:]
     assert not ANSI.search(out)
+    # Nothing left to run: no launch (torchrun logs each launch in a folder of its own).
+    assert "every stage finished in an earlier run" in out, out[-3000:]
+    assert sorted(logs.iterdir()) == launched_before
     assert re.search(r"train\s+Succeeded\s+60\s+\d\.\d{4}", out), out[-3000:]
     assert "tty: training loss" in out and "┤" in out

@@ -192,6 +192,24 @@ def plan_local_run(
     return plan, []
 
 
+def nothing_left(plan: LocalRunPlan) -> bool:
+    """Whether every stage and export of the plan finished in an earlier run, by the checks
+    the trainer skips each by: a rerun then only reports, without starting a process."""
+    if plan.config is None:
+        return False  # a job's own command: only it knows
+    root = plan.run_dir
+    for stage in plan.stages:
+        if stage == storage.TRAIN_STAGE:
+            done = storage.finished_training(root, plan.config.training.steps)
+        elif storage.is_export(stage):
+            done = storage.read_export_report(root, stage)
+        else:
+            done = storage.finished_stage(root, stage)
+        if done is None:
+            return False
+    return True
+
+
 def write_config(plan: LocalRunPlan) -> None:
     """Write `./runs/<job>/trainer.yaml`, the file every worker reads."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)

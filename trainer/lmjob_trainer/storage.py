@@ -25,6 +25,8 @@ from lmjob_trainer.export.result import RECORD_FILE as EXPORT_RECORD
 from lmjob_trainer.export.result import ExportResult
 
 TRAIN_STAGE = "train"
+# A compression stage's output folder (`<stage>/final/`, docs/contracts.md).
+FINAL = "final"
 COMPLETE = "COMPLETE"
 META = "meta.json"
 REPORT = "report.json"
@@ -128,6 +130,22 @@ def read_report(root: Path, stage: str) -> StageReport | None:
     except OSError:
         return None
     return StageReport.from_text(text)
+
+
+def finished_training(root: Path, steps: int) -> StageReport | None:
+    """The train stage's report when it trained `steps` steps; None otherwise (a raised
+    `steps` continues training from the last checkpoint)."""
+    report = read_report(root, TRAIN_STAGE)
+    return report if report is not None and report.total_steps == steps else None
+
+
+def finished_stage(root: Path, stage: str) -> StageReport | None:
+    """A compression stage's report when it succeeded and its output is complete; a rerun
+    skips such a stage."""
+    report = read_report(root, stage)
+    if report is None or report.phase != "Succeeded" or report.type == TRAIN_STAGE:
+        return None
+    return report if is_complete(stage_dir(root, stage) / FINAL) else None
 
 
 def read_export_report(root: Path, name: str) -> StageReport | None:

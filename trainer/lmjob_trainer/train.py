@@ -66,11 +66,9 @@ def generate_sample(
 def train_stage(session: TrainerSession) -> StageResult | None:
     """Train (or resume training) unless the train stage already finished; None if it had."""
     report = choose_on_rank0(
-        session.env, lambda: storage.read_report(session.root, storage.TRAIN_STAGE)
+        session.env, lambda: storage.finished_training(session.root, session.training.steps)
     )
-    # A finished stage is skipped on a rerun, unless `steps` was raised since: then the
-    # run continues from its last checkpoint.
-    if report and report.total_steps == session.training.steps:
+    if report:
         log.info("training already finished", extra={"checkpoint": report.checkpoint})
         # Exported again, so a restarted pod's endpoint still carries the stage's numbers.
         session.metrics.set_stage_result(storage.TRAIN_STAGE, report.metrics)

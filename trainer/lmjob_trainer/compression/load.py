@@ -26,7 +26,7 @@ from lmjob_trainer.compression.artifact import Architecture, read_architecture, 
 from lmjob_trainer.compression.lowrank import apply_ranks
 from lmjob_trainer.compression.prune import apply_structure
 
-FINAL = "final"
+FINAL = storage.FINAL
 
 
 def stage_output_dir(checkpoint_dir: str | Path, stage: str) -> Path:

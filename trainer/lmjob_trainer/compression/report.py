@@ -131,14 +131,6 @@ def write_report(measured: StageMeasurements, stage_dir: Path) -> Path:
     return storage.write_report(stage_dir.parent, measured.to_report())
 
 
-def read_report(stage_dir: Path) -> StageMeasurements | None:
-    """The compression stage's measurements, or None when it has not finished."""
-    report = storage.read_report(stage_dir.parent, stage_dir.name)
-    if report is None or report.phase != "Succeeded" or report.type == "train":
-        return None
-    return StageMeasurements.from_report(report)
-
-
 def measure_latency(
     model: nn.Module,
     seq_len: int,

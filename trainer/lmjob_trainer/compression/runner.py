@@ -42,7 +42,6 @@ from lmjob_trainer.compression.quantize import apply_quantization
 from lmjob_trainer.compression.report import (
     StageMeasurements,
     measure_latency,
-    read_report,
     write_report,
 )
 from lmjob_trainer.compression.validate import build_student_spec
@@ -129,9 +128,8 @@ def _finished_report(session: TrainerSession, stage: str) -> StageMeasurements |
     """The stage's report if it is done (rank 0 decides, so all ranks skip alike)."""
 
     def pick() -> StageMeasurements | None:
-        report = read_report(storage.stage_dir(session.root, stage))
-        done = report is not None and storage.is_complete(stage_output_dir(session.root, stage))
-        return report if done else None
+        report = storage.finished_stage(session.root, stage)
+        return None if report is None else StageMeasurements.from_report(report)
 
     return choose_on_rank0(session.env, pick)
 
