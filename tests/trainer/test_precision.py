@@ -15,8 +15,8 @@ from .probe import run_probed
 INITIAL_SCALE = 2.0**16
 
 # (precision, dtype of the Linear outputs in training forwards, loss scaled by GradScaler)
+# fp32 is every other trainer test's precision; the two cases differ in what the probe sees.
 CASES = [
-    ("fp32", "float32", False),
     ("bf16", "bfloat16", False),
     ("fp16", "float16", True),
 ]

@@ -37,33 +37,12 @@ def _history(root: Path, stage: str) -> dict[int, dict]:
     return storage.read_history(root, stage)
 
 
-def test_training_and_a_fine_tune_write_every_scalar(
-    tmp_path: Path, text_file: Path, data_cache: Path
-) -> None:
-    training = tiny_training(text_file, data_cache, steps=6, evaluation={"everySteps": 3})
-    stages = [{"name": "prune", "type": "prune", "sparsity": 0.5, "finetuneSteps": 2}]
-    config = write_config(tmp_path / "c.yaml", training, compression={"stages": stages})
-    root = tmp_path / "run"
-    torchrun(config, root, nproc=1)
-    for stage, steps, evals in (("train", 6, {3, 6}), ("prune", 2, {2})):
-        scalars = _scalars(root, stage)
-        assert STEP_TAGS | {"eval_loss"} <= set(scalars), scalars.keys()
-        history = _history(root, stage)
-        for tag in STEP_TAGS:
-            assert sorted(scalars[tag]) == list(range(1, steps + 1)), (stage, tag)
-        for step, value in scalars["loss"].items():
-            assert value == pytest.approx(history[step]["loss"], rel=1e-6)
-        assert set(scalars["eval_loss"]) == evals
-        assert scalars["eval_loss"][max(evals)] == pytest.approx(
-            history[max(evals)]["eval_loss"], rel=1e-6
-        )
-
-
-def test_a_resume_leaves_one_value_per_step(
+def test_a_resume_leaves_one_value_per_step_and_a_fine_tune_writes_every_scalar(
     tmp_path: Path, text_file: Path, data_cache: Path, ddp_reference: Path
 ) -> None:
     """A run that died after step 12's events but resumes from step 8's checkpoint writes
-    steps 9-12 again: the reader sees them once, with the resumed run's values."""
+    steps 9-12 again: the reader sees them once, with the resumed run's values. Every
+    scalar of every step of training and of the fine-tune after it equals history.jsonl."""
     import shutil
 
     root = tmp_path / "run"
@@ -71,12 +50,26 @@ def test_a_resume_leaves_one_value_per_step(
     shutil.copytree(event_dir(ddp_reference, "train"), event_dir(root, "train"))
     before = _scalars(root, "train")
     assert sorted(before["loss"]) == list(range(1, 13))
-    config = write_config(tmp_path / "c.yaml", tiny_training(text_file, data_cache, steps=14))
+    training = tiny_training(text_file, data_cache, steps=14, evaluation={"everySteps": 3})
+    stages = [{"name": "prune", "type": "prune", "sparsity": 0.5, "finetuneSteps": 2}]
+    config = write_config(tmp_path / "c.yaml", training, compression={"stages": stages})
     torchrun(config, root, nproc=2)
     after = _scalars(root, "train")
-    assert sorted(after["loss"]) == list(range(1, 15))
     history = _history(root, "train")
     for step in range(9, 15):
         assert after["loss"][step] == pytest.approx(history[step]["loss"], rel=1e-6)
     for step in range(1, 9):
         assert after["loss"][step] == before["loss"][step]
+
+    for stage, steps, evals in (("train", 14, {9, 12, 14}), ("prune", 2, {2})):
+        scalars = _scalars(root, stage)
+        assert STEP_TAGS | {"eval_loss"} <= set(scalars), scalars.keys()
+        history = _history(root, stage)
+        for tag in STEP_TAGS:
+            assert sorted(scalars[tag]) == list(range(1, steps + 1)), (stage, tag)
+        for step in range(9 if stage == "train" else 1, steps + 1):
+            assert scalars["loss"][step] == pytest.approx(history[step]["loss"], rel=1e-6)
+        # The evaluations this run made (the reference's own before step 8 may differ).
+        assert evals <= set(scalars["eval_loss"]), (stage, sorted(scalars["eval_loss"]))
+        for step in evals:
+            assert scalars["eval_loss"][step] == pytest.approx(history[step]["eval_loss"], rel=1e-6)
