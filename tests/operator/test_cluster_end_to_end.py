@@ -133,19 +133,32 @@ def test_job_trains_compresses_and_succeeds(
     assert all(stage == "train" and step % 100 == 0 for stage, step in seen), seen
 
 
-def test_killed_worker_pod_restarts_the_group_and_resumes(
-    kubelet: ProcessKubelet, storage: Path, kube, namespace, corpus: Path
+def test_scale_up_then_a_killed_worker_pod_restarts_the_group_and_resumes(
+    kubelet: ProcessKubelet, storage: Path, kube, namespace, kubectl, corpus: Path
 ) -> None:
-    """SIGKILL of the worker pod's processes (an OOM kill, a crash) mid-training: the pod
-    fails with 137, the operator starts a new rendezvous round, and the new workers resume
-    from the latest complete checkpoint and finish."""
-    create_job(kube.custom, namespace, "e2e", job_spec(corpus, node=namespace, steps=600))
-    at_kill = wait_for_status(kube, namespace, checkpointed, "a first checkpoint")
+    """`kubectl scale` 1 → 2 while training: the operator adds a pod to the same rendezvous
+    and torchrun re-forms the group at the larger size (a resize is not a failure). Then a
+    SIGKILL of a worker pod's processes (an OOM kill, a crash): the pod fails with 137, the
+    operator starts a new rendezvous round, and the new workers resume from the latest
+    complete checkpoint and finish, still two."""
+    spec = job_spec(corpus, node=namespace, steps=900)
+    spec["workers"].update(replicas=1, minReplicas=1, maxReplicas=2, procsPerWorker=1)
+    create_job(kube.custom, namespace, "e2e", spec)
+    first = wait_for_status(kube, namespace, checkpointed, "a first checkpoint")
+    kubectl("scale", "lmj/e2e", "--replicas=2", "-n", namespace)
+    at_kill = wait_for_status(
+        kube,
+        namespace,
+        lambda s: s.get("worldSize") == 2 and s["checkpoint"]["step"] > first["checkpoint"]["step"],
+        "a checkpoint at two workers",
+    )
+    assert at_kill["restarts"] == 0, at_kill  # a resize is not a failure
     kubelet.kill("e2e-worker-0")
     final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=300)
     worker_log = kubelet.log_of("e2e-worker-0", namespace)
     assert kubelet.errors == [], kubelet.errors
     assert kubelet.exit_codes.get("e2e-worker-0") == [137, 0], worker_log[-3000:]
+    assert kubelet.exit_codes.get("e2e-worker-1", [None])[-1] == 0, kubelet.exit_codes
     assert final["restarts"] == 1
     restarted = [c for c in final["conditions"] if c["type"] == "Restarting"]
     assert restarted and restarted[0]["status"] == "False", final["conditions"]
@@ -155,28 +168,7 @@ def test_killed_worker_pod_restarts_the_group_and_resumes(
         for line in worker_log.splitlines()
         if "resumed from checkpoint" in line
     ]
-    assert resumed and resumed[0] >= at_kill["checkpoint"]["step"], worker_log[-3000:]
-    train = json.loads((storage / "train" / "report.json").read_text())
-    assert train["steps"] == 600 and train["phase"] == "Succeeded"
-
-
-def test_scale_up_mid_training_grows_the_world(
-    kubelet: ProcessKubelet, storage: Path, kube, namespace, kubectl, corpus: Path
-) -> None:
-    """`kubectl scale` 1 → 2 while training: the operator adds a pod to the same rendezvous,
-    torchrun re-forms the group at the larger size, and training carries on from its
-    checkpoint with two processes."""
-    spec = job_spec(corpus, node=namespace, steps=900)
-    spec["workers"].update(replicas=1, minReplicas=1, maxReplicas=2, procsPerWorker=1)
-    create_job(kube.custom, namespace, "e2e", spec)
-    wait_for_status(kube, namespace, checkpointed, "a first checkpoint")
-    kubectl("scale", "lmj/e2e", "--replicas=2", "-n", namespace)
-    final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=300)
-    logs = kubelet.log_of("e2e-worker-0", namespace) + kubelet.log_of("e2e-worker-1", namespace)
-    assert kubelet.errors == [], kubelet.errors
-    assert kubelet.exit_codes.get("e2e-worker-0") == [0], logs[-3000:]
-    assert kubelet.exit_codes.get("e2e-worker-1") == [0], logs[-3000:]
-    assert final["restarts"] == 0  # a resize is not a failure
+    assert resumed and resumed[-1] >= at_kill["checkpoint"]["step"], worker_log[-3000:]
     history = [
         json.loads(line) for line in (storage / "train" / "history.jsonl").read_text().splitlines()
     ]
@@ -184,6 +176,8 @@ def test_scale_up_mid_training_grows_the_world(
     assert sizes[0] == 1 and sizes[-1] == 2, sorted(set(sizes))
     steps = [h["step"] for h in history if "loss" in h]
     assert steps[-1] == 900
+    train = json.loads((storage / "train" / "report.json").read_text())
+    assert train["steps"] == 900 and train["phase"] == "Succeeded"
 
 
 @pytest.mark.parametrize(
