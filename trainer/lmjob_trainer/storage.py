@@ -132,6 +132,11 @@ def read_report(root: Path, stage: str) -> StageReport | None:
     return StageReport.from_text(text)
 
 
+def stage_output_dir(root: str | Path, stage: str) -> Path:
+    """`<root>/<stage>/final/`: where a compression stage's output lives (docs/contracts.md)."""
+    return stage_dir(Path(root), stage) / FINAL
+
+
 def finished_training(root: Path, steps: int) -> StageReport | None:
     """The train stage's report when it trained `steps` steps; None otherwise (a raised
     `steps` continues training from the last checkpoint)."""
@@ -145,7 +150,7 @@ def finished_stage(root: Path, stage: str) -> StageReport | None:
     report = read_report(root, stage)
     if report is None or report.phase != "Succeeded" or report.type == TRAIN_STAGE:
         return None
-    return report if is_complete(stage_dir(root, stage) / FINAL) else None
+    return report if is_complete(stage_output_dir(root, stage)) else None
 
 
 def read_export_report(root: Path, name: str) -> StageReport | None:

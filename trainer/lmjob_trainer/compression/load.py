@@ -27,11 +27,8 @@ from lmjob_trainer.compression.lowrank import apply_ranks
 from lmjob_trainer.compression.prune import apply_structure
 
 FINAL = storage.FINAL
-
-
-def stage_output_dir(checkpoint_dir: str | Path, stage: str) -> Path:
-    """`<dir>/<stage>/final/`: where a stage's output lives (docs/contracts.md)."""
-    return Path(checkpoint_dir) / stage / FINAL
+# Where a stage's output lives: one home in storage (torch-free, for the CLI's checks too).
+stage_output_dir = storage.stage_output_dir
 
 
 def build_architecture(arch: Architecture) -> nn.Module:

@@ -18,7 +18,7 @@ from lmjob_trainer import storage
 from lmjob_trainer.compression.artifact import MANIFEST_FILE, Architecture
 from lmjob_trainer.export.result import ExportError
 
-FINAL = "final"
+FINAL = storage.FINAL
 
 
 @dataclass
@@ -58,7 +58,7 @@ def resolve(path: Path, stage: str | None) -> tuple[str, Path]:
     # A job's storage root: the named stage, training by default.
     stage = stage or storage.TRAIN_STAGE
     if stage != storage.TRAIN_STAGE:
-        folder = storage.stage_dir(path, stage) / FINAL
+        folder = storage.stage_output_dir(path, stage)
         if not folder.is_dir():
             raise ExportError(
                 f"{path}: stage {stage} has no output ({folder} does not exist): "
