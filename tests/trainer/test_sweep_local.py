@@ -16,6 +16,7 @@ import yaml
 
 from lmjob_cli.sweep import load_sweep, read_state
 from lmjob_trainer import storage
+from lmjob_trainer.stragglers import TEST_SLOW_RANK_ENV
 
 from .conftest import REPO, subprocess_env, tiny_training, wait_for
 
@@ -60,18 +61,20 @@ def _sweep_manifest(tmp: Path, text: Path, **spec: Any) -> Path:
     return path
 
 
-def _env() -> dict[str, str]:
-    env = subprocess_env()
+def _env(**extra: str) -> dict[str, str]:
+    env = subprocess_env(**extra)
     # The sweep engine lives in operator/ (lmjob_sweep).
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "operator"), env["PYTHONPATH"]])
     return env
 
 
-def _lmjob(*args: str, cwd: Path, **kwargs: Any) -> subprocess.Popen:
+def _lmjob(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "lmjob_cli.main", *args],
         cwd=cwd,
-        env=_env(),
+        env=_env(**(env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -95,7 +98,10 @@ def test_sweep_interrupt_resume_and_best(tmp_path: Path, text_file: Path) -> Non
     sweep_dir = tmp_path / "runs" / "tiny"
     state = sweep_dir / "sweep.json"
     trial_1 = sweep_dir / "trials" / "tiny-1"
-    proc = _lmjob("sweep", str(manifest), cwd=tmp_path, start_new_session=True)
+    # Slowed steps: on a fast machine trial 1 could otherwise train its last four steps between
+    # the step-4 checkpoint and the Ctrl-C, leaving nothing to resume.
+    slowed = {TEST_SLOW_RANK_ENV: "0:0.5"}
+    proc = _lmjob("sweep", str(manifest), cwd=tmp_path, env=slowed, start_new_session=True)
 
     def second_trial_checkpointed() -> bool:
         trials = _trials(state)
