@@ -129,6 +129,20 @@ class StragglerStatus(ApiModel):
     median_seconds: float = Field(..., ge=0, description="The median of all ranks' step times.")
 
 
+class GoodputStatus(ApiModel):
+    """Where the job's wall time went (lmjob_api.goodput; docs/operator.md)."""
+
+    ratio: float = Field(
+        0.0, ge=0, le=1, description="Productive step time over wall time since creation."
+    )
+    wall_seconds: float = Field(0.0, ge=0, description="From creation to now (or completion).")
+    seconds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds by kind: productive, redone, checkpoint, evaluation, setup, "
+        "restart, scheduling, other; they add up to wallSeconds.",
+    )
+
+
 class LargeModelJobStatus(ApiModel):
     """Observed state of a LargeModelJob."""
 
@@ -159,6 +173,9 @@ class LargeModelJobStatus(ApiModel):
         default_factory=list,
         description="Ranks slower than training.stragglers.threshold × the median, as the "
         "latest scrape says (empty: none); also the Stragglers condition.",
+    )
+    goodput: GoodputStatus | None = Field(
+        None, description="Goodput: the share of wall time spent on steps that count."
     )
     start_time: str | None = Field(None, description="When the job first ran (RFC 3339).")
     completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")

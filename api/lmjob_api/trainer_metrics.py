@@ -60,6 +60,8 @@ RANK_STEP_SECONDS = "rank_step_seconds"
 RANK_DATA_WAIT_SECONDS = "rank_data_wait_seconds"
 STRAGGLER = "straggler"
 STALLED_SECONDS = "stalled_seconds"
+GOODPUT_SECONDS = "goodput_seconds"
+STARTED_TIMESTAMP = "started_timestamp_seconds"
 
 # Per-stage gauges the progress reader takes for the current stage.
 _PROGRESS_SERIES = (STEP, TOTAL_STEPS, LOSS, EVAL_LOSS, TOKENS_PER_SECOND)
@@ -93,6 +95,10 @@ class TrainerProgress:
     """The current stage's stragglers, by rank."""
     evaluations: tuple[EvaluationStatus, ...] = ()
     """The evaluations rank 0 still exports (`eval_history`), in stage order, then by step."""
+    goodput_seconds: dict[str, float] | None = None
+    """The goodput ledger's seconds by kind (lmjob_api.goodput); None before rank 0 has one."""
+    started_at: float | None = None
+    """When the job's first rank-0 process started (Unix seconds)."""
 
 
 def _finite(value: float | None) -> float | None:
@@ -128,6 +134,8 @@ def parse_scrape(
     rank_waits: dict[str, dict[int, float]] = {}
     slow: dict[str, dict[int, tuple[str, str]]] = {}
     evals: dict[tuple[str, int], float] = {}
+    goodput: dict[str, float] = {}
+    started_at: float | None = None
     for family in text_string_to_metric_families(text):
         if not family.name.startswith(PREFIX):
             continue
@@ -170,6 +178,10 @@ def parse_scrape(
                 at = _int_label(labels, AT_STEP)
                 if at is not None and at >= 0 and math.isfinite(sample.value):
                     evals[(stage, at)] = sample.value
+            elif key == GOODPUT_SECONDS and math.isfinite(sample.value):
+                goodput[labels.get(KIND, "")] = sample.value
+            elif key == STARTED_TIMESTAMP and math.isfinite(sample.value):
+                started_at = sample.value
             elif key in _PROGRESS_SERIES:
                 per_stage.setdefault(stage, {})[key] = sample.value
                 found = True
@@ -210,6 +222,8 @@ def parse_scrape(
         checkpoint_write_seconds=write_seconds,
         stages=stages,
         evaluations=_evaluations(evals, stage_order),
+        goodput_seconds=goodput or None,
+        started_at=started_at,
     )
 
 

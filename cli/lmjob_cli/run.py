@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lmjob_api.exit_codes import NON_FINITE
+from lmjob_api.goodput import LEDGER, Tally, breakdown, describe
 
 EXIT_INVALID = 1
 EXIT_FAILED = 1
@@ -161,8 +162,19 @@ def _run(plan: Any, *, tee: bool) -> int:
             bar.stop()
     print(f"finished in {_duration(time.monotonic() - started)}", file=out)
     if plan.config is not None:
+        _print_goodput(plan, out)
         _print_summary(plan, sys.stdout)
     return 0
+
+
+def _print_goodput(plan: Any, out: TextIO) -> None:
+    """The ledger's account of every run of this job so far (earlier interrupted ones too)."""
+    tally = Tally.of_file(plan.run_dir / LEDGER)
+    if tally.first_launch is not None:
+        result = breakdown(
+            tally.seconds, first_launch=tally.first_launch, created=None, end=time.time()
+        )
+        print(describe(result), file=out)
 
 
 def _short(path: Path) -> str:

@@ -49,6 +49,12 @@ TRIAL_JOBS = Counter(
     "Trial jobs the operator created (`created`) or stopped early (`stopped`).",
     ["action"],
 )
+GOODPUT = Gauge(
+    "lmjob_operator_job_goodput_ratio",
+    "Each job's status.goodput.ratio: productive step time over wall time since creation.",
+    ["namespace", "job"],
+)
+_goodput_jobs: set[tuple[str, str]] = set()
 PODS_CREATED = Counter("lmjob_operator_pods_created_total", "Pods created.", ["role"])
 API_CALLS = Counter(
     "lmjob_operator_api_calls_total",
@@ -70,6 +76,16 @@ def set_job_phases(phases: Iterable[str]) -> None:
         counts[phase] = counts.get(phase, 0) + 1
     for phase, count in counts.items():
         JOBS.labels(phase=phase).set(count)
+
+
+def set_job_goodput(ratios: dict[tuple[str, str], float]) -> None:
+    """Publish each job's goodput ratio; series of jobs no longer handled are removed."""
+    for gone in _goodput_jobs - ratios.keys():
+        GOODPUT.remove(*gone)
+    for (namespace, job), ratio in ratios.items():
+        GOODPUT.labels(namespace=namespace, job=job).set(ratio)
+    _goodput_jobs.clear()
+    _goodput_jobs.update(ratios)
 
 
 def set_sweep_counts(phases: Iterable[str], trial_states: Iterable[str]) -> None:

@@ -98,6 +98,13 @@ class Registry:
         metrics.set_job_phases(
             s.last_status.phase.value for s in self.jobs.values() if s.last_status is not None
         )
+        metrics.set_job_goodput(
+            {
+                key: s.last_status.goodput.ratio
+                for key, s in self.jobs.items()
+                if s.last_status is not None and s.last_status.goodput is not None
+            }
+        )
 
     def sweep_state(self, namespace: str, name: str, uid: str) -> SweepState:
         """The state of this incarnation of the sweep (a recreated sweep starts afresh)."""

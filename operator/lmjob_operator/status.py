@@ -34,6 +34,7 @@ from lmjob_api.status import (
 )
 from lmjob_api.trainer_metrics import TrainerProgress, evaluation_order
 from lmjob_operator.failures import Action, Verdict
+from lmjob_operator.goodput_status import goodput_status
 from lmjob_operator.naming import worker_selector
 from lmjob_operator.pod_view import PodView, parse_time
 from lmjob_operator.progress import final_stages
@@ -260,6 +261,7 @@ def build_status(
             else previous.evaluations
         ),
         stragglers=list(progress.stragglers) if progress is not None else previous.stragglers,
+        goodput=goodput_status(job, progress, previous, finished=phase.finished, now=now),
         start_time=start_time,
         completion_time=completion_time,
         observed_generation=(job.metadata.model_extra or {}).get("generation"),

@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from lmjob_api.goodput import LEDGER, Tally
 from lmjob_api.termination import decode_stages
 from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
 from lmjob_cli.main import main
+from lmjob_trainer.stragglers import TEST_SLOW_RANK_ENV
 from tests.operator.harness import (
     create_job,
     free_port,
@@ -80,7 +82,14 @@ def lmjob(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str
 
 
 def test_job_trains_compresses_and_succeeds(
-    kubelet: ProcessKubelet, storage: Path, kube, namespace, corpus: Path, control_plane, capsys
+    kubelet: ProcessKubelet,
+    storage: Path,
+    kube,
+    namespace,
+    corpus: Path,
+    control_plane,
+    capsys,
+    operator,
 ) -> None:
     create_job(kube.custom, namespace, "e2e", job_spec(corpus, node=namespace, steps=300))
     running = wait_for_status(
@@ -131,6 +140,17 @@ def test_job_trains_compresses_and_succeeds(
     seen = [(e["stage"], e["step"]) for e in final["evaluations"]]
     assert seen and seen == sorted(set(seen)), final["evaluations"]
     assert all(stage == "train" and step % 100 == 0 for stage, step in seen), seen
+    # Goodput: the trainer's ledger seconds plus the wait for the first launch, adding up to
+    # the time from creation to completion; the operator exports the same ratio.
+    goodput = final["goodput"]
+    assert 0 < goodput["ratio"] <= 1 and goodput["seconds"]["productive"] > 0, goodput
+    assert goodput["seconds"]["scheduling"] > 0 and goodput["seconds"]["setup"] > 0, goodput
+    assert goodput["seconds"]["redone"] == goodput["seconds"]["restart"] == 0, goodput
+    assert sum(goodput["seconds"].values()) == pytest.approx(goodput["wallSeconds"], abs=0.5)
+    ledger = Tally.of_file(storage / LEDGER)
+    assert goodput["seconds"]["productive"] <= round(ledger.seconds["productive"], 1), goodput
+    exported = f'lmjob_operator_job_goodput_ratio{{job="e2e",namespace="{namespace}"}} '
+    assert exported + str(goodput["ratio"]) in operator.metrics()
 
 
 def test_scale_up_then_a_killed_worker_pod_restarts_the_group_and_resumes(
@@ -178,6 +198,64 @@ def test_scale_up_then_a_killed_worker_pod_restarts_the_group_and_resumes(
     assert steps[-1] == 900
     train = json.loads((storage / "train" / "report.json").read_text())
     assert train["steps"] == 900 and train["phase"] == "Succeeded"
+
+
+def rank_0_pod(kubelet: ProcessKubelet, namespace: str, pods: list[str]) -> str:
+    """The pod whose process holds global rank 0 now: only rank 0 logs steps, so of each pod's
+    log, the one whose last step line is the latest."""
+
+    def last_step(pod: str) -> int:
+        lines = [ln for ln in kubelet.log_of(pod, namespace).splitlines() if " msg=step " in ln]
+        return int(lines[-1].split(" step=")[1].split()[0]) if lines else -1
+
+    return max(pods, key=last_step)
+
+
+def test_losing_rank_0s_pod_leaves_the_other_to_rerendezvous_and_finish(
+    kubelet: ProcessKubelet, storage: Path, kube, namespace, corpus: Path
+) -> None:
+    """Two worker pods training; the pod holding rank 0 is force-deleted (its node gone, no
+    grace). The other pod is not restarted: its torchrun agent re-forms the group with the
+    rendezvous store (its own pod, so rank 0's loss does not take the rendezvous with it),
+    its new workers resume from the latest checkpoint, the operator replaces the lost pod,
+    which joins, and the job finishes, the loss counted as no failure."""
+    spec = job_spec(corpus, node=namespace, steps=600)
+    spec["workers"].update(replicas=2, minReplicas=1, maxReplicas=2, procsPerWorker=1)
+    spec["training"]["checkpoint"]["everySteps"] = 50
+    kubelet.extra_env[TEST_SLOW_RANK_ENV] = "0:0.05"  # a run long enough to kill mid-way
+    create_job(kube.custom, namespace, "e2e", spec)
+    at_kill = wait_for_status(
+        kube,
+        namespace,
+        lambda s: s.get("worldSize") == 2 and checkpointed(s),
+        "a checkpoint at two workers",
+    )
+    pods = ["e2e-worker-0", "e2e-worker-1"]
+    lost = rank_0_pod(kubelet, namespace, pods)
+    survivor = next(p for p in pods if p != lost)
+    kube.core.delete_namespaced_pod(lost, namespace, grace_period_seconds=0)
+    final = wait_for(phase_is(kube.custom, namespace, "e2e", "Succeeded"), timeout=300)
+    survivor_log = kubelet.log_of(survivor, namespace)
+    assert kubelet.errors == [], kubelet.errors
+    # One incarnation of the survivor, from start to success: it was never restarted.
+    assert kubelet.exit_codes.get(survivor) == [0], (kubelet.exit_codes, survivor_log[-3000:])
+    assert kubelet.exit_codes.get(lost, [None])[-1] == 0, kubelet.exit_codes
+    assert final["restarts"] == 0, final  # a lost pod is replaced, not a failure
+    assert final["goodput"]["seconds"]["restart"] > 0, final["goodput"]
+    # The re-formed group resumed from a checkpoint at or after the one seen before the loss:
+    # the steps it did twice all come after that checkpoint.
+    history = [
+        json.loads(line) for line in (storage / "train" / "history.jsonl").read_text().splitlines()
+    ]
+    sizes = [h["world_size"] for h in history if "world_size" in h]
+    assert 1 in sizes[sizes.index(2) :], sorted(set(sizes))  # trained alone after the loss
+    assert sizes[-1] == 2, sizes[-5:]  # and at two again once the replacement joined
+    steps = [h["step"] for h in history if "loss" in h]
+    assert steps[-1] == 600
+    redone = [s for i, s in enumerate(steps[1:], 1) if s <= steps[i - 1]]
+    assert all(s > at_kill["checkpoint"]["step"] for s in redone), (at_kill, redone[:3])
+    train = json.loads((storage / "train" / "report.json").read_text())
+    assert train["steps"] == 600 and train["phase"] == "Succeeded"
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from lmjob_api import termination
+from lmjob_api.goodput import LEDGER, Tally
 from lmjob_trainer import storage
 
 from .conftest import losses, subprocess_env, tiny_training, wait_for
@@ -113,6 +114,15 @@ def test_lmjob_run_interrupt_and_resume(tmp_path: Path, text_file: Path) -> None
     assert table["train"][4] == f"{report.metrics['params'] / 1000:.1f}k", out
     assert "sample from the trained model" in out
     assert "finished in" in err
+    # Goodput over both runs: saved on Ctrl-C, so no step was done twice; the time between
+    # the two commands is a restart; every step's time is productive, once.
+    tally = Tally.of_file(run_dir / LEDGER)
+    assert tally.seconds["redone"] == 0 and tally.seconds["restart"] > 0, tally
+    history = storage.read_history(run_dir, "train")
+    assert tally.seconds["productive"] == pytest.approx(
+        sum(h["seconds"] for h in history.values() if "seconds" in h), rel=1e-6
+    )
+    assert re.search(r"^goodput \d+\.\d % of .*\(productive ", err, re.M), err[-2000:]
 
 
 @pytest.mark.slow

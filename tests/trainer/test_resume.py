@@ -3,6 +3,7 @@ and a crash in the middle of a save (real torchrun processes, CPU, gloo)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lmjob_api.goodput import LEDGER, Tally
 from lmjob_trainer import storage
 from lmjob_trainer.local_run import TORCHRUN_ENV
 
@@ -144,6 +146,18 @@ def test_kill_9_worker_resumes_under_elastic_launch(
     got, want = losses(root), losses(ddp_reference)
     assert got[12] == pytest.approx(want[12], rel=RTOL)
     assert storage.read_report(root, "train").steps == 12
+    # The goodput ledger: two launches, the gap between them a restart, and the steps done
+    # before the kill and again after it counted as re-done, each other step as productive.
+    ledger = [json.loads(line) for line in (root / LEDGER).read_text().splitlines()]
+    assert [r["event"] for r in ledger].count("launch") == 2, ledger
+    steps = [r for r in ledger if r["event"] == "step"]
+    twice = [r for i, r in enumerate(steps) if any(o["step"] == r["step"] for o in steps[i + 1 :])]
+    kept = [r for i, r in enumerate(steps) if r not in twice]
+    assert sorted(r["step"] for r in kept) == list(range(1, 13))
+    tally = Tally.of_file(root / LEDGER)
+    assert tally.seconds["redone"] == pytest.approx(sum(r["seconds"] for r in twice))
+    assert tally.seconds["productive"] == pytest.approx(sum(r["seconds"] for r in kept))
+    assert tally.seconds["restart"] > 0
 
 
 # Runs in each worker instead of `-m lmjob_trainer`: makes rank 1 die (like a SIGKILL, no

@@ -375,6 +375,7 @@ def _record_step(
     env, step, loss = session.env, loop.state.step, result.loss
     tps = loop.plan.global_batch * loop.training.model.seq_len / seconds
     utilisation = mfu(tps / env.world_size, loop.flops_per_token, loop.peak_flops)
+    session.record_time("step", stage=loop.stage, step=step, seconds=seconds)
     session.metrics.record_step(
         loop.stage,
         step=step,
@@ -446,18 +447,31 @@ def _after_step(session: TrainerSession, loop: StageLoop, stop: bool) -> bool:
     """Evaluate and checkpoint as scheduled; True when a stop request ends the stage here."""
     t, state = loop.training, loop.state
     if state.step % t.evaluation.every_steps == 0 or state.step == loop.steps:
+        started = time.perf_counter()
         _evaluate(session, loop.model, t, loop.stage, state, loop.strategy)
+        _timed(session, "evaluation", loop, started)
         if loop.history is not None:
             loop.history.write({"step": state.step, "eval_loss": state.last_eval})
         if loop.events is not None:
             loop.events.scalars(state.step, {"eval_loss": state.last_eval})
     if stop:
+        started = time.perf_counter()
         loop.checkpoints.save(state.step, blocking=True)
+        _timed(session, "checkpoint", loop, started)
         log.warning("stopped by a signal; checkpoint saved", extra={"step": state.step})
         return True
     if state.step % t.checkpoint.every_steps == 0 and state.step < loop.steps:
+        started = time.perf_counter()
         loop.checkpoints.save(state.step)
+        _timed(session, "checkpoint", loop, started)
     return False
+
+
+def _timed(session: TrainerSession, event: str, loop: StageLoop, started: float) -> None:
+    """A goodput record of the time training waited for an evaluation or a save's
+    blocking part (an async save's writing overlaps the next steps and is not counted)."""
+    seconds = time.perf_counter() - started
+    session.record_time(event, stage=loop.stage, step=loop.state.step, seconds=seconds)
 
 
 def run_steps(
@@ -519,7 +533,10 @@ def run_steps(
             interrupted = _after_step(session, loop, result.stop)
             watchdog.beat(state.step)
         if not interrupted:
+            saving = time.perf_counter()
             checkpoints.save(state.step, blocking=True)
+            checkpoints.wait()
+            _timed(session, "checkpoint", loop, saving)
         checkpoints.wait()
     except BaseException:
         metrics.set_stage_phase(stage, "Failed")
@@ -549,6 +566,7 @@ def _start_stage(session: TrainerSession, loop: StageLoop) -> None:
     """Resume from the stage's newest checkpoint, if any, and announce the stage."""
     if loop.checkpoints.load_latest() is not None:
         log.info("continuing", extra={"from_step": loop.state.step, "of": loop.steps})
+    session.record_time("start", stage=loop.stage, step=loop.state.step)
     session.metrics.record_total_steps(loop.stage, loop.steps)
     session.metrics.set_stage_phase(loop.stage, "Running")
     log.info(

@@ -176,6 +176,18 @@ class TrainerMetrics:
             js,
             registry=r,
         )
+        self.goodput_seconds = Gauge(
+            names.series(names.GOODPUT_SECONDS),
+            "Seconds of the job's time so far by kind, over every restart (lmjob_api.goodput)",
+            (names.JOB, names.KIND),
+            registry=r,
+        )
+        self.started_timestamp = Gauge(
+            names.series(names.STARTED_TIMESTAMP),
+            "When the job's first rank-0 process started (Unix seconds)",
+            names.JOB_LABELS,
+            registry=r,
+        )
         if self.exports_job:
             self.world_size.labels(job).set(env.world_size)
             self.restarts.labels(job).set(env.restart_count)
@@ -331,6 +343,15 @@ class TrainerMetrics:
             )
             for stage, phase in self._phase.items()
         ]
+
+    def record_goodput(self, seconds: dict[str, float], first_launch: float | None) -> None:
+        """The goodput ledger's running totals (global rank 0)."""
+        if not self.exports_job:
+            return
+        for kind, value in seconds.items():
+            self.goodput_seconds.labels(self.job, kind).set(value)
+        if first_launch is not None:
+            self.started_timestamp.labels(self.job).set(first_launch)
 
     # --- per pod ---
 

@@ -12,6 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,7 @@ from lmjob_trainer.checkpoint import ModelState, choose_on_rank0
 from lmjob_trainer.data import Split, TokenStream, load_splits, prepare_data
 from lmjob_trainer.distributed import DistEnv, build_mesh
 from lmjob_trainer.evaluate import evaluate_split
+from lmjob_trainer.goodput import GoodputLedger
 from lmjob_trainer.metrics import TrainerMetrics
 from lmjob_trainer.model import build_model
 from lmjob_trainer.tokenizer import Tokenizer, build_tokenizer, padded_vocab_size
@@ -50,7 +52,14 @@ class TrainerSession:
     stop_requested: threading.Event = field(default_factory=threading.Event)
     """Set by SIGTERM/SIGINT: loops save a checkpoint and return at the next step."""
     stop_signal: int = 0
+    goodput: GoodputLedger | None = None
+    """Rank 0's goodput ledger (set by `train.run`); None in tests that build a session bare."""
     _meshes: dict[tuple[str, int], DeviceMesh] = field(default_factory=dict)
+
+    def record_time(self, event: str, **fields: Any) -> None:
+        """A goodput ledger record (rank 0; nothing elsewhere or without a ledger)."""
+        if self.goodput is not None:
+            self.goodput.record(event, **fields)
 
     @property
     def training(self) -> TrainingSpec:

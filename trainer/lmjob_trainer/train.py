@@ -26,6 +26,7 @@ from lmjob_trainer.checkpoint import choose_on_rank0
 from lmjob_trainer.distributed import DistEnv, close_distributed, init_distributed
 from lmjob_trainer.evaluate import autocast
 from lmjob_trainer.export.run import export_names, run_exports
+from lmjob_trainer.goodput import GoodputLedger
 from lmjob_trainer.launch import mark_config_error
 from lmjob_trainer.logs import configure_logging, set_log_context
 from lmjob_trainer.loop import NonFiniteLoss, StageResult, run_steps
@@ -161,6 +162,17 @@ def run(config: TrainerConfig, env: DistEnv, root: Path, metrics: TrainerMetrics
         # TF32 matmuls for fp32 work: the precision loss is negligible for training.
         torch.set_float32_matmul_precision("high")
     session = build_session(config, env, root, metrics)
+    session.goodput = GoodputLedger(root, metrics, enabled=env.is_main)
+    session.goodput.launched()
+    try:
+        return _run_stages(session)
+    finally:
+        session.goodput.close()
+
+
+def _run_stages(session: TrainerSession) -> int:
+    """Training, then compression and exports, unless a stop signal came first."""
+    config, metrics = session.config, session.metrics
     _install_stop_handlers(session)
     for stage in config.compression.stages:
         metrics.set_stage_phase(stage.name, "Pending")
