@@ -35,7 +35,15 @@ def parse_job(body: dict[str, Any]) -> LargeModelJob:
             "kind": KIND,
             "metadata": {
                 k: meta[k]
-                for k in ("name", "namespace", "uid", "generation", "labels", "annotations")
+                for k in (
+                    "name",
+                    "namespace",
+                    "uid",
+                    "generation",
+                    "creationTimestamp",
+                    "labels",
+                    "annotations",
+                )
                 if k in meta
             },
             "spec": body.get("spec") or {},

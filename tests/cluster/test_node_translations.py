@@ -94,7 +94,7 @@ def test_downward_api_variables_are_filled_as_a_kubelet_fills_them() -> None:
         V1SecretKeySelector,
     )
 
-    from lmjob_cli.localcluster.process_kubelet import _field
+    from lmjob_cli.localcluster.process_kubelet import _field, pod_ip
 
     pod = V1Pod(
         metadata=V1ObjectMeta(name="gpt-worker-1", namespace="ml", uid="u-1"),
@@ -108,6 +108,12 @@ def test_downward_api_variables_are_filled_as_a_kubelet_fills_them() -> None:
     assert _field(pod, ref("metadata.name")) == "gpt-worker-1"
     assert _field(pod, ref("spec.nodeName")) == "local-0"
     assert _field(pod, ref("metadata.namespace")) == "ml"
-    assert _field(pod, ref("status.podIP")) == "127.0.0.1"
+    # Each pod its own loopback address (its trainer binds its metrics port there), fixed
+    # by its uid; the node's is 127.0.0.1, where Services' listeners are.
+    ip = _field(pod, ref("status.podIP"))
+    assert ip == pod_ip(pod) and ip.startswith("127.") and ip != "127.0.0.1", ip
+    other = V1Pod(metadata=V1ObjectMeta(name="gpt-worker-2", namespace="ml", uid="u-2"))
+    assert pod_ip(other) != ip
+    assert _field(pod, ref("status.hostIP")) == "127.0.0.1"
     secret = V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name="s", key="k"))
     assert _field(pod, V1EnvVar(name="Y", value_from=secret)) == ""

@@ -11,6 +11,7 @@ from lmjob_api import JobPhase, LargeModelJob
 from lmjob_api.status import LargeModelJobStatus
 from lmjob_api.trainer_metrics import TrainerProgress
 from lmjob_operator.failures import Verdict
+from lmjob_operator.plan import parse_job
 from lmjob_operator.status import build_status, stamp
 from tests.operator.factories import NOW, job_manifest, rendezvous, worker
 
@@ -20,7 +21,7 @@ CREATED = NOW - timedelta(seconds=100)
 def _job() -> LargeModelJob:
     manifest = job_manifest()
     manifest["metadata"]["creationTimestamp"] = stamp(CREATED)
-    return LargeModelJob.model_validate(manifest)
+    return parse_job(manifest)  # as the operator reads a job's body
 
 
 def _progress(productive: float, restart: float = 0.0) -> TrainerProgress:

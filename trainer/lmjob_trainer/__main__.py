@@ -1,7 +1,9 @@
 """`python -m lmjob_trainer --config FILE`: a worker process, under torchrun or on its own.
 
 Environment (docs/contracts.md, api/lmjob_api/env.py): LMJOB_CONFIG (default of --config),
-LMJOB_CHECKPOINT_DIR (default ./runs/<job>), LMJOB_METRICS_PORT (no endpoint if unset).
+LMJOB_CHECKPOINT_DIR (default ./runs/<job>), LMJOB_METRICS_PORT (no endpoint if unset),
+LMJOB_METRICS_ADDRESS (the address it binds; all by default: only nodes that run pods as
+processes, `lmjob cluster`'s and the tests', set it to the pod's own loopback address).
 A configuration error exits with CONFIG_ERROR (78, lmjob_api.exit_codes), never retried:
 its message goes to the termination log, and a marker tells the launcher (launch.py) to stop
 torchrun instead of restarting the workers.

@@ -30,6 +30,7 @@ CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 180
 # eval_history keeps this many evaluations per stage: one series each, so the count is bounded;
 # the operator keeps every one it has seen in status.evaluations.
 EVAL_HISTORY_SIZE = 64
+METRICS_ADDRESS_ENV = "LMJOB_METRICS_ADDRESS"
 
 
 class TrainerMetrics:
@@ -196,7 +197,10 @@ class TrainerMetrics:
 
     def _serve(self, port: int) -> None:
         try:
-            self._server, _ = start_http_server(port, registry=self.registry)
+            # All addresses unless told one: a node that runs pods as processes
+            # (lmjob cluster's) gives each its own loopback address to serve on.
+            address = os.environ.get(METRICS_ADDRESS_ENV) or "0.0.0.0"
+            self._server, _ = start_http_server(port, addr=address, registry=self.registry)
         except OSError as err:
             # Metrics are worth a warning, never a failed training run.
             log.warning("metrics endpoint not started", extra={"port": port, "error": str(err)})

@@ -22,8 +22,12 @@ plain process can:
   (lmjob_operator/credentials.py), and KUBERNETES_SERVICE_HOST/PORT name the API server's
   own address (there is no kube-proxy for the `kubernetes` Service). Not rotated: the API
   server extends these tokens to a year (--service-account-extend-token-expiration);
-- networking: every pod shares this machine's loopback (as with hostNetwork), so its IP is
-  127.0.0.1 and a Service name `<svc>.<ns>.svc[.cluster.local]` resolves to 127.0.0.1;
+- networking: every pod shares this machine's network (as with hostNetwork), but gets an
+  address of its own on the loopback (127.a.b.c, from its uid: `pod_ip`) as its podIP, and
+  LMJOB_METRICS_ADDRESS names it, so two pods' trainers each serve their metrics port on
+  their own address, as in pods' own network namespaces, and the operator scrapes the pod
+  it means; a Service name `<svc>.<ns>.svc[.cluster.local]` resolves to 127.0.0.1, where
+  whatever the Service fronts listens on every address;
 - images: a container without `command` runs its image's entrypoint and cmd from
   IMAGE_ENTRYPOINTS below (the operator image runs `python -m lmjob_operator`, as
   images/operator/Dockerfile does), matched by repository whatever the registry and tag; an
@@ -52,6 +56,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -78,7 +83,8 @@ NO_GPUS_ENV = "CUDA_VISIBLE_DEVICES"
 log = logging.getLogger(__name__)
 
 SOURCE_DIRS = [str(REPO_ROOT / d) for d in ("api", "cli", "operator", "trainer")]
-POD_IP = "127.0.0.1"
+SERVICE_IP = "127.0.0.1"
+METRICS_ADDRESS_ENV = "LMJOB_METRICS_ADDRESS"
 SERVICE_HOST = re.compile(r"\b[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9-]+\.svc(\.cluster\.local)?\b")
 TERMINATION_DEFAULT = "/dev/termination-log"
 MAX_MESSAGE = 4096
@@ -306,7 +312,7 @@ class ProcessKubelet:
                 if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
                     value = host_path + value[len(mount_path) :]
                     break
-            return SERVICE_HOST.sub(POD_IP, value)
+            return SERVICE_HOST.sub(SERVICE_IP, value)
 
         argv = image_command(container.image or "", container.command or [], container.args or [])
         if not argv:
@@ -331,6 +337,7 @@ class ProcessKubelet:
         # The node's nvidia.com/gpu exist for the scheduler only: like a pod the device plugin
         # gave no GPU, every process sees none, so the trainer runs its processes on CPU.
         env[NO_GPUS_ENV] = ""
+        env[METRICS_ADDRESS_ENV] = pod_ip(pod)
         env.update(self.extra_env)
         # Inherited by every process of the pod (torchrun's workers too): how `lmjob cluster`
         # finds a killed node's orphans, and nothing else.
@@ -472,7 +479,7 @@ class ProcessKubelet:
         """The `kubernetes` Service's env, naming the API server this node talks to."""
         server = urlparse(self.core.api_client.configuration.host)
         return {
-            "KUBERNETES_SERVICE_HOST": server.hostname or POD_IP,
+            "KUBERNETES_SERVICE_HOST": server.hostname or SERVICE_IP,
             "KUBERNETES_SERVICE_PORT": str(server.port or 443),
         }
 
@@ -562,8 +569,8 @@ class ProcessKubelet:
     ) -> None:
         status = {
             "phase": phase,
-            "podIP": POD_IP,
-            "podIPs": [{"ip": POD_IP}],
+            "podIP": pod_ip(pod),
+            "podIPs": [{"ip": pod_ip(pod)}],
             "startTime": _now(),
             "conditions": [
                 {
@@ -604,7 +611,14 @@ def _field(pod: Any, var: Any) -> str:
         "metadata.uid": pod.metadata.uid,
         "spec.nodeName": pod.spec.node_name,
         "spec.serviceAccountName": pod.spec.service_account_name,
-        "status.podIP": POD_IP,
-        "status.hostIP": POD_IP,
+        "status.podIP": pod_ip(pod),
+        "status.hostIP": SERVICE_IP,
     }
     return str(values.get(ref.field_path) or "")
+
+
+def pod_ip(pod: Any) -> str:
+    """The pod's own loopback address, 127.a.b.c (a, c in 1..254), fixed by its uid: distinct
+    for the pods of any test or local cluster (16 million addresses), never 127.0.0.1."""
+    h = int(hashlib.sha256(str(pod.metadata.uid).encode()).hexdigest(), 16)
+    return f"127.{1 + h % 254}.{(h >> 8) % 256}.{1 + (h >> 16) % 254}"
