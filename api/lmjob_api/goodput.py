@@ -118,7 +118,11 @@ class Breakdown:
 
     @property
     def ratio(self) -> float:
-        return self.seconds["productive"] / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        return (
+            self.seconds.get("productive", 0.0) / self.wall_seconds
+            if self.wall_seconds > 0
+            else 0.0
+        )
 
 
 def breakdown(

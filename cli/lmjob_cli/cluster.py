@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lmjob_api import GROUP, PLURAL, VERSION
+from lmjob_api.goodput import Breakdown, describe
 from lmjob_api.job import MANAGED_BY_OPERATOR
 
 
@@ -215,6 +216,11 @@ def format_status(obj: dict[str, Any]) -> str:
             + (f", loss {loss:.4g}" if loss is not None else "")
             + (f", {tps:.3g} tokens/s" if tps is not None else "")
         )
+    goodput = st.get("goodput")
+    if goodput and goodput.get("seconds"):
+        seconds = {k: float(v) for k, v in goodput["seconds"].items()}
+        known = Breakdown(wall_seconds=float(goodput.get("wallSeconds", 0.0)), seconds=seconds)
+        lines.append(f"Goodput:     {describe(known).removeprefix('goodput ')}")
     checkpoint = st.get("checkpoint")
     if checkpoint and checkpoint.get("latest"):
         lines.append(f"Checkpoint:  {checkpoint['latest']} (step {checkpoint.get('step')})")

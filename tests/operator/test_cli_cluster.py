@@ -96,6 +96,11 @@ def test_format_status() -> None:
                 "tokensPerSecond": 51000.0,
             },
             "checkpoint": {"latest": "/ckpt/prune/step-000000050", "step": 50},
+            "goodput": {
+                "ratio": 0.8,
+                "wallSeconds": 300.0,
+                "seconds": {"productive": 240.0, "redone": 12.0, "restart": 30.0, "other": 18.0},
+            },
             "stages": [{"name": "train", "phase": "Succeeded", "metrics": {"evalLoss": 1.47}}],
             "conditions": [
                 {"type": "Running", "status": "True", "reason": "Compressing", "message": "4 of 4"}
@@ -108,3 +113,7 @@ def test_format_status() -> None:
     assert "Checkpoint:  /ckpt/prune/step-000000050 (step 50)" in text
     assert "evalLoss=1.47" in text
     assert "Running         True   Compressing" in text
+    assert (
+        "Goodput:     80.0 % of 5m00s (productive 4m00s, redone 12.0s, restart 30.0s, other 18.0s)"
+        in text
+    ), text
