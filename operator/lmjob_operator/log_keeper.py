@@ -15,6 +15,8 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import aiohttp
+
 from lmjob_api import LargeModelJob
 from lmjob_api.kept_logs import (
     TAIL_LINES,
@@ -65,8 +67,10 @@ def choose_logs(
 
 
 def kept_key(pod: PodView) -> KeptKey:
+    """A worker counts as failed when it failed on its own, not when our deletion ended it."""
     assert pod.index is not None and pod.rendezvous_round is not None
-    return KeptKey(pod.index, pod.rendezvous_round, failed=pod.phase == "Failed")
+    failed = pod.phase == "Failed" and not pod.deleting
+    return KeptKey(pod.index, pod.rendezvous_round, failed=failed)
 
 
 async def keep_worker_logs(
@@ -120,7 +124,7 @@ async def keep_worker_logs(
         return
     try:
         await _write(kube, job, additions)
-    except (ApiError, TimeoutError) as err:
+    except (ApiError, TimeoutError, aiohttp.ClientError) as err:
         jlog.warning("logs of %d worker pod(s) not kept: %s", len(additions), err)
         return
     jlog.info("kept the log tails of %s", ", ".join(k.key for k in additions))

@@ -54,6 +54,9 @@ def test_key_names_attempt_and_outcome() -> None:
         "worker-3.attempt-2.failed.log"
     )
     assert kept_key(worker(3, round_=2)).key == "worker-3.attempt-2.log"
+    # Ended by the operator's own deletion (SIGTERM: exit 143): not a failure of its own.
+    stopped = worker(3, "Failed", round_=2, exit_code=143, deletion_timestamp=datetime.now(UTC))
+    assert kept_key(stopped).key == "worker-3.attempt-2.log"
 
 
 @pytest.mark.parametrize(
