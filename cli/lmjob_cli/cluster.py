@@ -44,6 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-w", "--worker", type=int, default=0, help="worker index (default 0)")
     p.add_argument("-f", "--follow", action="store_true", help="stream new lines")
     p.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    p.add_argument(
+        "-p",
+        "--previous",
+        action="store_true",
+        help="the kept log of the worker's last ended attempt (after a restart, or once its "
+        "pod is gone)",
+    )
     p.set_defaults(handler=_guard(logs))
 
     p = subparsers.add_parser("list", parents=[common], help="list jobs")
@@ -235,20 +242,32 @@ def format_status(obj: dict[str, Any]) -> str:
 
 def logs(args: argparse.Namespace) -> int:
     """A worker's log through the API server (the kubelet of its node serves it); with
-    --follow, streamed until the worker's container exits or Ctrl-C."""
+    --follow, streamed until the worker's container exits or Ctrl-C. Once its pod is gone,
+    and with --previous, the tail the operator kept (lmjob_api.kept_logs)."""
+    from kubernetes.client.rest import ApiException
+
     from lmjob_api.pod_template import WORKER_CONTAINER
 
     _, core, namespace = _clients(args)
     pod = f"{args.name}-worker-{args.worker}"
+    if args.previous:
+        if args.follow:
+            raise CliError("--previous shows a kept log: it cannot be followed")
+        return _kept_log(core, args, namespace, _running_attempt(core, pod, namespace))
     kwargs: dict[str, Any] = {"container": WORKER_CONTAINER}
     if args.tail is not None:
         kwargs["tail_lines"] = args.tail
-    if not args.follow:
-        sys.stdout.write(core.read_namespaced_pod_log(pod, namespace, **kwargs) or "")
-        return 0
-    response = core.read_namespaced_pod_log(
-        pod, namespace, follow=True, _preload_content=False, **kwargs
-    )
+    try:
+        if not args.follow:
+            sys.stdout.write(core.read_namespaced_pod_log(pod, namespace, **kwargs) or "")
+            return 0
+        response = core.read_namespaced_pod_log(
+            pod, namespace, follow=True, _preload_content=False, **kwargs
+        )
+    except ApiException as err:
+        if err.status != 404:
+            raise
+        return _kept_log(core, args, namespace, None, gone=True)
     try:
         for chunk in response.stream(decode_content=True):
             sys.stdout.write(chunk.decode("utf-8", errors="replace"))
@@ -257,6 +276,60 @@ def logs(args: argparse.Namespace) -> int:
         return 130  # Ctrl-C ends following: no traceback
     finally:
         response.release_conn()
+    return 0
+
+
+def _running_attempt(core: Any, pod: str, namespace: str) -> int | None:
+    """The attempt (rendezvous round) of the worker's pod while it has not ended; None when
+    there is no such pod or it ended (its own tail is then the latest kept)."""
+    from kubernetes.client.rest import ApiException
+
+    from lmjob_api.kept_logs import ATTEMPT_LABEL
+
+    try:
+        found = core.read_namespaced_pod(pod, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    if (found.status.phase if found.status else None) in ("Succeeded", "Failed"):
+        return None
+    try:
+        return int((found.metadata.labels or {}).get(ATTEMPT_LABEL, ""))
+    except ValueError:
+        return None
+
+
+def _kept_log(
+    core: Any, args: argparse.Namespace, namespace: str, running: int | None, gone: bool = False
+) -> int:
+    """Print the worker's kept tail (`running`: the attempt of its pod still running, whose
+    log is not kept yet); a one-line note on stderr says which."""
+    from kubernetes.client.rest import ApiException
+
+    from lmjob_api.kept_logs import kept_logs_name, select_kept
+
+    pod = f"{args.name}-worker-{args.worker}"
+    try:
+        record = core.read_namespaced_config_map(kept_logs_name(args.name), namespace)
+        data: dict[str, str] = record.data or {}
+    except ApiException as err:
+        if err.status != 404:
+            raise
+        data = {}
+    key = select_kept(data, args.worker, running)
+    if key is None:
+        where = f"there is no pod {pod} and " if gone else ""
+        before = f" before attempt {running} (running now)" if running is not None else ""
+        raise CliError(f"{where}no log of worker {args.worker} of job {args.name} is kept{before}")
+    text = data[key]
+    if args.tail is not None:
+        text = "".join(text.splitlines(keepends=True)[-args.tail :] if args.tail else [])
+    why = f"pod {pod} is gone: " if gone else ""
+    sys.stderr.write(
+        f"lmjob: {why}showing the log tail kept as {kept_logs_name(args.name)}/{key}\n"
+    )
+    sys.stdout.write(text)
     return 0
 
 

@@ -199,18 +199,22 @@ def test_startup_config_error_fails_the_job_fast(
     kube,
     namespace,
     corpus: Path,
+    control_plane,
+    capsys,
     source: str,
     error: str,
     within: float,
 ) -> None:
     """A data source admission cannot check (files): the worker pod exits 78 and the job is
     Failed within seconds, with the trainer's message, no restart counted and no pod
-    recreated — neither torchrun nor the operator retries it."""
+    recreated — neither torchrun nor the operator retries it. cleanPodPolicy All deletes the
+    failed pod; `lmjob logs --previous` still shows its last lines, kept by the operator."""
     (corpus.parent / "empty-folder").mkdir()
     (corpus.parent / "tiny.txt").write_text("To be.\n")
     spec = job_spec(corpus, node=namespace, steps=300)
     spec["training"]["data"]["source"] = str(corpus.parent / source)
     spec["workers"]["procsPerWorker"] = 1  # one torch import less on a busy 2-core machine
+    spec.setdefault("runPolicy", {})["cleanPodPolicy"] = "All"
     started = time.monotonic()
     create_job(kube.custom, namespace, "e2e", spec)
     final = wait_for(phase_is(kube.custom, namespace, "e2e", "Failed"), timeout=60)
@@ -227,6 +231,21 @@ def test_startup_config_error_fails_the_job_fast(
     assert kubelet.exit_codes.get("e2e-worker-0") == [78], worker_log[-3000:]
     assert "attempts left" not in worker_log, worker_log[-3000:]  # torchrun never restarted
     assert job_status(kube.custom, namespace, "e2e")["restarts"] == 0
+
+    # The failed pod is deleted (cleanPodPolicy All); its log outlives it, as the Failed
+    # condition says, through `lmjob logs` from the user's machine.
+    assert failed["message"].endswith("last lines: lmjob logs e2e --previous"), failed
+    wait_for(lambda: not pods_of(kube.core, namespace, "e2e"), timeout=60, what="pods deleted")
+    kc = ["--kubeconfig", str(control_plane.kubeconfig), "-n", namespace]
+    code, kept, err = lmjob(capsys, "logs", "e2e", "--previous", *kc)
+    assert code == 0, err
+    assert err == "lmjob: showing the log tail kept as e2e-logs/worker-0.attempt-0.failed.log\n"
+    assert error in kept and worker_log.endswith(kept), (kept[-3000:], worker_log[-3000:])
+    code, last, err = lmjob(capsys, "logs", "e2e", "--tail", "2", *kc)
+    assert code == 0 and err.startswith("lmjob: pod e2e-worker-0 is gone: showing"), err
+    assert last == "".join(kept.splitlines(keepends=True)[-2:])
+    code, _, err = lmjob(capsys, "logs", "e2e", "--worker", "1", "--previous", *kc)
+    assert code == 1 and err == "lmjob: no log of worker 1 of job e2e is kept\n", err
 
 
 def test_suspend_and_eviction_each_redo_at_most_one_step(
