@@ -31,6 +31,7 @@ from lmjob_api.pod_template import WORKER_CONTAINER
 from lmjob_operator.job_log import job_log
 from lmjob_operator.kube import CONFIG_MAPS, ApiError, Kube
 from lmjob_operator.naming import ROLE_WORKER, job_namespace, owned_metadata
+from lmjob_operator.plan import merge_patch
 from lmjob_operator.pod_view import PodView
 
 log = logging.getLogger(__name__)
@@ -131,15 +132,19 @@ async def keep_worker_logs(
 
 
 async def _write(kube: Kube, job: LargeModelJob, additions: Mapping[KeptKey, str]) -> None:
-    """Read-modify-apply the record: one process reconciles a job at a time, and applying
-    the whole data under the operator's field manager drops the keys it leaves out."""
+    """Read-modify-write the record (one process reconciles a job at a time). JSON, not
+    server-side apply: a log may hold characters (non-BMP ones, escaped as surrogate pairs)
+    that the API server's YAML decoder of apply patches refuses."""
     namespace = job_namespace(job)
     name = kept_logs_name(job.metadata.name)
     async with asyncio.timeout(READ_SECONDS * 2):
         current = await kube.get(CONFIG_MAPS, namespace, name)
         data: dict[str, str] = dict((current or {}).get("data") or {})
         new = build_kept_data(data, additions)
-        if current is not None and new == data:
+        if current is not None:
+            if new != data:
+                patch = {"data": merge_patch(data, new)}
+                await kube.merge_patch(CONFIG_MAPS, namespace, name, patch)
             return
         body: dict[str, Any] = {
             "apiVersion": "v1",
@@ -147,4 +152,4 @@ async def _write(kube: Kube, job: LargeModelJob, additions: Mapping[KeptKey, str
             "metadata": owned_metadata(job, name, ROLE_WORKER),
             "data": new,
         }
-        await kube.apply(CONFIG_MAPS, namespace, body)
+        await kube.create(CONFIG_MAPS, namespace, body)
