@@ -109,16 +109,12 @@ def build_kept_data(
     return kept
 
 
-def select_kept(keys: Iterable[str], worker: int, running_attempt: int | None) -> str | None:
-    """The key `lmjob logs --previous` shows for `worker`: its latest kept attempt, or, while
-    a pod of the worker still runs (attempt `running_attempt`), the latest one before it."""
-    found = [
-        k
-        for k in (parse_key(key) for key in keys)
-        if k is not None
-        and k.worker == worker
-        and (running_attempt is None or k.attempt < running_attempt)
-    ]
+def select_kept(keys: Iterable[str], worker: int) -> str | None:
+    """The key `lmjob logs --previous` shows for `worker`: its latest kept attempt. A tail is
+    only kept once its pod has ended or is being deleted, so while a newer pod of the worker
+    runs, that is the one before it: the previous round after a group restart, the same
+    round after a suspension or a disrupted pod's replacement."""
+    found = [k for k in (parse_key(key) for key in keys) if k is not None and k.worker == worker]
     return max(found, key=lambda k: k.attempt).key if found else None
 
 

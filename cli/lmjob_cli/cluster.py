@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-p",
         "--previous",
         action="store_true",
-        help="the kept log of the worker's last ended attempt (after a restart, or once its "
-        "pod is gone)",
+        help="the kept log tail of the worker's last ended or deleted pod (after a restart, "
+        "or once its pod is gone)",
     )
     p.set_defaults(handler=_guard(logs))
 
@@ -253,7 +253,7 @@ def logs(args: argparse.Namespace) -> int:
     if args.previous:
         if args.follow:
             raise CliError("--previous shows a kept log: it cannot be followed")
-        return _kept_log(core, args, namespace, _running_attempt(core, pod, namespace))
+        return _kept_log(core, args, namespace)
     kwargs: dict[str, Any] = {"container": WORKER_CONTAINER}
     if args.tail is not None:
         kwargs["tail_lines"] = args.tail
@@ -267,7 +267,7 @@ def logs(args: argparse.Namespace) -> int:
     except ApiException as err:
         if err.status != 404:
             raise
-        return _kept_log(core, args, namespace, None, gone=True)
+        return _kept_log(core, args, namespace, gone=True)
     try:
         for chunk in response.stream(decode_content=True):
             sys.stdout.write(chunk.decode("utf-8", errors="replace"))
@@ -279,32 +279,9 @@ def logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _running_attempt(core: Any, pod: str, namespace: str) -> int | None:
-    """The attempt (rendezvous round) of the worker's pod while it has not ended; None when
-    there is no such pod or it ended (its own tail is then the latest kept)."""
-    from kubernetes.client.rest import ApiException
-
-    from lmjob_api.kept_logs import ATTEMPT_LABEL
-
-    try:
-        found = core.read_namespaced_pod(pod, namespace)
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise
-    if (found.status.phase if found.status else None) in ("Succeeded", "Failed"):
-        return None
-    try:
-        return int((found.metadata.labels or {}).get(ATTEMPT_LABEL, ""))
-    except ValueError:
-        return None
-
-
-def _kept_log(
-    core: Any, args: argparse.Namespace, namespace: str, running: int | None, gone: bool = False
-) -> int:
-    """Print the worker's kept tail (`running`: the attempt of its pod still running, whose
-    log is not kept yet); a one-line note on stderr says which."""
+def _kept_log(core: Any, args: argparse.Namespace, namespace: str, gone: bool = False) -> int:
+    """Print the worker's latest kept tail (lmjob_api.kept_logs.select_kept); a one-line
+    note on stderr says which."""
     from kubernetes.client.rest import ApiException
 
     from lmjob_api.kept_logs import kept_logs_name, select_kept
@@ -317,11 +294,10 @@ def _kept_log(
         if err.status != 404:
             raise
         data = {}
-    key = select_kept(data, args.worker, running)
+    key = select_kept(data, args.worker)
     if key is None:
         where = f"there is no pod {pod} and " if gone else ""
-        before = f" before attempt {running} (running now)" if running is not None else ""
-        raise CliError(f"{where}no log of worker {args.worker} of job {args.name} is kept{before}")
+        raise CliError(f"{where}no log of worker {args.worker} of job {args.name} is kept")
     text = data[key]
     if args.tail is not None:
         text = "".join(text.splitlines(keepends=True)[-args.tail :] if args.tail else [])

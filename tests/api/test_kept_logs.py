@@ -99,20 +99,12 @@ KEYS = ["worker-0.attempt-0.failed.log", "worker-0.attempt-1.log", "worker-1.att
 
 
 @pytest.mark.parametrize(
-    ("worker", "running", "shown"),
-    [
-        (0, None, "worker-0.attempt-1.log"),  # no pod left: the last attempt
-        (0, 2, "worker-0.attempt-1.log"),  # attempt 2 runs: the one before it
-        (0, 1, "worker-0.attempt-0.failed.log"),
-        (0, 0, None),  # the first attempt runs: nothing before it
-        (1, None, "worker-1.attempt-0.log"),
-        (2, None, None),
-    ],
+    ("worker", "shown"),
+    [(0, "worker-0.attempt-1.log"), (1, "worker-1.attempt-0.log"), (2, None)],
 )
-def test_previous_selects_the_last_ended_attempt(
-    worker: int, running: int | None, shown: str | None
-) -> None:
-    assert select_kept(KEYS, worker, running) == shown
+def test_previous_selects_the_latest_kept_attempt(worker: int, shown: str | None) -> None:
+    assert select_kept(KEYS, worker) == shown
+    assert select_kept(["trainer.yaml"], worker) is None
 
 
 def test_the_hint_is_a_command() -> None:
