@@ -50,7 +50,8 @@ def choose_logs(
     num_workers: int,
 ) -> list[PodView]:
     """Worker pods whose tail to read now (pure): those ended since their tail was kept (or
-    never kept), and those about to be deleted (`deleting`: pod names) never kept yet. `kept`
+    never kept), and those being or about to be deleted (`deleting`: the names this pass
+    deletes) never kept yet. `kept`
     maps a pod uid to whether its tail was read after it ended. Failed workers first, then by
     index; no more than the record can hold at this job's tail size."""
     chosen = []
@@ -59,8 +60,10 @@ def choose_logs(
             continue
         if p.phase in ("Pending", "Unknown"):
             continue  # no log yet, or a lost node that would not answer
+        # A pod deleted by someone else (an eviction, a drain, `kubectl delete`) is read
+        # while it terminates, as one the operator is about to delete.
         if (p.finished and not kept.get(p.uid, False)) or (
-            p.name in deleting and p.uid not in kept
+            (p.deleting or p.name in deleting) and p.uid not in kept
         ):
             chosen.append(p)
     chosen.sort(key=lambda p: (p.phase != "Failed", p.index or 0))
@@ -116,6 +119,8 @@ async def keep_worker_logs(
     for pod, task in zip(chosen, tasks, strict=True):
         if task not in done:
             jlog.warning("log of pod %s not kept: no answer within %.0fs", pod.name, KEEP_SECONDS)
+        elif isinstance(task.exception(), ApiError) and task.exception().status == 404:
+            jlog.info("log of pod %s not kept: the pod is gone", pod.name)
         elif task.exception() is not None:
             jlog.warning("log of pod %s not kept: %s", pod.name, task.exception())
         else:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from lmjob_api.kept_logs import DROPPED_MARK
 from lmjob_api.termination import decode_stages
 from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
 from lmjob_cli.main import main
@@ -249,7 +250,7 @@ def test_startup_config_error_fails_the_job_fast(
 
 
 def test_suspend_and_eviction_each_redo_at_most_one_step(
-    kubelet: ProcessKubelet, storage: Path, kube, namespace, corpus: Path
+    kubelet: ProcessKubelet, storage: Path, kube, namespace, corpus: Path, control_plane, capsys
 ) -> None:
     """Stopped the two ways a cluster stops a worker — `runPolicy.suspend` (as `kubectl
     patch` or Kueue does) and a drain through the eviction API — the trainer saves the step
@@ -277,6 +278,13 @@ def test_suspend_and_eviction_each_redo_at_most_one_step(
     )
     saved = resumed["checkpoint"]["step"]
     wait_for_status(kube, namespace, past(saved + 3), "training on after the resume")
+    # The suspension deleted the running worker, its log tail kept first: while the resumed
+    # pod (the same round) runs, `lmjob logs --previous` shows the suspended one's lines.
+    kc = ["--kubeconfig", str(control_plane.kubeconfig), "-n", namespace]
+    code, kept, err = lmjob(capsys, "logs", "e2e", "--previous", *kc)
+    assert code == 0 and err.endswith(" e2e-logs/worker-0.attempt-0.log\n"), err
+    kept = kept.removeprefix(DROPPED_MARK)
+    assert " msg=step " in kept and kept in kubelet.log_of("e2e-worker-0", namespace), kept[-2000:]
     # The save's measure reached status, and sizes the next pods' grace period (30 s floor).
     assert resumed["checkpoint"]["saveSeconds"] > 0, resumed["checkpoint"]
 

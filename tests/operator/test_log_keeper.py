@@ -18,6 +18,7 @@ ENDED = worker(1, "Failed", exit_code=1)
 DONE = worker(0, "Succeeded", exit_code=0)
 RUNNING = worker(0)
 PENDING = worker(2, "Pending")
+EVICTED = worker(3, deletion_timestamp=datetime.now(UTC))
 
 
 @pytest.mark.parametrize(
@@ -33,10 +34,23 @@ PENDING = worker(2, "Pending")
         ([RUNNING], {RUNNING.name}, {RUNNING.uid: False}, []),
         # Kept while running, ended since: read again for its last lines.
         ([worker(0, "Failed", exit_code=143)], set(), {RUNNING.uid: False}, [RUNNING.name]),
+        # Deleted by someone else (an eviction): read while it terminates, once.
+        ([EVICTED], set(), {}, [EVICTED.name]),
+        ([EVICTED], set(), {EVICTED.uid: False}, []),
         # A pod that never started has no log.
         ([PENDING], {PENDING.name}, {}, []),
     ],
-    ids=["idle", "ended", "ended, kept", "deleted", "deleted, kept", "ended after", "pending"],
+    ids=[
+        "idle",
+        "ended",
+        "ended, kept",
+        "deleted",
+        "deleted, kept",
+        "ended after",
+        "evicted",
+        "evicted, kept",
+        "pending",
+    ],
 )
 def test_choose_logs(pods, deleting, kept, chosen) -> None:
     assert [p.name for p in choose_logs(pods, deleting, kept, num_workers=2)] == chosen
