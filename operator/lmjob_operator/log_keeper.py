@@ -51,9 +51,9 @@ def choose_logs(
 ) -> list[PodView]:
     """Worker pods whose tail to read now (pure): those ended since their tail was kept (or
     never kept), and those being or about to be deleted (`deleting`: the names this pass
-    deletes) never kept yet. `kept`
-    maps a pod uid to whether its tail was read after it ended. Failed workers first, then by
-    index; no more than the record can hold at this job's tail size."""
+    deletes) never kept yet. `kept` maps a pod uid to whether its tail was read after it
+    ended. Failed workers first, then by index; no more than the record can hold at this
+    job's tail size. A pod stuck terminating on a lost node costs one read's timeout, once."""
     chosen = []
     for p in pods:
         if not p.is_worker or p.index is None or p.rendezvous_round is None:
