@@ -45,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-w", "--worker", type=int, default=0, help="worker index (default 0)")
     p.add_argument("-f", "--follow", action="store_true", help="stream new lines")
     p.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    p.add_argument(
+        "-p",
+        "--previous",
+        action="store_true",
+        help="the kept log tail of the worker's last ended or deleted pod (after a restart, "
+        "or once its pod is gone)",
+    )
     p.set_defaults(handler=_guard(logs))
 
     p = subparsers.add_parser("list", parents=[common], help="list jobs")
@@ -241,20 +248,32 @@ def format_status(obj: dict[str, Any]) -> str:
 
 def logs(args: argparse.Namespace) -> int:
     """A worker's log through the API server (the kubelet of its node serves it); with
-    --follow, streamed until the worker's container exits or Ctrl-C."""
+    --follow, streamed until the worker's container exits or Ctrl-C. Once its pod is gone,
+    and with --previous, the tail the operator kept (lmjob_api.kept_logs)."""
+    from kubernetes.client.rest import ApiException
+
     from lmjob_api.pod_template import WORKER_CONTAINER
 
     _, core, namespace = _clients(args)
     pod = f"{args.name}-worker-{args.worker}"
+    if args.previous:
+        if args.follow:
+            raise CliError("--previous shows a kept log: it cannot be followed")
+        return _kept_log(core, args, namespace)
     kwargs: dict[str, Any] = {"container": WORKER_CONTAINER}
     if args.tail is not None:
         kwargs["tail_lines"] = args.tail
-    if not args.follow:
-        sys.stdout.write(core.read_namespaced_pod_log(pod, namespace, **kwargs) or "")
-        return 0
-    response = core.read_namespaced_pod_log(
-        pod, namespace, follow=True, _preload_content=False, **kwargs
-    )
+    try:
+        if not args.follow:
+            sys.stdout.write(core.read_namespaced_pod_log(pod, namespace, **kwargs) or "")
+            return 0
+        response = core.read_namespaced_pod_log(
+            pod, namespace, follow=True, _preload_content=False, **kwargs
+        )
+    except ApiException as err:
+        if err.status != 404:
+            raise
+        return _kept_log(core, args, namespace, gone=True)
     try:
         for chunk in response.stream(decode_content=True):
             sys.stdout.write(chunk.decode("utf-8", errors="replace"))
@@ -263,6 +282,36 @@ def logs(args: argparse.Namespace) -> int:
         return 130  # Ctrl-C ends following: no traceback
     finally:
         response.release_conn()
+    return 0
+
+
+def _kept_log(core: Any, args: argparse.Namespace, namespace: str, gone: bool = False) -> int:
+    """Print the worker's latest kept tail (lmjob_api.kept_logs.select_kept); a one-line
+    note on stderr says which."""
+    from kubernetes.client.rest import ApiException
+
+    from lmjob_api.kept_logs import kept_logs_name, select_kept
+
+    pod = f"{args.name}-worker-{args.worker}"
+    try:
+        record = core.read_namespaced_config_map(kept_logs_name(args.name), namespace)
+        data: dict[str, str] = record.data or {}
+    except ApiException as err:
+        if err.status != 404:
+            raise
+        data = {}
+    key = select_kept(data, args.worker)
+    if key is None:
+        where = f"there is no pod {pod} and " if gone else ""
+        raise CliError(f"{where}no log of worker {args.worker} of job {args.name} is kept")
+    text = data[key]
+    if args.tail is not None:
+        text = "".join(text.splitlines(keepends=True)[-args.tail :] if args.tail else [])
+    why = f"pod {pod} is gone: " if gone else ""
+    sys.stderr.write(
+        f"lmjob: {why}showing the log tail kept as {kept_logs_name(args.name)}/{key}\n"
+    )
+    sys.stdout.write(text)
     return 0
 
 

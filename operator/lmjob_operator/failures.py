@@ -60,6 +60,8 @@ class Verdict:
     message: str = ""
     replace: tuple[str, ...] = field(default_factory=tuple)
     """Names of disrupted pods to replace (for REPLACE, and alongside RESTART_GROUP)."""
+    worker: int | None = None
+    """Index of the worker whose failure this is (its kept log is named in the condition)."""
 
 
 _PERMANENT_MEANING = {
@@ -139,10 +141,16 @@ def judge_failures(
                 Action.FAIL,
                 PERMANENT_REASONS[code],
                 f"{describe(permanent[0])} (exit code {code}: {_PERMANENT_MEANING[code]})",
+                worker=permanent[0].index,
             )
         detail = "; ".join(describe(p) for p in failed)
         if policy.restart_policy == "Never":
-            return Verdict(Action.FAIL, "WorkerFailed", f"restartPolicy is Never: {detail}")
+            return Verdict(
+                Action.FAIL,
+                "WorkerFailed",
+                f"restartPolicy is Never: {detail}",
+                worker=failed[0].index,
+            )
         if policy.restart_policy == "ExitCode":
             own = [p for p in failed if not exit_code_retryable(p.exit_code or 0)]
             if own:
@@ -151,8 +159,9 @@ def judge_failures(
                     "PermanentExitCode",
                     f"{describe(own[0])}: exit codes 1-127 are permanent under "
                     "restartPolicy ExitCode",
+                    worker=own[0].index,
                 )
-        return _restart(policy, restarts, "WorkerFailed", detail, disrupted)
+        return _restart(policy, restarts, "WorkerFailed", detail, disrupted, worker=failed[0].index)
 
     store_lost = (
         rendezvous is None
@@ -178,6 +187,7 @@ def _restart(
     reason: str,
     detail: str,
     disrupted: tuple[str, ...],
+    worker: int | None = None,
 ) -> Verdict:
     if restarts >= policy.backoff_limit:
         return Verdict(
@@ -185,12 +195,14 @@ def _restart(
             "BackoffLimitExceeded",
             f"{restarts} restart(s) used of backoffLimit {policy.backoff_limit}; "
             f"last failure: {detail}",
+            worker=worker,
         )
     return Verdict(
         Action.RESTART_GROUP,
         reason,
         f"restarting all workers (restart {restarts + 1} of {policy.backoff_limit}): {detail}",
         disrupted,
+        worker=worker,
     )
 
 

@@ -158,8 +158,9 @@ class Kube:
         data: bytes | None,
         content_type: str,
         resource: str,
+        accept: str = "application/json",
     ) -> tuple[int, str, bytes]:
-        headers = {"Accept": "application/json", "Content-Type": content_type, **self._auth}
+        headers = {"Accept": accept, "Content-Type": content_type, **self._auth}
         started = time.monotonic()
         code = "error"
         try:
@@ -172,6 +173,26 @@ class Kube:
         finally:
             metrics.API_CALLS.labels(verb=method.lower(), resource=resource, code=code).inc()
             metrics.API_SECONDS.labels(verb=method.lower()).observe(time.monotonic() - started)
+
+    async def read_log(
+        self, namespace: str, pod: str, *, container: str, tail_lines: int, timeout: float
+    ) -> str:
+        """The last `tail_lines` lines of a pod container's log (pods/log, served by its
+        node's kubelet through the API server). ApiError for a non-2xx answer, TimeoutError
+        past `timeout` seconds: a slow node never holds a pass for long."""
+        path = PODS.url(namespace, pod, "log")
+        query = [("container", container), ("tailLines", str(tail_lines))]
+        async with asyncio.timeout(timeout):
+            status, reason, raw = await self._send(
+                "GET", path, query, None, "application/json", "pods/log", accept="*/*"
+            )
+        if not 200 <= status < 300:
+            try:
+                decoded: Any = json.loads(raw)
+            except ValueError:
+                decoded = raw.decode("utf-8", errors="replace")
+            raise ApiError(status, reason, decoded)
+        return raw.decode("utf-8", errors="replace")
 
     async def get(self, where: ResourcePath, namespace: str, name: str) -> dict | None:
         """The object, or None when there is none (404)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmjob_api import API_VERSION, KIND, LargeModelJob
+from lmjob_api.kept_logs import ATTEMPT_LABEL
 
 # The one field manager of every write the operator makes (create, apply, patch).
 FIELD_MANAGER = "lmjob-operator"
@@ -21,8 +22,9 @@ ROLE_RENDEZVOUS = "rendezvous"
 # A sweep's trial jobs: the sweep's name and the trial's number (lmjob_operator.sweep_trials).
 SWEEP_LABEL = "lmjob.dev/sweep"
 TRIAL_LABEL = "lmjob.dev/trial"
-# The rendezvous round a worker pod joins (its PET_RDZV_ID is `<job uid>-<round>`).
-ROUND_LABEL = "lmjob.dev/rendezvous-round"
+# The rendezvous round a worker pod joins (its PET_RDZV_ID is `<job uid>-<round>`); also the
+# attempt its kept log is filed under (lmjob_api.kept_logs).
+ROUND_LABEL = ATTEMPT_LABEL
 # The elastic bounds `min-max` a worker's torchrun was started with (PET_NNODES): agents of
 # one rendezvous must agree on them, so a pod with other bounds is replaced.
 BOUNDS_LABEL = "lmjob.dev/elastic-bounds"

@@ -3,7 +3,7 @@
 Each pass is: observe (kopf's pod index plus what this process just did), decide (pure:
 failures.judge_failures, status.build_status, plan.plan_pods), then act in a fixed order —
 status before any deletion (so a restart is counted before a pod goes), the job's other
-objects, deletions, creations, then status with the new pods in. Every object has exactly one possible name, creations
+objects, the log tails of ended or doomed workers (log_keeper), deletions, creations, then status with the new pods in. Every object has exactly one possible name, creations
 that find their object already there are fine, and deletions carry the uid of what they
 delete: a pass can be re-run at any point, in any process, without duplicating a pod.
 """
@@ -43,6 +43,7 @@ from lmjob_operator.kueue_workload import (
     is_true,
     queue_name,
 )
+from lmjob_operator.log_keeper import keep_worker_logs
 from lmjob_operator.naming import ROLE_RENDEZVOUS
 from lmjob_operator.plan import (
     IDLE_SECONDS,
@@ -174,6 +175,10 @@ async def _reconcile(
             # Nothing checks a pod's Service or ConfigMap when it is created (the kubelet waits
             # for a missing ConfigMap): they go out with the pods, not before them.
             ensure_with_pods = True
+    # Before any pod goes: its log's tail outlives it (bounded in time, never raises).
+    await keep_worker_logs(
+        ctx.kube, job, pods, {name for name, _, _ in plan.delete}, state.logs_kept
+    )
     placements = gate.placements if gate is not None else {}
     await _apply_plan(
         ctx, state, job, status, plan, verdict, gang, ensure=ensure_with_pods, placements=placements

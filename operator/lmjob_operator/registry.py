@@ -41,6 +41,9 @@ class JobState:
     invalid, PodSecurity, an admission webhook's denial): the job fails."""
     forbidden: str = ""
     """The API server's message when it forbade a pod for now (403: quota, RBAC); retried."""
+    logs_kept: dict[str, bool] = field(default_factory=dict)
+    """Uids of the worker pods whose log tail this process kept (or tried to: log_keeper),
+    and whether that was after the worker ended."""
 
 
 @dataclass

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from lmjob_api import JobPhase, LargeModelJob, LargeModelJobStatus
 from lmjob_api.export import stage_order as export_stage_order
+from lmjob_api.kept_logs import logs_hint
 from lmjob_api.status import (
     EVALUATIONS_KEPT,
     CheckpointStatus,
@@ -167,7 +168,7 @@ def build_status(
     elif invalid:
         phase, reason, message = JobPhase.FAILED, invalid[0].reason, invalid[0].message
     elif verdict.action == Action.FAIL:
-        phase, reason, message = JobPhase.FAILED, verdict.reason, verdict.message
+        phase, reason, message = JobPhase.FAILED, verdict.reason, _with_hint(job, verdict)
     elif queued is None and deadline_exceeded(job, previous, now):
         phase, reason = JobPhase.FAILED, "DeadlineExceeded"
         message = f"the job ran longer than activeDeadlineSeconds ({spec.run_policy.active_deadline_seconds}s)"
@@ -181,7 +182,7 @@ def build_status(
     elif queued is not None:
         phase, reason, message = JobPhase.QUEUED, queued.reason, queued.message
     elif verdict.action in (Action.RESTART_GROUP, Action.REPLACE):
-        phase, reason, message = JobPhase.RESTARTING, verdict.reason, verdict.message
+        phase, reason, message = JobPhase.RESTARTING, verdict.reason, _with_hint(job, verdict)
     elif previous.phase == JobPhase.RESTARTING and len(running) < desired:
         old = _condition(previous, "Restarting")
         phase = JobPhase.RESTARTING
@@ -305,6 +306,14 @@ def _stragglers_message(job: LargeModelJob, progress: TrainerProgress) -> str:
         f"stage {progress.stage}, median step {median:.3g}s over {len(steps)} ranks, "
         f"threshold {threshold:g}×: " + "; ".join(named)
     )
+
+
+def _with_hint(job: LargeModelJob, verdict: Verdict) -> str:
+    """A worker's failure names the command showing its kept last lines (its pod may be
+    deleted by the restart or by cleanPodPolicy)."""
+    if verdict.worker is None:
+        return verdict.message
+    return f"{verdict.message}; last lines: {logs_hint(job.metadata.name, verdict.worker)}"
 
 
 def _phase_conditions(

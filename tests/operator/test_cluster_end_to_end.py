@@ -22,6 +22,7 @@ import pytest
 from kubernetes import client
 
 from lmjob_api.goodput import LEDGER, Tally
+from lmjob_api.kept_logs import DROPPED_MARK
 from lmjob_api.termination import decode_stages
 from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
 from lmjob_cli.main import main
@@ -241,18 +242,22 @@ def test_startup_config_error_fails_the_job_fast(
     kube,
     namespace,
     corpus: Path,
+    control_plane,
+    capsys,
     source: str,
     error: str,
     within: float,
 ) -> None:
     """A data source admission cannot check (files): the worker pod exits 78 and the job is
     Failed within seconds, with the trainer's message, no restart counted and no pod
-    recreated — neither torchrun nor the operator retries it."""
+    recreated — neither torchrun nor the operator retries it. cleanPodPolicy All deletes the
+    failed pod; `lmjob logs --previous` still shows its last lines, kept by the operator."""
     (corpus.parent / "empty-folder").mkdir()
     (corpus.parent / "tiny.txt").write_text("To be.\n")
     spec = job_spec(corpus, node=namespace, steps=300)
     spec["training"]["data"]["source"] = str(corpus.parent / source)
     spec["workers"]["procsPerWorker"] = 1  # one torch import less on a busy 2-core machine
+    spec.setdefault("runPolicy", {})["cleanPodPolicy"] = "All"
     started = time.monotonic()
     create_job(kube.custom, namespace, "e2e", spec)
     final = wait_for(phase_is(kube.custom, namespace, "e2e", "Failed"), timeout=60)
@@ -270,9 +275,24 @@ def test_startup_config_error_fails_the_job_fast(
     assert "attempts left" not in worker_log, worker_log[-3000:]  # torchrun never restarted
     assert job_status(kube.custom, namespace, "e2e")["restarts"] == 0
 
+    # The failed pod is deleted (cleanPodPolicy All); its log outlives it, as the Failed
+    # condition says, through `lmjob logs` from the user's machine.
+    assert failed["message"].endswith("last lines: lmjob logs e2e --previous"), failed
+    wait_for(lambda: not pods_of(kube.core, namespace, "e2e"), timeout=60, what="pods deleted")
+    kc = ["--kubeconfig", str(control_plane.kubeconfig), "-n", namespace]
+    code, kept, err = lmjob(capsys, "logs", "e2e", "--previous", *kc)
+    assert code == 0, err
+    assert err == "lmjob: showing the log tail kept as e2e-logs/worker-0.attempt-0.failed.log\n"
+    assert error in kept and worker_log.endswith(kept), (kept[-3000:], worker_log[-3000:])
+    code, last, err = lmjob(capsys, "logs", "e2e", "--tail", "2", *kc)
+    assert code == 0 and err.startswith("lmjob: pod e2e-worker-0 is gone: showing"), err
+    assert last == "".join(kept.splitlines(keepends=True)[-2:])
+    code, _, err = lmjob(capsys, "logs", "e2e", "--worker", "1", "--previous", *kc)
+    assert code == 1 and err == "lmjob: no log of worker 1 of job e2e is kept\n", err
+
 
 def test_suspend_and_eviction_each_redo_at_most_one_step(
-    kubelet: ProcessKubelet, storage: Path, kube, namespace, corpus: Path
+    kubelet: ProcessKubelet, storage: Path, kube, namespace, corpus: Path, control_plane, capsys
 ) -> None:
     """Stopped the two ways a cluster stops a worker — `runPolicy.suspend` (as `kubectl
     patch` or Kueue does) and a drain through the eviction API — the trainer saves the step
@@ -300,6 +320,13 @@ def test_suspend_and_eviction_each_redo_at_most_one_step(
     )
     saved = resumed["checkpoint"]["step"]
     wait_for_status(kube, namespace, past(saved + 3), "training on after the resume")
+    # The suspension deleted the running worker, its log tail kept first: while the resumed
+    # pod (the same round) runs, `lmjob logs --previous` shows the suspended one's lines.
+    kc = ["--kubeconfig", str(control_plane.kubeconfig), "-n", namespace]
+    code, kept, err = lmjob(capsys, "logs", "e2e", "--previous", *kc)
+    assert code == 0 and err.endswith(" e2e-logs/worker-0.attempt-0.log\n"), err
+    kept = kept.removeprefix(DROPPED_MARK)
+    assert " msg=step " in kept and kept in kubelet.log_of("e2e-worker-0", namespace), kept[-2000:]
     # The save's measure reached status, and sizes the next pods' grace period (30 s floor).
     assert resumed["checkpoint"]["saveSeconds"] > 0, resumed["checkpoint"]
 
