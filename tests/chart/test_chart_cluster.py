@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.chart.helm_runs import CHART, REPO, run_helm, write_values
+from tests.support.prometheus import monitoring_crd_files
 
 pytestmark = pytest.mark.cluster
 
@@ -33,38 +34,9 @@ RELEASE_KINDS = (
     "deployments,replicasets,pods,services,serviceaccounts,configmaps,roles,rolebindings,"
     "clusterroles,clusterrolebindings,clusterkopfpeerings,kopfpeerings"
 )
-# Just enough of prometheus-operator's CRDs for the API server to accept our monitors.
-MONITORING_STUBS = [
-    {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": plural[:-1]},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "properties": {
-                                "spec": {
-                                    "type": "object",
-                                    "x-kubernetes-preserve-unknown-fields": True,
-                                }
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
-    for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PodMonitor", "podmonitors"))
-]
+# prometheus-operator's own CRDs (copied from its Go module by scripts/build-k8s): the
+# chart's monitors and the operator's PodMonitor meet the real schema, not a stub's.
+MONITORING_PLURALS = ("servicemonitors", "podmonitors", "prometheusrules")
 
 Kubectl = Callable[..., Any]
 HelmCluster = Callable[..., Any]
@@ -157,13 +129,16 @@ def assert_no_secrets(kubectl: Kubectl, kubeconfig: Path, namespace: str) -> Non
 
 @pytest.fixture
 def monitoring_crds(kubectl: Kubectl) -> Iterator[None]:
-    text = yaml.safe_dump_all(MONITORING_STUBS)
-    kubectl("apply", "-f", "-", input=text)
-    kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com",
-            "crd/podmonitors.monitoring.coreos.com")  # fmt: skip
+    files = monitoring_crd_files(*MONITORING_PLURALS)
+    # Server-side: the real CRDs outgrow client-side apply's last-applied annotation.
+    for crd in files:
+        kubectl("apply", "--server-side", "-f", str(crd))
+    kubectl("wait", "--for=condition=Established",
+            *[f"crd/{plural}.monitoring.coreos.com" for plural in MONITORING_PLURALS])  # fmt: skip
     yield
-    # Other suites' operators must not find a PodMonitor API that is only a stub.
-    kubectl("delete", "-f", "-", "--wait=false", input=text)
+    # Other suites' operators must not find a PodMonitor API they did not ask for.
+    for crd in files:
+        kubectl("delete", "-f", str(crd), "--wait=false")
 
 
 def test_crd_applies_client_side(kubectl: Kubectl, helm_binary: Path, helm_home: Path) -> None:
@@ -200,6 +175,7 @@ def test_template_accepted_by_server(
         values |= {
             "podMonitor": {"enabled": True},
             "metrics": {"serviceMonitor": {"enabled": True}},
+            "prometheusRule": {"enabled": True},
             "replicaCount": 2,
         }
     kubectl("apply", "-f", str(CHART / "crds" / "kopf-peering.yaml"))
@@ -210,6 +186,29 @@ def test_template_accepted_by_server(
     out = kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=rendered)
     applied = [line for line in out.stdout.splitlines() if "(server dry run)" in line]
     assert len(applied) == len([d for d in yaml.safe_load_all(rendered) if d])
+
+
+def test_operator_pod_monitor_meets_the_real_crd(
+    monitoring_crds: None, kubectl: Kubectl, namespace: str
+) -> None:
+    """The PodMonitor the operator creates for `metrics.podMonitor`, server-side validated
+    (strict: an unknown field fails) against prometheus-operator's schema; a misspelt field
+    is refused, so the schema is the real one."""
+    from lmjob_operator.pod_monitor import build_pod_monitor
+    from tests.operator.factories import make_job
+
+    monitor = build_pod_monitor(make_job({"metrics": {"podMonitor": True}}))
+    monitor["metadata"]["namespace"] = namespace
+    out = kubectl("create", "--dry-run=server", "--validate=strict", "-f", "-",
+                  input=json.dumps(monitor))  # fmt: skip
+    assert "(server dry run)" in out.stdout, out.stdout
+    monitor["spec"]["podMetricsEndpoints"][0]["honorLabel"] = True
+    refused = kubectl("create", "--dry-run=server", "--validate=strict", "-f", "-",
+                      input=json.dumps(monitor), check=False)  # fmt: skip
+    assert (
+        refused.returncode != 0
+        and 'unknown field "spec.podMetricsEndpoints[0].honorLabel"' in refused.stderr
+    ), refused.stderr
 
 
 def test_install_upgrade_uninstall(

@@ -271,6 +271,8 @@ def test_monitoring(render: Render) -> None:
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    # The goodput gauge's own `namespace` and `job` labels (the LargeModelJob's) survive.
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     (deployment,) = find(docs, "Deployment")
     assert (
         service["spec"]["selector"].items()

@@ -174,7 +174,7 @@ CASES: list[tuple[str, Callable[[Any], dict], dict, Callable[[dict], Any], Any]]
         ),
         (
             "monitoring.coreos.com/v1",
-            [{"port": "metrics", "path": "/metrics"}],
+            [{"port": "metrics", "path": "/metrics", "honorLabels": True}],
             {"lmjob.dev/job-name": "demo", "lmjob.dev/role": "worker"},
         ),
     ),

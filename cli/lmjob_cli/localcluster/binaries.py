@@ -39,6 +39,12 @@ def bin_dir() -> Path:
     return Path(out.stdout.strip())
 
 
+def share_dir(name: str) -> Path:
+    """<cache>/share/<name>: files scripts/build-k8s copies from a tool's Go module beside
+    the binaries (e.g. `prometheus-operator/crd/`, `kueue/crd/`)."""
+    return bin_dir().parent / "share" / name
+
+
 def find_binaries(names: list[str] | tuple[str, ...]) -> dict[str, Path]:
     """Paths of the named binaries; raises BinariesMissing naming the build command."""
     directory = bin_dir()
