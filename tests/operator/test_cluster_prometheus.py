@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import torch
 
-from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
+from lmjob_cli.localcluster.process_kubelet import METRICS_ADDRESS_ENV, ProcessKubelet
 from lmjob_trainer.stragglers import TEST_SLOW_RANK_ENV
 from tests.operator.harness import (
     REPO_ROOT,
@@ -183,6 +183,9 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus(
         rule_files=(ALERT_RULES,),
     )
     kubelet.extra_env[TEST_SLOW_RANK_ENV] = SLOW_RANK
+    # Static targets are written before any pod has its own address: each job has one pod,
+    # and one job runs at a time, so its trainer may serve on every address, 127.0.0.1 too.
+    kubelet.extra_env[METRICS_ADDRESS_ENV] = "0.0.0.0"
     prometheus.start()
     try:
         started = time.time()
