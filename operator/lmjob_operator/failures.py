@@ -12,6 +12,7 @@ a pod create → what to do about it (judge_create_error). The rules (docs/opera
   so nothing can rejoin it. The whole worker group restarts with a fresh rendezvous round
   (`PET_RDZV_ID=<uid>-<restarts>`), and resumes from the latest checkpoint. Counted.
 - Losing the rendezvous store while workers run restarts the group the same way. Counted.
+- A hang (stall.py: the step stopped advancing) restarts the group the same way. Counted.
 - A worker that exited with CONFIG_ERROR (78, lmjob_api.exit_codes) found a configuration
   error at start-up: running it again cannot help, so the job fails at once (ConfigError)
   under every restartPolicy, with the trainer's message, and no restart is counted. So does
@@ -60,6 +61,9 @@ class Verdict:
     message: str = ""
     replace: tuple[str, ...] = field(default_factory=tuple)
     """Names of disrupted pods to replace (for REPLACE, and alongside RESTART_GROUP)."""
+    grace_seconds: int | None = None
+    """Grace period of the pods this verdict deletes (None: each pod's own): short for a
+    hang's restart (stall.py), whose stuck ranks cannot checkpoint anyway."""
 
 
 _PERMANENT_MEANING = {
@@ -152,7 +156,7 @@ def judge_failures(
                     f"{describe(own[0])}: exit codes 1-127 are permanent under "
                     "restartPolicy ExitCode",
                 )
-        return _restart(policy, restarts, "WorkerFailed", detail, disrupted)
+        return restart_verdict(policy, restarts, "WorkerFailed", detail, disrupted)
 
     store_lost = (
         rendezvous is None
@@ -162,7 +166,7 @@ def judge_failures(
     )
     if store_lost and any(p.phase == "Running" for p in workers):
         what = "is gone" if rendezvous is None else describe(rendezvous)
-        return _restart(
+        return restart_verdict(
             policy, restarts, "RendezvousLost", f"the rendezvous store {what}", disrupted
         )
 
@@ -172,13 +176,14 @@ def judge_failures(
     return Verdict()
 
 
-def _restart(
+def restart_verdict(
     policy: RunPolicy,
     restarts: int,
     reason: str,
     detail: str,
-    disrupted: tuple[str, ...],
+    disrupted: tuple[str, ...] = (),
 ) -> Verdict:
+    """Restart the group (a restart counted), or fail the job once backoffLimit is spent."""
     if restarts >= policy.backoff_limit:
         return Verdict(
             Action.FAIL,

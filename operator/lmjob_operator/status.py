@@ -63,6 +63,8 @@ WARNING_REASONS = frozenset(
         "Inadmissible",
         "WorkloadRejected",
         "PriorityClassNotFound",
+        "StepStalled",
+        "TrainerUnresponsive",
     }
 )
 
