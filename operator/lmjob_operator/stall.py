@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
 
 from lmjob_api import LargeModelJob
-from lmjob_api.hangs import hang_folder
+from lmjob_api.hangs import HANGS, hang_folder
 from lmjob_api.job import RunPolicy
 from lmjob_api.status import Condition
 from lmjob_api.trainer_metrics import TrainerProgress
@@ -77,19 +78,24 @@ class Stall:
     seconds: float
     timeout: float
     stacks: str
-    """Where the ranks' stacks are (the job's storage as its pods mount it)."""
+    """Where the ranks' stacks are (the job's storage as its pods mount it): the stuck
+    step's folder, or the hangs folder when the step is not known exactly."""
 
     @property
     def message(self) -> str:
-        what = (
-            "rank 0's metrics endpoint has not answered"
-            if self.reason == TRAINER_UNRESPONSIVE
-            else "no rank has completed it"
-        )
+        if self.reason == TRAINER_UNRESPONSIVE:
+            # Rank 0 may have done a step or two after its last answer: the folder's step
+            # is the watchdogs' to name.
+            return (
+                f"stage {self.stage} stalled at step {self.step} or later: rank 0's metrics "
+                f"endpoint has not answered for {self.seconds:.0f}s (timeout "
+                f"{self.timeout:g}s); the stacks of the ranks still running are in "
+                f"{self.stacks}/{self.stage}-step-*/"
+            )
         return (
-            f"stage {self.stage} step {self.step} stalled: {what} for {self.seconds:.0f}s "
-            f"(timeout {self.timeout:g}s); the stacks of the ranks still running are in "
-            f"{self.stacks}/"
+            f"stage {self.stage} step {self.step} stalled: no rank has completed it for "
+            f"{self.seconds:.0f}s (timeout {self.timeout:g}s); the stacks of the ranks "
+            f"still running are in {self.stacks}/"
         )
 
 
@@ -123,15 +129,17 @@ def judge_stall(
     if timeout is None:
         return None
     step = progress.step + 1
-    stacks = str(hang_folder(job.spec.storage.path, progress.stage or "train", step))
+    stage = progress.stage or "train"
     if watch.failing:
         silent = now - watch.answered_at
-        if silent >= timeout:
-            return Stall(TRAINER_UNRESPONSIVE, progress.stage, step, silent, timeout, stacks)
-        return None
+        if silent < timeout:
+            return None
+        stacks = str(PurePosixPath(job.spec.storage.path) / HANGS)
+        return Stall(TRAINER_UNRESPONSIVE, stage, step, silent, timeout, stacks)
+    stacks = str(hang_folder(job.spec.storage.path, stage, step))
     stalled = progress.stalled_seconds
     if stalled is not None and stalled >= timeout:
-        return Stall(STEP_STALLED, progress.stage, step, stalled, timeout, stacks)
+        return Stall(STEP_STALLED, stage, step, stalled, timeout, stacks)
     return None
 
 

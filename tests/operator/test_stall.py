@@ -181,8 +181,11 @@ def test_stall_message_names_step_time_and_stacks() -> None:
         "stacks of the ranks still running are in /checkpoints/hangs/train-step-000000042/"
     )
     silent = judge_stall(make_job(), failing_since(progress()), RUNNING, 0, 115.0)
-    assert silent is not None and "rank 0's metrics endpoint has not answered for 15s" in (
-        silent.message
+    assert silent is not None
+    assert silent.message == (
+        "stage train stalled at step 42 or later: rank 0's metrics endpoint has not answered "
+        "for 15s (timeout 10s); the stacks of the ranks still running are in "
+        "/checkpoints/hangs/train-step-*/"
     )
 
 
