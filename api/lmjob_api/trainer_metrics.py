@@ -62,6 +62,7 @@ STRAGGLER = "straggler"
 STALLED_SECONDS = "stalled_seconds"
 GOODPUT_SECONDS = "goodput_seconds"
 STARTED_TIMESTAMP = "started_timestamp_seconds"
+HANG_TIMEOUT_SECONDS = "hang_timeout_seconds"
 
 # Per-stage gauges the progress reader takes for the current stage.
 _PROGRESS_SERIES = (STEP, TOTAL_STEPS, LOSS, EVAL_LOSS, TOKENS_PER_SECOND)
@@ -99,6 +100,11 @@ class TrainerProgress:
     """The goodput ledger's seconds by kind (lmjob_api.goodput); None before rank 0 has one."""
     started_at: float | None = None
     """When the job's first rank-0 process started (Unix seconds)."""
+    stalled_seconds: float | None = None
+    """Seconds since the current stage's last completed step, as the scraped pod's hang
+    watchdog says (None: no watchdog in this stage, e.g. a quantize stage)."""
+    hang_timeout_seconds: float | None = None
+    """The current stage's hang timeout in effect (None: the watchdog is not armed yet)."""
 
 
 def _finite(value: float | None) -> float | None:
@@ -121,6 +127,8 @@ def parse_scrape(
       Skipped), else the last with any series;
     - `eval_history` gives `evaluations`, ordered by `stage_order` (unknown stages after,
       by name), then step;
+    - `stalled_seconds` and `hang_timeout_seconds` are the current stage's (the hang
+      watchdog's, docs/operator.md "Hangs");
     - non-finite numbers (a diverged loss) read as None: status cannot carry NaN.
     """
     per_stage: dict[str, dict[str, float]] = {}
@@ -136,6 +144,7 @@ def parse_scrape(
     evals: dict[tuple[str, int], float] = {}
     goodput: dict[str, float] = {}
     started_at: float | None = None
+    hang: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         if not family.name.startswith(PREFIX):
             continue
@@ -182,6 +191,10 @@ def parse_scrape(
                 goodput[labels.get(KIND, "")] = sample.value
             elif key == STARTED_TIMESTAMP and math.isfinite(sample.value):
                 started_at = sample.value
+            elif key in (STALLED_SECONDS, HANG_TIMEOUT_SECONDS):
+                # Per pod, not rank 0's alone: they do not make a scrape rank 0's.
+                if math.isfinite(sample.value):
+                    hang.setdefault(stage, {})[key] = sample.value
             elif key in _PROGRESS_SERIES:
                 per_stage.setdefault(stage, {})[key] = sample.value
                 found = True
@@ -224,6 +237,8 @@ def parse_scrape(
         evaluations=_evaluations(evals, stage_order),
         goodput_seconds=goodput or None,
         started_at=started_at,
+        stalled_seconds=hang.get(current, {}).get(STALLED_SECONDS),
+        hang_timeout_seconds=hang.get(current, {}).get(HANG_TIMEOUT_SECONDS),
     )
 
 

@@ -12,6 +12,7 @@ a pod create → what to do about it (judge_create_error). The rules (docs/opera
   so nothing can rejoin it. The whole worker group restarts with a fresh rendezvous round
   (`PET_RDZV_ID=<uid>-<restarts>`), and resumes from the latest checkpoint. Counted.
 - Losing the rendezvous store while workers run restarts the group the same way. Counted.
+- A hang (stall.py: the step stopped advancing) restarts the group the same way. Counted.
 - A worker that exited with CONFIG_ERROR (78, lmjob_api.exit_codes) found a configuration
   error at start-up: running it again cannot help, so the job fails at once (ConfigError)
   under every restartPolicy, with the trainer's message, and no restart is counted. So does
@@ -62,6 +63,9 @@ class Verdict:
     """Names of disrupted pods to replace (for REPLACE, and alongside RESTART_GROUP)."""
     worker: int | None = None
     """Index of the worker whose failure this is (its kept log is named in the condition)."""
+    grace_seconds: int | None = None
+    """Grace period of the pods this verdict deletes (None: each pod's own): short for a
+    hang's restart (stall.py), whose stuck ranks cannot checkpoint anyway."""
 
 
 _PERMANENT_MEANING = {
@@ -161,7 +165,9 @@ def judge_failures(
                     "restartPolicy ExitCode",
                     worker=own[0].index,
                 )
-        return _restart(policy, restarts, "WorkerFailed", detail, disrupted, worker=failed[0].index)
+        return restart_verdict(
+            policy, restarts, "WorkerFailed", detail, disrupted, worker=failed[0].index
+        )
 
     store_lost = (
         rendezvous is None
@@ -171,7 +177,7 @@ def judge_failures(
     )
     if store_lost and any(p.phase == "Running" for p in workers):
         what = "is gone" if rendezvous is None else describe(rendezvous)
-        return _restart(
+        return restart_verdict(
             policy, restarts, "RendezvousLost", f"the rendezvous store {what}", disrupted
         )
 
@@ -181,14 +187,15 @@ def judge_failures(
     return Verdict()
 
 
-def _restart(
+def restart_verdict(
     policy: RunPolicy,
     restarts: int,
     reason: str,
     detail: str,
-    disrupted: tuple[str, ...],
+    disrupted: tuple[str, ...] = (),
     worker: int | None = None,
 ) -> Verdict:
+    """Restart the group (a restart counted), or fail the job once backoffLimit is spent."""
     if restarts >= policy.backoff_limit:
         return Verdict(
             Action.FAIL,

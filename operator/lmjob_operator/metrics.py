@@ -33,6 +33,13 @@ POD_RESTARTS = Counter(
     "a pod replaced alone after Kubernetes ended it.",
     ["kind"],
 )
+STALLS = Counter(
+    "lmjob_operator_stalls_total",
+    "Hangs the operator acted on (a Stalled condition, then a group restart): `StepStalled` "
+    "when rank 0's watchdog says the step stopped, `TrainerUnresponsive` when rank 0's "
+    "metrics endpoint stopped answering.",
+    ["namespace", "job", "reason"],
+)
 SWEEPS = Gauge(
     "lmjob_operator_sweeps",
     "LargeModelSweeps this operator handles, by phase.",

@@ -74,6 +74,14 @@ from lmjob_operator.registry import Context, JobState
 from lmjob_operator.rendezvous import build_rendezvous_pod, build_rendezvous_service
 from lmjob_operator.service import build_service
 from lmjob_operator.spec_checks import check_runnable
+from lmjob_operator.stall import (
+    STALLED,
+    Stall,
+    judge_stall,
+    stall_verdict,
+    stalled_problem,
+    watch_scrape,
+)
 from lmjob_operator.status import Problem, build_status, stage_order, transition_events
 from lmjob_operator.worker_pod import build_worker_pod
 
@@ -133,10 +141,26 @@ async def _reconcile(
     queued = gate is not None and gate.queued
     active = not previous.phase.finished and not job.spec.run_policy.suspend and not queued
     verdict = Verdict()
-    if active and not any(p.type == "Failed" for p in problems):
+    healthy = active and not any(p.type == "Failed" for p in problems)
+    if healthy:
         verdict = judge_failures(pods, rendezvous, job.spec.run_policy, previous.restarts)
     if active and _scrape_due(ctx, state):
-        await _scrape(ctx, state, job, pods)
+        await _scrape(ctx, state, job, pods, previous.restarts)
+    stall = None
+    if healthy and verdict.action == Action.NONE:
+        stall = judge_stall(job, state.watch, pods, previous.restarts, time.monotonic())
+        if stall is not None:
+            verdict = stall_verdict(stall, job.spec.run_policy, previous.restarts)
+    stalled = stalled_problem(
+        stall,
+        next((c for c in previous.conditions if c.type == STALLED), None),
+        state.watch,
+        pods,
+        previous.restarts,
+        finished=previous.phase.finished,
+    )
+    if stalled is not None:
+        problems.append(stalled)
     status = build_status(job, pods, state.progress, previous, verdict, now, problems)
     plan = plan_pods(job, status, pods, verdict, now, ctx.config)
     # Deleting is what cannot be taken back: a restart being counted (or the job failing)
@@ -144,6 +168,7 @@ async def _reconcile(
     status_first = bool(plan.delete or plan.force_delete or plan.delete_job)
     if status_first or not (plan.create_workers or plan.create_rendezvous):
         await _write_status(ctx, state, job, body, previous, status, post_event)
+        _count_stall(job, stall)
         previous_written = True
     else:
         previous_written = False
@@ -187,6 +212,7 @@ async def _reconcile(
         pods = _observe(state, pods, uid, datetime.now(UTC))
         status = build_status(job, pods, state.progress, previous, verdict, now, problems)
         await _write_status(ctx, state, job, body, previous, status, post_event)
+        _count_stall(job, stall)
     wake = next_wake(job, status, pods, now, ctx.config)
     if _workload_unfinished(gate, status) and not _finish_due(gate, status, pods):
         # Its Workload is marked Finished once the pods are gone: look again soon.
@@ -291,11 +317,24 @@ async def _problems(
     return problems
 
 
+def _count_stall(job: LargeModelJob, stall: Stall | None) -> None:
+    """Once the status saying so is written: a pass retried after a failed write acts on the
+    same stall again, one after a written restart no longer sees it (another round)."""
+    if stall is None:
+        return
+    _job_log(job).warning("hang: %s", stall.message)
+    metrics.STALLS.labels(
+        namespace=job.metadata.namespace or "", job=job.metadata.name, reason=stall.reason
+    ).inc()
+
+
 def _scrape_due(ctx: Context, state: JobState) -> bool:
     return time.monotonic() - state.scraped_at >= ctx.config.resync_seconds * 0.9
 
 
-async def _scrape(ctx: Context, state: JobState, job: LargeModelJob, pods: list[PodView]) -> None:
+async def _scrape(
+    ctx: Context, state: JobState, job: LargeModelJob, pods: list[PodView], round_: int
+) -> None:
     state.scraped_at = time.monotonic()
     progress, pod = await scrape_progress(
         pods,
@@ -307,6 +346,7 @@ async def _scrape(ctx: Context, state: JobState, job: LargeModelJob, pods: list[
     )
     if progress is not None:
         state.progress, state.progress_pod = progress, pod
+    state.watch = watch_scrape(state.watch, round_, progress, time.monotonic())
 
 
 async def _write_status(
@@ -460,7 +500,7 @@ async def _apply_plan(
 
     for name, uid in plan.force_delete:
         await delete(name, uid, "stuck terminating past its grace period", grace=0)
-    await asyncio.gather(*(delete(n, u, why) for n, u, why in plan.delete))
+    await asyncio.gather(*(delete(n, u, why, verdict.grace_seconds) for n, u, why in plan.delete))
     if verdict.action == Action.RESTART_GROUP:
         metrics.POD_RESTARTS.labels(kind="group").inc(
             len(plan.create_workers) or job.spec.workers.replicas

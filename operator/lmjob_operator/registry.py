@@ -19,6 +19,7 @@ from lmjob_operator import metrics
 from lmjob_operator.config import OperatorConfig
 from lmjob_operator.kube import Kube
 from lmjob_operator.pod_view import PodView
+from lmjob_operator.stall import ScrapeWatch
 
 
 @dataclass
@@ -35,6 +36,8 @@ class JobState:
     progress: TrainerProgress | None = None
     progress_pod: str = ""
     scraped_at: float = 0.0
+    watch: ScrapeWatch = field(default_factory=ScrapeWatch)
+    """The current round's scrapes, for the hang verdicts (stall.py)."""
     ensured: tuple[int, float] = (-1, 0.0)
     rejected: str = ""
     """The API server's message when it refused a pod for good (failures.judge_create_error:

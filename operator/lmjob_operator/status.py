@@ -64,6 +64,8 @@ WARNING_REASONS = frozenset(
         "Inadmissible",
         "WorkloadRejected",
         "PriorityClassNotFound",
+        "StepStalled",
+        "TrainerUnresponsive",
     }
 )
 

@@ -29,13 +29,21 @@ def exposition(
     restarts: int = 0,
     eval_loss: dict[str, float] | None = None,
     eval_history: dict[tuple[str, str], float] | None = None,
+    hang: dict[str, tuple[float, float | None]] | None = None,
     job: str = "demo",
 ) -> str:
-    """The text a worker serves; without `rank0` only per-pod series (memory) are present."""
+    """The text a worker serves; without `rank0` only per-pod series (memory, the hang
+    watchdog's: `hang` is {stage: (stalled seconds, timeout or None)}) are present."""
     reg = CollectorRegistry()
     labels = ["job", "stage"]
     memory = Gauge("lmjob_trainer_memory_bytes", "m", [*labels, "kind"], registry=reg)
     memory.labels(job, "train", "rss").set(1e9)
+    stalled = Gauge("lmjob_trainer_stalled_seconds", "s", labels, registry=reg)
+    timeout = Gauge("lmjob_trainer_hang_timeout_seconds", "t", labels, registry=reg)
+    for stage, (seconds, limit) in (hang or {}).items():
+        stalled.labels(job, stage).set(seconds)
+        if limit is not None:
+            timeout.labels(job, stage).set(limit)
     if not rank0:
         return generate_latest(reg).decode()
     step = Gauge("lmjob_trainer_step", "s", labels, registry=reg)
@@ -164,6 +172,33 @@ def test_rank_zero_before_its_first_step() -> None:
         0,
         4,
     )
+
+
+@pytest.mark.parametrize(
+    ("hang", "expected"),
+    [
+        ({}, (None, None)),
+        ({"train": (4.5, None)}, (4.5, None)),  # the derived timeout, not armed yet
+        ({"train": (12.0, 10.0)}, (12.0, 10.0)),
+        # The finished stage's numbers stay exported; the current stage's are read.
+        ({"train": (0.3, 300.0), "prune": (7.0, 600.0)}, (7.0, 600.0)),
+    ],
+)
+def test_hang_watchdog_series_of_the_current_stage(
+    hang: dict[str, tuple[float, float | None]], expected: tuple
+) -> None:
+    text = exposition(
+        phases={"train": "Succeeded", "prune": "Running"}
+        if "prune" in hang
+        else {"train": "Running", "prune": "Pending"},
+        steps={"train": (4, 10, 2.0), "prune": (2, 10, 2.0)},
+        hang=hang,
+    )
+    progress = parse_scrape(text, STAGES)
+    assert progress is not None
+    assert (progress.stalled_seconds, progress.hang_timeout_seconds) == expected
+    # Every pod exports them: alone they do not make a scrape rank 0's.
+    assert parse_scrape(exposition(rank0=False, hang=hang), STAGES) is None
 
 
 def test_eval_loss_and_restarts() -> None:

@@ -42,7 +42,7 @@ def test_derived_timeout(longest: float | None, expected: float | None) -> None:
 def test_watchdog_dumps_once_per_stuck_step(tmp_path: Path) -> None:
     clock, reported = FakeClock(), []
     dog = HangWatchdog(
-        tmp_path, "train", 1, 10.0, report=lambda s, v: reported.append(v), clock=clock
+        tmp_path, "train", 1, 10.0, report=lambda s, v, t: reported.append((v, t)), clock=clock
     )
     dog._step, dog._last = 4, clock()  # as start(4) does, without the thread
     clock.now += 9.0
@@ -54,17 +54,20 @@ def test_watchdog_dumps_once_per_stuck_step(tmp_path: Path) -> None:
     assert "step 5 not done after 11.0s" in text and "test_watchdog_dumps_once" in text
     clock.now += 20.0
     assert dog.check() is None  # the same hang: once
-    assert reported == [9.0, 11.0, 31.0]
+    assert reported == [(9.0, 10.0), (11.0, 10.0), (31.0, 10.0)]
     dog.beat(5)
-    assert dog.check() is None and reported[-1] == 0.0
+    assert dog.check() is None and reported[-1] == (0.0, 10.0)
 
 
 def test_derived_watchdog_waits_for_a_first_step_and_covers_long_saves(tmp_path: Path) -> None:
-    clock = FakeClock()
-    dog = HangWatchdog(tmp_path, "train", 0, None, clock=clock)
+    clock, reported = FakeClock(), []
+    dog = HangWatchdog(
+        tmp_path, "train", 0, None, report=lambda s, v, t: reported.append(t), clock=clock
+    )
     dog._last = clock()
     clock.now += 10_000.0  # start-up of unknown length: not armed
     assert dog.check() is None and dog.timeout is None
+    assert reported == [None]  # nothing for the operator to compare against yet
     dog.beat(1)
     clock.now += 250.0  # an evaluation or checkpoint between two steps
     dog.beat(2)
@@ -73,6 +76,7 @@ def test_derived_watchdog_waits_for_a_first_step_and_covers_long_saves(tmp_path:
     assert dog.check() is None
     clock.now += 60.0
     assert dog.check() is not None
+    assert reported[-1] == 750.0
 
 
 def _rank_pids(parent: int) -> dict[int, int]:
@@ -93,9 +97,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stalled(port: int) -> float:
+def _gauge(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    line = next(x for x in text.splitlines() if x.startswith("lmjob_trainer_stalled_seconds{"))
+    line = next(x for x in text.splitlines() if x.startswith(f"lmjob_trainer_{name}{{"))
     return float(line.rsplit(" ", 1)[1])
 
 
@@ -143,7 +147,8 @@ def test_frozen_rank_leaves_the_others_stacks(
         last = steps_done()
         assert stacks.parent.name == f"train-step-{last + 1:09d}"
         assert not any(hangs.glob("*/rank-1.txt"))  # the frozen rank cannot; that names it
-        assert _stalled(port) >= timeout
+        assert _gauge(port, "stalled_seconds") >= timeout
+        assert _gauge(port, "hang_timeout_seconds") == timeout
     finally:
         if frozen is not None:
             os.kill(frozen, signal.SIGCONT)

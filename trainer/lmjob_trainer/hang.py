@@ -6,9 +6,10 @@ collective timeout. Each rank runs a `HangWatchdog` thread that the loop feeds a
 after every step. When no heartbeat came for the timeout, it writes every Python thread's
 stack of this rank (faulthandler) to `<storage>/hangs/<stage>-step-<next step>/rank-<r>.txt`
 and, on CUDA, torch's NCCL flight-recorder dump beside it where torch has one. It exports
-`lmjob_trainer_stalled_seconds` throughout. The ranks that still run write their stacks;
-the frozen one cannot, and its absence names it. It never stops the process: restarting
-the group is the operator's decision (docs/trainer.md).
+`lmjob_trainer_stalled_seconds` throughout, and the timeout in effect once armed
+(`lmjob_trainer_hang_timeout_seconds`). The ranks that still run write their stacks; the
+frozen one cannot, and its absence names it. It never stops the process: the operator
+compares the two series and restarts the group (docs/operator.md, "Hangs").
 
 The timeout (`training.hang.timeoutSeconds`): as set, or derived: `max(5 min, 3 × the
 longest step-to-step interval seen in the stage)`. The interval includes checkpoint saves
@@ -30,9 +31,10 @@ from pathlib import Path
 
 import torch
 
+from lmjob_api.hangs import hang_folder
+
 log = logging.getLogger(__name__)
 
-HANGS = "hangs"
 DERIVED_FLOOR_SECONDS = 300.0
 DERIVED_FACTOR = 3.0
 
@@ -46,7 +48,7 @@ def derived_timeout(longest_interval: float | None) -> float | None:
 
 def hang_dir(root: Path, stage: str, step: int) -> Path:
     """Where every rank's stacks of one hang go: one folder per stuck step."""
-    return root / HANGS / f"{stage}-step-{step:09d}"
+    return Path(hang_folder(root, stage, step))
 
 
 class HangWatchdog:
@@ -59,7 +61,7 @@ class HangWatchdog:
         rank: int,
         timeout: float | None,
         *,
-        report: Callable[[str, float], None] = lambda stage, seconds: None,
+        report: Callable[[str, float, float | None], None] = lambda stage, seconds, timeout: None,
         poll_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -101,8 +103,8 @@ class HangWatchdog:
         past the timeout, dump once per stuck step. Returns the file written, if any."""
         with self._lock:
             stalled, step = self._clock() - self._last, self._step
-        self._report(self.stage, stalled)
         timeout = self.timeout
+        self._report(self.stage, stalled, timeout)
         if timeout is None or stalled < timeout or self._dumped_for == step:
             return None
         self._dumped_for = step

@@ -189,6 +189,13 @@ class TrainerMetrics:
             names.JOB_LABELS,
             registry=r,
         )
+        self.hang_timeout_seconds = Gauge(
+            names.series(names.HANG_TIMEOUT_SECONDS),
+            "The hang watchdog's timeout in effect (training.hang.timeoutSeconds or derived), "
+            "once armed",
+            js,
+            registry=r,
+        )
         if self.exports_job:
             self.world_size.labels(job).set(env.world_size)
             self.restarts.labels(job).set(env.restart_count)
@@ -359,11 +366,15 @@ class TrainerMetrics:
 
     # --- per pod ---
 
-    def record_stalled(self, stage: str, seconds: float) -> None:
+    def record_stalled(self, stage: str, seconds: float, timeout: float | None) -> None:
         """From the hang watchdog's thread: every pod says how long it has been stuck, since
-        the rank that serves the job-level series may be the frozen one."""
-        if self.exports_pod:
-            self.stalled_seconds.labels(self.job, stage).set(seconds)
+        the rank that serves the job-level series may be the frozen one, and past which
+        timeout that is a hang (absent until the watchdog is armed)."""
+        if not self.exports_pod:
+            return
+        self.stalled_seconds.labels(self.job, stage).set(seconds)
+        if timeout is not None:
+            self.hang_timeout_seconds.labels(self.job, stage).set(timeout)
 
     def record_memory(self, stage: str, device: torch.device) -> None:
         if not self.exports_pod:
