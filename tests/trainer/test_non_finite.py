@@ -115,3 +115,26 @@ def test_skip_leaves_the_weights_and_gives_up_past_the_limit(
     assert any(step >= skipped[0] for step in saved), "no checkpoint while skipping"
     assert all(_all_finite(root, step) for step in saved)
     assert "checkpoint at step" in out
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan], ids=["inf", "nan"])
+def test_a_diverged_model_reports_no_sample_instead_of_crashing(bad: float) -> None:
+    """Weights that blew up without a non-finite loss (skip lets such a run finish): the end of
+    training's text sample would fail in torch.multinomial, and torchrun would restart the
+    worker over and over. It is left empty instead; a healthy model still samples."""
+    from types import SimpleNamespace
+
+    from lmjob_api.training import ModelSpec, TrainingSpec
+    from lmjob_trainer.model import build_model
+    from lmjob_trainer.tokenizer import build_tokenizer
+    from lmjob_trainer.train import generate_sample
+
+    tokenizer = build_tokenizer("bytes")
+    training = TrainingSpec.model_validate({"data": {"source": "x.txt"}, "steps": 1})
+    session = SimpleNamespace(tokenizer=tokenizer, device=torch.device("cpu"), training=training)
+    model = build_model(ModelSpec(layers=1, heads=2, hidden=16, seq_len=16), 256)
+    assert len(generate_sample(session, model, tokens=8)) == 8
+    with torch.no_grad():
+        next(model.parameters()).fill_(bad)
+    assert generate_sample(session, model, tokens=8) == ""
+    assert model.training  # left in the mode it was in

@@ -16,6 +16,10 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
+class NonFiniteLogits(RuntimeError):
+    """The model's next-token scores hold NaN or infinity: nothing can be sampled."""
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -32,6 +36,9 @@ def generate(
         window = idx if context is None else idx[:, -context:]
         logits, _ = model(window)
         logits = logits[:, -1, :].float() / max(temperature, 1e-6)
+        if not torch.isfinite(logits).all():
+            model.train(was_training)
+            raise NonFiniteLogits("the model's next-token scores are not finite")
         if top_k is not None:
             kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
             logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -22,6 +22,7 @@ from lmjob_api.stage_report import TRAIN_TYPE, StageReport
 from lmjob_api.trainer_config import TrainerConfig
 from lmjob_api.validation import ManifestError
 from lmjob_trainer import storage
+from lmjob_trainer.causal_lm import NonFiniteLogits
 from lmjob_trainer.checkpoint import choose_on_rank0
 from lmjob_trainer.distributed import DistEnv, close_distributed, init_distributed
 from lmjob_trainer.evaluate import autocast
@@ -56,11 +57,17 @@ def _install_stop_handlers(session: TrainerSession) -> None:
 def generate_sample(
     session: TrainerSession, model: torch.nn.Module, tokens: int = SAMPLE_TOKENS
 ) -> str:
-    """A short text sampled from a plain model, for the report and the terminal."""
+    """A short text sampled from a plain model, for the report and the terminal; empty (with
+    a warning) when the model's outputs are not finite: a run whose steps were skipped on a
+    diverged loss (training.nonFinite.action skip) still finishes and reports."""
     prompt = session.tokenizer.encode(b"\n")[-1:].view(1, -1).to(session.device)
     torch.manual_seed(session.training.seed)  # the same sample for the same weights
-    with autocast(session.device, session.training.precision):
-        out = model.generate(prompt, tokens, temperature=0.8, top_k=50)
+    try:
+        with autocast(session.device, session.training.precision):
+            out = model.generate(prompt, tokens, temperature=0.8, top_k=50)
+    except NonFiniteLogits as err:
+        log.warning("no sample: %s (the weights diverged)", err)
+        return ""
     return session.tokenizer.decode(out[0, prompt.shape[1] :].tolist())
 
 
