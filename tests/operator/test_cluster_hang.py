@@ -129,6 +129,8 @@ def test_frozen_rank_is_stalled_then_restarted_and_the_job_succeeds(
     # Waiting in a collective of the stage's loop: the step's, or a checkpoint save's.
     stacks = (folder / saved[0]).read_text()
     assert "lmjob_trainer/loop.py" in stacks and "run_steps" in stacks, stacks
+    # ... and names the frozen rank, its sibling process in the pod, as stopped.
+    assert f"# pod process: rank {frozen_rank} pid {pid} state T (stopped)" in stacks, stacks
 
     events = kube.core.list_namespaced_event(namespace).items
     assert any(e.reason == reason and e.type == "Warning" for e in events), [

@@ -146,7 +146,10 @@ def test_frozen_rank_leaves_the_others_stacks(
         assert "loop.py" in text and "train_step" in text, text
         last = steps_done()
         assert stacks.parent.name == f"train-step-{last + 1:09d}"
-        assert not any(hangs.glob("*/rank-1.txt"))  # the frozen rank cannot; that names it
+        assert not any(hangs.glob("*/rank-1.txt"))  # the frozen rank cannot save its own,
+        # and rank 0 names it: its sibling process under the same torchrun agent, stopped.
+        assert f"# pod process: rank 1 pid {frozen} state T (stopped)" in text, text[:2000]
+        assert f"# pod process: rank 0 pid {_rank_pids(proc.pid)[0]} state " in text
         assert _gauge(port, "stalled_seconds") >= timeout
         assert _gauge(port, "hang_timeout_seconds") == timeout
     finally:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +50,42 @@ def derived_timeout(longest_interval: float | None) -> float | None:
 def hang_dir(root: Path, stage: str, step: int) -> Path:
     """Where every rank's stacks of one hang go: one folder per stuck step."""
     return Path(hang_folder(root, stage, step))
+
+
+def peer_states() -> str:
+    """This pod's worker processes (this one's siblings under torchrun's agent, from Linux's
+    /proc) with their global rank and scheduler state: a rank that cannot save its own
+    stacks (stopped, `T`; in uninterruptible I/O, `D`) is named here by another. One comment
+    line per process; empty where /proc is not there."""
+    lines = []
+    try:
+        parent = os.getppid()
+        for entry in sorted(Path("/proc").iterdir(), key=lambda e: e.name):
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) != parent:
+                    continue
+                env = (entry / "environ").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            rank = next((v[5:].decode() for v in env if v.startswith(b"RANK=")), "?")
+            state = _STATES.get(fields[0], fields[0])
+            lines.append(f"# pod process: rank {rank} pid {entry.name} state {fields[0]} ({state})")
+    except OSError:
+        return ""
+    return "".join(line + "\n" for line in lines)
+
+
+_STATES = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "uninterruptible wait",
+    "T": "stopped",
+    "t": "traced",
+    "Z": "zombie",
+}
 
 
 class HangWatchdog:
@@ -121,6 +158,7 @@ class HangWatchdog:
                     f"{stuck_step} not done after {stalled:.1f}s (timeout {self.timeout:.1f}s), "
                     f"{datetime.now(UTC).isoformat()}\n"
                 )
+                f.write(peer_states())
                 f.flush()
                 faulthandler.dump_traceback(f, all_threads=True)
             self._dump_flight_recorder(folder)
