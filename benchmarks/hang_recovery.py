@@ -272,6 +272,7 @@ def main() -> int:
         print(
             f"\nhang at step {hang['frozen_step']}: Stalled after {hang['detection_seconds']} s, "
             f"training again after {hang['hang_to_training_seconds']} s "
+            f"(restart and resume {hang['hang_to_training_seconds'] - hang['detection_seconds']:.1f} s) "
             f"({hang['steps_redone']} steps redone); without hang detection: "
             f"{TORCH_COLLECTIVE_TIMEOUT:.0f} s of torch's collective timeout before any restart "
             f"({TORCH_COLLECTIVE_TIMEOUT / hang['hang_to_training_seconds']:.0f}x longer)"
