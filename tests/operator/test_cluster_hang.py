@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lmjob_api.kept_logs import DROPPED_MARK, kept_logs_name
 from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
 from lmjob_trainer.launch import descendants
 from lmjob_trainer.stragglers import TEST_SLOW_RANK_ENV
@@ -131,6 +132,12 @@ def test_frozen_rank_is_stalled_then_restarted_and_the_job_succeeds(
     assert "lmjob_trainer/loop.py" in stacks and "run_steps" in stacks, stacks
     # ... and names the frozen rank, its sibling process in the pod, as stopped.
     assert f"# pod process: rank {frozen_rank} pid {pid} state T (stopped)" in stacks, stacks
+
+    # The hung incarnation's log outlived its pod, deleted by the restart: its tail is kept
+    # in the job's record (`lmjob logs e2e --previous` read it while the next one ran).
+    record = kube.core.read_namespaced_config_map(kept_logs_name("e2e"), namespace).data or {}
+    first = record.get("worker-0.attempt-0.log", "").removeprefix(DROPPED_MARK)
+    assert " msg=step " in first and first in log, (sorted(record), first[-2000:])
 
     events = kube.core.list_namespaced_event(namespace).items
     assert any(e.reason == reason and e.type == "Warning" for e in events), [
