@@ -58,6 +58,7 @@ from tests.operator.harness import (
     provision_operator_account,
     wait_for,
 )
+from tests.support.claims import bind_host_claim
 from tests.support.clients import build_kube_clients, wait_for_service_account
 
 EXAMPLE = REPO / "examples" / "shakespeare-cpu.yaml"
@@ -77,48 +78,6 @@ def job_spec(node: str, steps: int, timeout: int, port: int) -> dict[str, Any]:
         "metrics": {"port": port},
         "storage": {"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}},
     }
-
-
-def claim(kube: Any, namespace: str, folder: Path) -> None:
-    """Claim `ckpt` bound to a hostPath volume at `folder` (as the e2e tests' fixture)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    kube.core.create_persistent_volume(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": namespace},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(folder)},
-                "claimRef": {"namespace": namespace, "name": "ckpt"},
-            },
-        }
-    )
-    kube.core.create_namespaced_persistent_volume_claim(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "ckpt"},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": "",
-                "volumeName": namespace,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
-    wait_for(
-        lambda: (
-            kube.core.read_namespaced_persistent_volume_claim("ckpt", namespace).status.phase
-            == "Bound"
-        ),
-        timeout=60,
-        what="claim bound",
-    )
 
 
 def rank_pid(kubelet: ProcessKubelet, pod: str, rank: int) -> int:
@@ -165,7 +124,7 @@ def run(
     kubelet.start()
     try:
         storage = kubelet.claim_dir("ckpt", namespace)
-        claim(kube, namespace, storage)
+        bind_host_claim(kube.core, namespace, storage)
         started = time.time()
         spec = job_spec(namespace, args.steps, args.timeout, free_port())
         create_job(kube.custom, namespace, "shakespeare", spec)

@@ -7,17 +7,20 @@ The trainer's global rank 0 appends a ledger of timed events to `<storage>/goodp
 operator turns the exported seconds into `status.goodput` with `breakdown`. No torch, no kopf.
 
 Records (`event`, `time` = Unix seconds at its end, `seconds` = its duration):
-- `launch`: a rank-0 process started (`time` is its start); the gap since the ledger's last
-  record is a restart (failure, preemption, suspension, rendezvous and start-up of pods).
+- `launch`: a rank-0 process started (`time` is its start; `agent`, where known, when its
+  launcher, torchrun's agent, started): from the ledger's last record to the launcher's
+  start is a restart (failure detection, pod deletion and creation, scheduling, a
+  preemption or suspension), from there to the process's start the launcher's rendezvous.
 - `start` (`stage`, `step`): a stage's loop begins at `step` (its resumed checkpoint): steps
   of that stage after it were done before and are done again, so their time was lost.
 - `step` (`stage`, `step`, `seconds`): an optimiser step; productive until re-done.
 - `evaluation` / `checkpoint` (`stage`, `step`, `seconds`): time training waited for them.
 
 Kinds of time, which add up to the wall time: productive, redone, checkpoint, evaluation,
-setup (a launch to its first step: imports, data, model, checkpoint load), restart, scheduling
-(job created to first launch; the operator's part), other (the rest: stage transitions,
-exports, logging, the tail after the last record).
+setup (a launch to its first step: imports, data, model, checkpoint load), rendezvous (a
+launcher's start, or the last record, to its worker's start), restart, scheduling (job
+created to the first launcher's start; the operator's part), other (the rest: stage
+transitions, exports, logging, the tail after the last record).
 """
 
 from __future__ import annotations
@@ -30,7 +33,15 @@ from typing import Any
 LEDGER = "goodput.jsonl"
 
 # The kinds the trainer measures, in the order status and tables list them.
-TRAINER_KINDS = ("productive", "redone", "checkpoint", "evaluation", "setup", "restart")
+TRAINER_KINDS = (
+    "productive",
+    "redone",
+    "checkpoint",
+    "evaluation",
+    "setup",
+    "rendezvous",
+    "restart",
+)
 KINDS = (*TRAINER_KINDS, "scheduling", "other")
 
 
@@ -40,7 +51,7 @@ class Tally:
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TRAINER_KINDS, 0.0))
     first_launch: float | None = None
-    """When the job's first rank-0 process started (Unix seconds)."""
+    """When the job's first rank-0 process, or its launcher where known, started (Unix s)."""
     last_time: float | None = None
     """The newest record's time: where the ledger's coverage ends."""
     _steps: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -56,10 +67,19 @@ class Tally:
         except (KeyError, TypeError, ValueError):
             return
         if event == "launch":
+            agent = _number(record.get("agent"))
+            agent = agent if agent is not None and agent <= at else None
             if self.first_launch is None:
-                self.first_launch = at
-            elif self.last_time is not None:
-                self.seconds["restart"] += max(0.0, at - self.last_time)
+                self.first_launch = agent if agent is not None else at
+                began = self.first_launch
+            else:
+                previous = self.last_time if self.last_time is not None else at
+                # A launcher started after the last record (a new pod) ends the restart
+                # there; one that was already running (torchrun restarting its workers
+                # in the same pod) forms the new group from the last record on.
+                began = max(agent, previous) if agent is not None else at
+                self.seconds["restart"] += max(0.0, min(began, at) - previous)
+            self.seconds["rendezvous"] += max(0.0, at - began)
             self._awaiting_first_step = at
         elif event in ("step", "evaluation", "checkpoint", "start"):
             stage, step = str(record.get("stage", "")), int(record.get("step", 0))
@@ -107,6 +127,13 @@ class Tally:
                 except ValueError:
                     continue
         return tally
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

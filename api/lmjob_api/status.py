@@ -139,7 +139,7 @@ class GoodputStatus(ApiModel):
     seconds: dict[str, float] = Field(
         default_factory=dict,
         description="Seconds by kind: productive, redone, checkpoint, evaluation, setup, "
-        "restart, scheduling, other; they add up to wallSeconds.",
+        "rendezvous, restart, scheduling, other; they add up to wallSeconds.",
     )
 
 

@@ -99,7 +99,7 @@ class TrainerProgress:
     goodput_seconds: dict[str, float] | None = None
     """The goodput ledger's seconds by kind (lmjob_api.goodput); None before rank 0 has one."""
     started_at: float | None = None
-    """When the job's first rank-0 process started (Unix seconds)."""
+    """When the job's first rank-0 process, or its launcher where known, started (Unix s)."""
     stalled_seconds: float | None = None
     """Seconds since the current stage's last completed step, as the scraped pod's hang
     watchdog says (None: no watchdog in this stage, e.g. a quantize stage)."""

@@ -41,6 +41,7 @@ def test_one_clean_run_is_setup_then_productive_steps_evaluations_and_saves() ->
         "checkpoint": 0.5,
         "evaluation": 2.0,
         "setup": 5.0,  # launch at 100 to the first step's start at 105
+        "rendezvous": 0.0,  # no launcher's start recorded
         "restart": 0.0,
     }
     assert (tally.first_launch, tally.last_time) == (100.0, 117.5)
@@ -62,6 +63,28 @@ def test_a_resume_moves_the_steps_after_its_checkpoint_to_redone_and_counts_the_
     assert tally.seconds["productive"] == 8.0  # steps 1-8, each counted once
     assert tally.seconds["restart"] == 12.0
     assert tally.seconds["setup"] == 1.0 + 3.0
+
+
+def test_a_launchers_start_splits_scheduling_rendezvous_and_restart() -> None:
+    """First pod: its launcher (torchrun's agent) starts at 10 and forms the group, the
+    worker starts at 14. Second pod after a failure at 30: launcher at 40, worker at 43.
+    Then torchrun restarts the workers in that same pod (its launcher older than the last
+    record, 60): the new worker starts at 62, all of it the group re-forming."""
+    records = [
+        {"event": "launch", "time": 14.0, "agent": 10.0},
+        *_steps("train", 1, 16, start=14.0),  # last record at 30
+        {"event": "launch", "time": 43.0, "agent": 40.0},
+        *_steps("train", 17, 33, start=43.0),  # last record at 60
+        {"event": "launch", "time": 62.0, "agent": 40.0},
+        {"event": "launch", "time": 70.0, "agent": 99.0},  # a launcher "after" its worker: ignored
+    ]
+    tally = _fold(records)
+    assert tally.first_launch == 10.0  # the operator's scheduling wait ends here
+    assert tally.seconds["rendezvous"] == 4.0 + 3.0 + 2.0
+    assert tally.seconds["restart"] == 10.0 + 0.0 + 8.0
+    result = breakdown(tally.seconds, first_launch=tally.first_launch, created=5.0, end=80.0)
+    assert result.seconds["scheduling"] == 5.0
+    assert sum(result.seconds.values()) == pytest.approx(75.0)
 
 
 def test_steps_before_an_older_checkpoint_stay_productive_and_other_stages_are_untouched() -> None:

@@ -27,8 +27,8 @@ from tests.operator.harness import (
     SHAKESPEARE,
     OperatorProcess,
     provision_operator_account,
-    wait_for,
 )
+from tests.support.claims import bind_host_claim
 
 
 @pytest.fixture(scope="session")
@@ -87,40 +87,6 @@ def storage(kubelet: ProcessKubelet, kube, namespace) -> Iterator[Path]:
     """Claim `ckpt`, bound to a PersistentVolume whose hostPath is the folder the node keeps
     for that claim; returns that folder."""
     folder = kubelet.claim_dir("ckpt", namespace)
-    folder.mkdir(parents=True)
-    volume = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": namespace},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
-            "hostPath": {"path": str(folder)},
-            "claimRef": {"namespace": namespace, "name": "ckpt"},
-        },
-    }
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "ckpt"},
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": "",
-            "volumeName": namespace,
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    kube.core.create_persistent_volume(volume)
-    kube.core.create_namespaced_persistent_volume_claim(namespace, claim)
-
-    def bound() -> bool:
-        return (
-            kube.core.read_namespaced_persistent_volume_claim("ckpt", namespace).status.phase
-            == "Bound"
-        )
-
-    wait_for(bound, timeout=30, what="claim ckpt bound")
+    bind_host_claim(kube.core, namespace, folder)
     yield folder
     kube.core.delete_persistent_volume(namespace)

@@ -146,7 +146,7 @@ def test_kill_9_worker_resumes_under_elastic_launch(
     got, want = losses(root), losses(ddp_reference)
     assert got[12] == pytest.approx(want[12], rel=RTOL)
     assert storage.read_report(root, "train").steps == 12
-    # The goodput ledger: two launches, the gap between them a restart, and the steps done
+    # The goodput ledger: two launches, and the steps done
     # before the kill and again after it counted as re-done, each other step as productive.
     ledger = [json.loads(line) for line in (root / LEDGER).read_text().splitlines()]
     assert [r["event"] for r in ledger].count("launch") == 2, ledger
@@ -157,7 +157,9 @@ def test_kill_9_worker_resumes_under_elastic_launch(
     tally = Tally.of_file(root / LEDGER)
     assert tally.seconds["redone"] == pytest.approx(sum(r["seconds"] for r in twice))
     assert tally.seconds["productive"] == pytest.approx(sum(r["seconds"] for r in kept))
-    assert tally.seconds["restart"] > 0
+    # The same torchrun agent re-formed the group: the gap is the launcher's rendezvous (a
+    # restart proper is a new pod's, its launcher starting after the last record).
+    assert tally.seconds["rendezvous"] > 0 and tally.seconds["restart"] == 0, tally.seconds
 
 
 # Runs in each worker instead of `-m lmjob_trainer`: makes rank 1 die (like a SIGKILL, no

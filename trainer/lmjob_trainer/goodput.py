@@ -21,20 +21,20 @@ from lmjob_trainer.metrics import TrainerMetrics
 log = logging.getLogger(__name__)
 
 
-def process_start_time() -> float:
-    """When this process started (Unix seconds): Linux's /proc, else now.
+def process_start_time(pid: int | str = "self") -> float | None:
+    """When process `pid` started (Unix seconds), from Linux's /proc; None elsewhere.
 
-    torch's import alone takes seconds; starting the clock at `main` would hide them."""
+    torch's import alone takes seconds; starting the clock at `main` would hide them. The
+    process's age comes from its start in clock ticks since boot against /proc/uptime (both
+    to 10 ms), not /proc/stat's boot time, which is whole seconds: a restart of under a
+    second would otherwise read as none."""
     try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return time.time()
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        now = time.time()
+        return now - max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class GoodputLedger:
@@ -67,8 +67,12 @@ class GoodputLedger:
         self.metrics.record_goodput(self.tally.seconds, self.tally.first_launch)
 
     def launched(self) -> None:
-        """This process started: the gap since the ledger's last record was a restart."""
-        self.record("launch", at=process_start_time())
+        """This process started; its parent, the launcher (torchrun's agent), formed the
+        group before that: the ledger splits the gap since its last record at the parent's
+        start into restart and rendezvous."""
+        started = process_start_time() or time.time()
+        agent = process_start_time(os.getppid())
+        self.record("launch", at=started, **({"agent": agent} if agent is not None else {}))
 
     def close(self) -> None:
         if self._file is not None:

@@ -185,7 +185,7 @@ class TrainerMetrics:
         )
         self.started_timestamp = Gauge(
             names.series(names.STARTED_TIMESTAMP),
-            "When the job's first rank-0 process started (Unix seconds)",
+            "When the job's first rank-0 process (or its launcher, where known) started (Unix seconds)",
             names.JOB_LABELS,
             registry=r,
         )
