@@ -27,6 +27,7 @@ from lmjob_api.termination import decode_stages
 from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
 from lmjob_cli.main import main
 from tests.operator.harness import (
+    condition,
     create_job,
     free_port,
     job_status,
@@ -136,6 +137,9 @@ def test_job_trains_compresses_and_succeeds(
     }
     assert final["workers"]["summary"] == "0/1"
     assert final["restarts"] == 0
+    # Two ranks at the same pace: nobody is named a straggler.
+    assert final["stragglers"] == [], final["stragglers"]
+    assert (condition(final, "Stragglers") or {}).get("status") != "True", final["conditions"]
     # Every evaluation the scrapes saw (evaluation.everySteps 100) stays in status.
     seen = [(e["stage"], e["step"]) for e in final["evaluations"]]
     assert seen and seen == sorted(set(seen)), final["evaluations"]

@@ -251,6 +251,13 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus(
             f'lmjob_trainer_straggler{{namespace="{namespace}", job="watched"}}', started, ended
         )
         assert {s["metric"]["rank"] for s in straggling} == {"0"}, straggling
+        # ... and the operator named it in the job's status: the Stragglers condition's event.
+        named = [
+            e.message
+            for e in kube.core.list_namespaced_event(namespace).items
+            if e.reason == "StragglersFound" and e.involved_object.name == "watched"
+        ]
+        assert named and all("rank 0" in m for m in named), named
     finally:
         prometheus.stop()
 
