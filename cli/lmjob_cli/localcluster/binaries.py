@@ -54,7 +54,7 @@ def find_binaries(names: list[str] | tuple[str, ...]) -> dict[str, Path]:
         raise BinariesMissing(
             f"Kubernetes test binaries missing from {directory}: {', '.join(missing)}. "
             f"Build them with `{BUILD_SCRIPT.relative_to(REPO_ROOT)}` "
-            "(30-60 min cold on 2 cores, seconds when already built)."
+            "(20-45 min cold on 2 cores, seconds when already built)."
         )
     return found
 
