@@ -46,7 +46,6 @@ use_checkout()
 from lmjob_cli.localcluster.controlplane import ControlPlane, Options
 from lmjob_cli.localcluster.node import build_capacity
 from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
-from lmjob_trainer.launch import descendants
 from tests.operator.harness import (
     OPERATOR_ENV,
     OperatorProcess,
@@ -60,6 +59,7 @@ from tests.operator.harness import (
 )
 from tests.support.claims import bind_host_claim
 from tests.support.clients import build_kube_clients, wait_for_service_account
+from tests.support.processes import rank_pid
 
 EXAMPLE = REPO / "examples" / "shakespeare-cpu.yaml"
 TORCH_COLLECTIVE_TIMEOUT = 1800.0  # torch.distributed's default for gloo and NCCL
@@ -78,17 +78,6 @@ def job_spec(node: str, steps: int, timeout: int, port: int) -> dict[str, Any]:
         "metrics": {"port": port},
         "storage": {"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}},
     }
-
-
-def rank_pid(kubelet: ProcessKubelet, pod: str, rank: int) -> int:
-    """The worker process of global rank `rank` in pod `pod` (RANK in its environment)."""
-    [running] = [r for r in kubelet.pods.values() if r.name == pod]
-    for pid in sorted(descendants(running.proc.pid)):
-        with contextlib.suppress(OSError):
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            if f"RANK={rank}".encode() in env:
-                return pid
-    raise RuntimeError(f"no process of rank {rank} in {pod}")
 
 
 def history(storage: Path) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ Defined once at import; the reconcile and the API layer update them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -61,7 +62,6 @@ GOODPUT = Gauge(
     "Each job's status.goodput.ratio: productive step time over wall time since creation.",
     ["namespace", "job"],
 )
-_goodput_jobs: set[tuple[str, str]] = set()
 PODS_CREATED = Counter("lmjob_operator_pods_created_total", "Pods created.", ["role"])
 API_CALLS = Counter(
     "lmjob_operator_api_calls_total",
@@ -85,14 +85,13 @@ def set_job_phases(phases: Iterable[str]) -> None:
         JOBS.labels(phase=phase).set(count)
 
 
-def set_job_goodput(ratios: dict[tuple[str, str], float]) -> None:
-    """Publish each job's goodput ratio; series of jobs no longer handled are removed."""
-    for gone in _goodput_jobs - ratios.keys():
-        GOODPUT.remove(*gone)
-    for (namespace, job), ratio in ratios.items():
+def set_job_goodput(namespace: str, job: str, ratio: float | None) -> None:
+    """Publish one job's goodput ratio; None removes its series (gone, or not measured)."""
+    if ratio is not None:
         GOODPUT.labels(namespace=namespace, job=job).set(ratio)
-    _goodput_jobs.clear()
-    _goodput_jobs.update(ratios)
+        return
+    with contextlib.suppress(KeyError):  # never published
+        GOODPUT.remove(namespace, job)
 
 
 def set_sweep_counts(phases: Iterable[str], trial_states: Iterable[str]) -> None:

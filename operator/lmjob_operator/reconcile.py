@@ -381,6 +381,8 @@ async def _write_status(
         _job_log(job).info("phase %s → %s", previous.phase.value, status.phase.value)
     state.last_status = status
     ctx.registry.publish_phases()
+    goodput = status.goodput.ratio if status.goodput is not None else None
+    metrics.set_job_goodput(job_namespace_of(body), job.metadata.name, goodput)
 
 
 async def _write_unparseable(

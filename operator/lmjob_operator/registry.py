@@ -98,18 +98,12 @@ class Registry:
     def forget(self, namespace: str, name: str, uid: str) -> None:
         if (state := self.jobs.get((namespace, name))) is not None and state.uid == uid:
             del self.jobs[(namespace, name)]
+            metrics.set_job_goodput(namespace, name, None)
         self.publish_phases()
 
     def publish_phases(self) -> None:
         metrics.set_job_phases(
             s.last_status.phase.value for s in self.jobs.values() if s.last_status is not None
-        )
-        metrics.set_job_goodput(
-            {
-                key: s.last_status.goodput.ratio
-                for key, s in self.jobs.items()
-                if s.last_status is not None and s.last_status.goodput is not None
-            }
         )
 
     def sweep_state(self, namespace: str, name: str, uid: str) -> SweepState:

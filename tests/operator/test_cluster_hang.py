@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lmjob_api.kept_logs import DROPPED_MARK, kept_logs_name
 from lmjob_cli.localcluster.process_kubelet import ProcessKubelet
-from lmjob_trainer.launch import descendants
 from lmjob_trainer.stragglers import TEST_SLOW_RANK_ENV
 from tests.operator.harness import condition, create_job, job_status, phase_is, wait_for
 from tests.operator.test_cluster_end_to_end import job_spec
+from tests.support.processes import rank_pid
 
 pytestmark = pytest.mark.slow
 
@@ -29,24 +29,6 @@ TIMEOUT = 8  # training.hang.timeoutSeconds
 SCRAPE_SECONDS = 1.0  # the tests' LMJOB_RESYNC_SECONDS
 STEPS = 60
 STEP_SECONDS = 0.25  # every step slowed (test hook) so training outlasts the freeze
-
-
-def worker_pid(kubelet: ProcessKubelet, pod: str, rank: int) -> int:
-    """The pid of torchrun's worker process of global rank `rank` in pod `pod` (its
-    environment says RANK; its own children, if any, inherit it and are skipped)."""
-    [running] = [r for r in kubelet.pods.values() if r.name == pod]
-
-    def rank_of(pid: int) -> int | None:
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        value = next((e[5:] for e in env if e.startswith(b"RANK=")), None)
-        return int(value) if value is not None else None
-
-    found = sorted(p for p in descendants(running.proc.pid) if rank_of(p) == rank)
-    assert found, f"no process of rank {rank} under {pod}"
-    return found[0]  # its children (data loaders, compile workers) start after it
 
 
 def process_state(pid: int) -> str | None:
@@ -87,7 +69,7 @@ def test_frozen_rank_is_stalled_then_restarted_and_the_job_succeeds(
         return (s.get("checkpoint") or {}).get("step", 0) >= 5 and s["progress"]["step"] >= 8
 
     wait_for(lambda: training(job_status(kube.custom, namespace, "e2e")), 120, 0.2, "training")
-    pid = worker_pid(kubelet, "e2e-worker-0", frozen_rank)
+    pid = rank_pid(kubelet, "e2e-worker-0", frozen_rank)
     os.kill(pid, signal.SIGSTOP)
     frozen_at = time.monotonic()
 
